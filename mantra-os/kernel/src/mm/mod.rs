@@ -1,0 +1,1 @@
+//! Memory management: frames, heap, page tables.
