@@ -1,7 +1,10 @@
-//! MantraCore. Architecture-independent logic lives in modules that build and
-//! test on the host (`cargo test -p mantra-kernel`); everything that touches
-//! the machine is under `arch` and only builds for the bare-metal target.
+//! MantraCore. Architecture-independent logic lives in this library and
+//! builds and tests on the host (`cargo test -p mantra-kernel`); everything
+//! that touches the machine is in the kernel binary (src/main.rs, `arch`).
 #![cfg_attr(not(test), no_std)]
 
+extern crate alloc;
+
+pub mod acpi;
 pub mod mm;
 pub mod sync;

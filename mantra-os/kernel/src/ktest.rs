@@ -1,0 +1,319 @@
+//! In-guest kernel tests (`--features ktest`): run after "ready" on the real
+//! machine, print one line each, and report the result to QEMU through
+//! isa-debug-exit (exit code 33 = all passed, 35 = some failed).
+//!
+//! Fault tests provoke the fault on purpose and check what the trap handler
+//! saw; the recovery hook makes the faulting code resume in the test.
+
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::format;
+use core::sync::atomic::Ordering;
+
+use mantra_kernel::sync::SpinLock;
+
+use crate::arch::x86_64::recover::{self, JumpBuffer};
+use crate::arch::x86_64::{self as cpu_arch, cpu, layout, Fault, FaultRecovery, TrapFrame};
+use crate::arch::{Arch, Machine};
+use crate::{kprintln, memory};
+
+type TestResult = Result<(), String>;
+
+const TESTS: &[(&str, fn() -> TestResult)] = &[
+    ("guard_page_overflow_caught", guard_page_overflow_caught),
+    ("write_to_kernel_text_faults", write_to_kernel_text_faults),
+    ("write_to_rodata_faults", write_to_rodata_faults),
+    ("execute_from_data_faults", execute_from_data_faults),
+    ("direct_map_is_not_executable", direct_map_is_not_executable),
+    ("null_dereference_faults", null_dereference_faults),
+    ("boot_stack_has_guard_page", boot_stack_has_guard_page),
+    ("cpu_protections_enabled", cpu_protections_enabled),
+    ("heap_stress", heap_stress),
+    ("frame_exhaustion_handled", frame_exhaustion_handled),
+    ("timer_ticks", timer_ticks),
+    ("kernel_image_in_memory_map", kernel_image_in_memory_map),
+];
+
+pub fn run() -> ! {
+    cpu_arch::set_fault_recovery(Some(&HOOK));
+    let mut failed = 0;
+    for (name, test) in TESTS {
+        match test() {
+            Ok(()) => kprintln!("ktest: {name} ... ok"),
+            Err(why) => {
+                failed += 1;
+                kprintln!("ktest: {name} ... FAILED: {why}");
+            }
+        }
+    }
+    kprintln!("ktest: {} passed, {} failed", TESTS.len() - failed, failed);
+    Machine::exit_emulator(failed == 0)
+}
+
+/// The armed expectation: where to resume and what the handler saw.
+struct Expectation {
+    buffer: *const JumpBuffer,
+    fault: Option<Fault>,
+}
+
+// SAFETY: the raw pointer is only dereferenced by the trap handler while the
+// try_call that owns the buffer is running on the same CPU.
+unsafe impl Send for Expectation {}
+
+static EXPECTED: SpinLock<Option<Expectation>> = SpinLock::new(None);
+
+struct Hook;
+static HOOK: Hook = Hook;
+
+impl FaultRecovery for Hook {
+    fn recover(&self, fault: &Fault, frame: &mut TrapFrame) -> bool {
+        let mut expected = EXPECTED.lock();
+        match expected.as_mut() {
+            Some(e) if e.fault.is_none() => {
+                e.fault = Some(*fault);
+                recover::redirect(frame, e.buffer);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Runs `f` (on `stack_top` when non-zero) and returns the fault it caused.
+fn expect_fault(f: extern "C" fn(), stack_top: u64) -> Result<Fault, String> {
+    let mut buffer = JumpBuffer::default();
+    *EXPECTED.lock() = Some(Expectation { buffer: &buffer, fault: None });
+    // SAFETY: stack_top is 0 or the top of a freshly mapped, unused stack;
+    // the buffer outlives the call.
+    let returned = unsafe { recover::try_call(f, stack_top, &mut buffer) };
+    let fault = EXPECTED.lock().take().and_then(|e| e.fault);
+    match (returned, fault) {
+        (false, Some(fault)) => Ok(fault),
+        (true, _) => Err("no fault: the operation succeeded".to_string()),
+        (false, None) => Err("recovered without a recorded fault".to_string()),
+    }
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> TestResult {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+const PF: u64 = 14;
+const PF_PRESENT: u64 = 1;
+const PF_WRITE: u64 = 2;
+const PF_FETCH: u64 = 16;
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let pad = [depth; 32];
+    // black_box keeps the frame and the recursion from being optimised away.
+    core::hint::black_box(&pad);
+    if depth == u64::MAX { 0 } else { recurse(depth + 1) + core::hint::black_box(pad[3]) }
+}
+
+extern "C" fn overflow_stack() {
+    core::hint::black_box(recurse(0));
+}
+
+fn guard_page_overflow_caught() -> TestResult {
+    const TEST_SLOT: u64 = 1;
+    let top = memory::map_kernel_stack(TEST_SLOT).map_err(|e| format!("cannot map a test stack: {e}"))?;
+    let fault = expect_fault(overflow_stack, top)?;
+    let result = check(fault.stack_overflow_slot == Some(TEST_SLOT), || {
+        format!("fault {} at CR2 {:#x} not reported as an overflow of stack {TEST_SLOT}", fault.vector, fault.cr2)
+    });
+    memory::unmap_kernel_stack(TEST_SLOT);
+    result?;
+    kprintln!("ktest:   overflow reported as: stack overflow of kernel stack {TEST_SLOT} at {:#x} (vector {})", fault.cr2, fault.vector);
+    Ok(())
+}
+
+#[inline(never)]
+extern "C" fn text_target() {
+    core::hint::black_box(1);
+}
+
+extern "C" fn write_text() {
+    let target = text_target as *const () as usize as *mut u8;
+    // SAFETY: deliberately invalid: the write must fault (text is RX).
+    unsafe { target.write_volatile(0xCC) };
+}
+
+fn write_to_kernel_text_faults() -> TestResult {
+    let fault = expect_fault(write_text, 0)?;
+    let addr = text_target as *const () as usize as u64;
+    check(fault.vector == PF && fault.error_code & (PF_PRESENT | PF_WRITE) == PF_PRESENT | PF_WRITE && fault.cr2 == addr, || {
+        format!("expected a write protection fault at {addr:#x}, got vector {} error {:#x} CR2 {:#x}", fault.vector, fault.error_code, fault.cr2)
+    })
+}
+
+static READ_ONLY: [u8; 64] = [7; 64];
+
+extern "C" fn write_rodata() {
+    let target = core::hint::black_box(READ_ONLY.as_ptr()) as *mut u8;
+    // SAFETY: deliberately invalid: rodata is mapped read-only.
+    unsafe { target.write_volatile(0) };
+}
+
+fn write_to_rodata_faults() -> TestResult {
+    let fault = expect_fault(write_rodata, 0)?;
+    check(fault.vector == PF && fault.error_code & PF_WRITE != 0 && fault.cr2 == READ_ONLY.as_ptr() as u64, || {
+        format!("got vector {} error {:#x} CR2 {:#x}", fault.vector, fault.error_code, fault.cr2)
+    })
+}
+
+/// `ret` instructions in a writable data section.
+static mut DATA_CODE: [u8; 16] = [0xC3; 16];
+
+extern "C" fn execute_data() {
+    // SAFETY: deliberately invalid: data is mapped NX, the call must fault.
+    let f: extern "C" fn() = unsafe { core::mem::transmute(core::ptr::addr_of_mut!(DATA_CODE) as *const u8) };
+    f();
+}
+
+fn execute_from_data_faults() -> TestResult {
+    let fault = expect_fault(execute_data, 0)?;
+    let addr = core::ptr::addr_of!(DATA_CODE) as u64;
+    check(fault.vector == PF && fault.error_code & PF_FETCH != 0 && fault.rip == addr, || {
+        format!("expected an instruction-fetch fault at {addr:#x}, got vector {} error {:#x} RIP {:#x}", fault.vector, fault.error_code, fault.rip)
+    })
+}
+
+extern "C" fn execute_direct_map() {
+    let phys = memory::virt_to_phys(text_target as *const () as usize as u64).expect("text is mapped");
+    // SAFETY: deliberately invalid: the direct map is NX.
+    let f: extern "C" fn() = unsafe { core::mem::transmute(memory::phys_to_virt(phys) as *const u8) };
+    f();
+}
+
+fn direct_map_is_not_executable() -> TestResult {
+    let fault = expect_fault(execute_direct_map, 0)?;
+    check(fault.vector == PF && fault.error_code & PF_FETCH != 0 && fault.cr2 >= layout::PHYS_MAP_BASE, || {
+        format!("got vector {} error {:#x} CR2 {:#x}", fault.vector, fault.error_code, fault.cr2)
+    })
+}
+
+extern "C" fn read_null() {
+    // SAFETY: deliberately invalid: nothing is mapped at 0.
+    core::hint::black_box(unsafe { core::ptr::read_volatile(core::hint::black_box(0usize) as *const u64) });
+}
+
+fn null_dereference_faults() -> TestResult {
+    let fault = expect_fault(read_null, 0)?;
+    check(fault.vector == PF && fault.error_code & PF_PRESENT == 0 && fault.cr2 == 0, || {
+        format!("got vector {} error {:#x} CR2 {:#x}", fault.vector, fault.error_code, fault.cr2)
+    })
+}
+
+fn boot_stack_has_guard_page() -> TestResult {
+    let top = layout::stack_top(0);
+    let bottom = top - layout::stack_size();
+    check(memory::virt_to_phys(bottom).is_some() && memory::virt_to_phys(bottom - 1).is_none(), || {
+        format!("stack 0 [{bottom:#x}, {top:#x}) is not bounded by an unmapped guard page")
+    })?;
+    check(layout::stack_guard_slot(bottom - 8) == Some(0), || "guard page not recognised as stack 0's".to_string())
+}
+
+fn cpu_protections_enabled() -> TestResult {
+    let f = cpu::Features::detect();
+    let cr4 = cpu::read_cr4();
+    // SAFETY: EFER exists on every x86_64 CPU.
+    let efer = unsafe { cpu::rdmsr(cpu::MSR_EFER) };
+    check(cpu::read_cr0() & cpu::CR0_WP != 0, || "CR0.WP off".to_string())?;
+    check(!f.nx || efer & cpu::EFER_NXE != 0, || "NX supported but EFER.NXE off".to_string())?;
+    check(!f.smep || cr4 & cpu::CR4_SMEP != 0, || "SMEP supported but off".to_string())?;
+    check(!f.smap || cr4 & cpu::CR4_SMAP != 0, || "SMAP supported but off".to_string())?;
+    check(!f.umip || cr4 & cpu::CR4_UMIP != 0, || "UMIP supported but off".to_string())?;
+    check(f.nx && f.smep && f.smap && f.umip, || format!("QEMU -cpu max should offer all protections: {f:?}"))
+}
+
+fn heap_stress() -> TestResult {
+    let before = memory::heap_stats();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut live: Vec<(Box<[u8]>, u8)> = Vec::new();
+    for round in 0..20_000u32 {
+        let r = next();
+        if live.len() > 400 || (r % 3 == 0 && !live.is_empty()) {
+            let (block, fill) = live.swap_remove((r >> 8) as usize % live.len());
+            if block.iter().any(|&b| b != fill) {
+                return Err(format!("block of {} bytes corrupted (round {round})", block.len()));
+            }
+        } else {
+            let size = 1 + (r >> 16) as usize % if r % 16 == 0 { 65536 } else { 512 };
+            let fill = round as u8;
+            live.push((alloc::vec![fill; size].into_boxed_slice(), fill));
+        }
+    }
+    for (block, fill) in &live {
+        if block.iter().any(|b| b != fill) {
+            return Err("block corrupted at the end".to_string());
+        }
+    }
+    drop(live);
+    let after = memory::heap_stats();
+    check(after.used == before.used && after.free_blocks <= before.free_blocks, || {
+        format!("heap not restored after freeing everything: before {before:?}, after {after:?}")
+    })?;
+    kprintln!("ktest:   heap after stress: {} bytes used, {} free blocks, largest {} bytes", after.used, after.free_blocks, after.largest_free);
+    Ok(())
+}
+
+fn frame_exhaustion_handled() -> TestResult {
+    let (free_before, _) = memory::frame_counts();
+    let mut taken = Vec::with_capacity(free_before);
+    while let Some(frame) = memory::alloc_frame() {
+        taken.push(frame);
+        if taken.len() > free_before {
+            return Err("allocator handed out more frames than it had free".to_string());
+        }
+    }
+    let exhausted_at = taken.len();
+    let double_free_refused = {
+        let first = taken[0];
+        memory::free_frame(first).map_err(|e| format!("free failed: {e:?}"))?;
+        let refused = memory::free_frame(first).is_err();
+        taken[0] = memory::alloc_frame().ok_or("frame just freed is not allocatable")?;
+        refused
+    };
+    for frame in taken {
+        memory::free_frame(frame).map_err(|e| format!("free failed: {e:?}"))?;
+    }
+    let (free_after, _) = memory::frame_counts();
+    check(exhausted_at == free_before && free_after == free_before && double_free_refused, || {
+        format!("free {free_before}, allocated {exhausted_at} before exhaustion, free after {free_after}, double free refused: {double_free_refused}")
+    })?;
+    kprintln!("ktest:   {exhausted_at} frames allocated until exhaustion, all returned");
+    Ok(())
+}
+
+fn timer_ticks() -> TestResult {
+    let start = cpu_arch::TICKS.load(Ordering::Relaxed);
+    let tsc = Machine::timestamp();
+    while cpu_arch::TICKS.load(Ordering::Relaxed) < start + 5 {
+        Machine::wait_for_interrupt();
+    }
+    check(Machine::timestamp() > tsc, || "TSC did not advance".to_string())
+}
+
+fn kernel_image_in_memory_map() -> TestResult {
+    let info = crate::boot::bootinfo();
+    for seg in info.kernel_segments() {
+        let inside = info.memory_map().iter().any(|r| {
+            r.kind() == mantra_bootinfo::MemoryKind::Kernel && r.start <= seg.paddr && seg.paddr + seg.mem_size <= r.end()
+        });
+        if !inside {
+            return Err(format!("segment at {:#x} not inside a Kernel region of the memory map", seg.paddr));
+        }
+        if memory::virt_to_phys(seg.vaddr) != Some(seg.paddr) {
+            return Err(format!("segment {:#x} not mapped to {:#x}", seg.vaddr, seg.paddr));
+        }
+    }
+    check(!info.kernel_segments().is_empty(), || "no kernel segments in BootInfo".to_string())
+}

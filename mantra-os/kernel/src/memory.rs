@@ -1,0 +1,271 @@
+//! The kernel's memory: the frame allocator, the kernel address space (its
+//! own page tables) and the heap, wired from the pure logic in
+//! `mantra_kernel::mm` to this machine.
+//!
+//! Layout (see arch::x86_64::layout): a direct map of physical memory
+//! (RW, NX), the kernel image with per-section permissions (text RX, rodata
+//! R, data/bss RW+NX), guarded kernel stacks and the heap.
+
+// Stack, frame and translation helpers beyond boot are used by the in-guest
+// tests now and by thread creation in the kernel issue.
+#![cfg_attr(not(feature = "ktest"), allow(dead_code))]
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mantra_bootinfo::{BootInfo, MemoryKind, SEG_W, SEG_X};
+use mantra_kernel::acpi::PhysRead;
+use mantra_kernel::mm::frame::{FrameAllocator, FrameError};
+use mantra_kernel::mm::heap::{HeapStats, LockedHeap};
+use mantra_kernel::mm::paging::{AddressSpace, DirectMap, FrameAlloc, MapError, PageFlags, PageSize, PhysAddr, VirtAddr};
+use mantra_kernel::sync::SpinLock;
+
+use crate::arch::x86_64::{cpu, layout};
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+static FRAMES: SpinLock<FrameAllocator> = SpinLock::new(FrameAllocator::new());
+static KERNEL_SPACE: SpinLock<Option<AddressSpace<DirectMap>>> = SpinLock::new(None);
+
+/// Virtual = physical + this, for physical memory: 0 on the loader's
+/// identity map, `PHYS_MAP_BASE` once the kernel's tables are live.
+static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+/// End of the direct map (physical).
+static DIRECT_MAP_END: AtomicU64 = AtomicU64::new(0);
+
+pub fn phys_to_virt(phys: u64) -> u64 {
+    phys.wrapping_add(PHYS_OFFSET.load(Ordering::Relaxed))
+}
+
+/// Frames for page tables, from the global allocator (lock held by caller).
+struct TableFrames<'a>(&'a mut FrameAllocator);
+
+// SAFETY: the frame allocator hands out each free RAM frame once.
+unsafe impl FrameAlloc for TableFrames<'_> {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        self.0.alloc()
+    }
+}
+
+/// What the switch to the kernel's own tables needs.
+pub struct KernelSpace {
+    pub root: u64,
+    pub stack_top: u64,
+}
+
+#[derive(Debug)]
+pub enum SetupError {
+    NoUsableMemory,
+    Map(&'static str, MapError),
+}
+
+impl core::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SetupError::NoUsableMemory => write!(f, "the memory map has no usable RAM"),
+            SetupError::Map(what, e) => write!(f, "mapping {what}: {e}"),
+        }
+    }
+}
+
+fn kernel_flags(writable: bool, executable: bool, nx: bool) -> PageFlags {
+    let mut flags = PageFlags::GLOBAL;
+    if writable {
+        flags |= PageFlags::WRITABLE;
+    }
+    if !executable && nx {
+        flags |= PageFlags::NO_EXECUTE;
+    }
+    flags
+}
+
+const fn round_up(value: u64, align: u64) -> u64 {
+    (value + align - 1) & !(align - 1)
+}
+
+/// Initialises the frame allocator from the usable RAM in the memory map
+/// and builds the kernel's page tables (not yet loaded).
+///
+/// Runs on the loader's identity map, before the heap exists.
+pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Result<KernelSpace, SetupError> {
+    let usable = info
+        .memory_map()
+        .iter()
+        .filter(|r| r.kind() == MemoryKind::Usable)
+        .map(|r| (r.start, r.end()));
+    // RAM only: MMIO windows can sit far above it and need no bitmap.
+    let span_end = info
+        .memory_map()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.kind(),
+                MemoryKind::Usable | MemoryKind::Reclaimable | MemoryKind::Kernel | MemoryKind::BootData | MemoryKind::AcpiReclaimable
+            )
+        })
+        .map(|r| r.end())
+        .max()
+        .unwrap_or(0);
+    let mut frames = FRAMES.lock();
+    // SAFETY: the Usable regions are free RAM nobody else uses, reachable
+    // at offset 0 through the loader's identity map.
+    unsafe { frames.init(usable, span_end, 0) }.map_err(|_| SetupError::NoUsableMemory)?;
+    let mut alloc = TableFrames(&mut frames);
+
+    // SAFETY: the loader identity-maps all physical memory, and the new
+    // tables' frames come fresh from the allocator.
+    let mem = unsafe { DirectMap::new(0) };
+    let mut space = AddressSpace::new(mem, &mut alloc).map_err(|e| SetupError::Map("the root table", e))?;
+
+    // Direct map of physical memory, at least the low 4 GiB (MMIO: LAPIC,
+    // I/O APIC, framebuffer live below 4 GiB on PCs).
+    let direct_end = round_up(span_end.max(4 << 30), 1 << 30);
+    let largest = if features.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
+    space
+        .map_range(
+            &mut alloc,
+            VirtAddr::new(layout::PHYS_MAP_BASE),
+            PhysAddr::new(0),
+            direct_end,
+            kernel_flags(true, false, features.nx),
+            largest,
+        )
+        .map_err(|e| SetupError::Map("the direct map", e))?;
+    DIRECT_MAP_END.store(direct_end, Ordering::Relaxed);
+
+    // The kernel image, W^X per segment.
+    for seg in info.kernel_segments() {
+        let start = seg.vaddr & !(layout::PAGE_SIZE - 1);
+        let len = round_up(seg.vaddr + seg.mem_size, layout::PAGE_SIZE) - start;
+        let phys = seg.paddr & !(layout::PAGE_SIZE - 1);
+        let flags = kernel_flags(seg.flags & SEG_W != 0, seg.flags & SEG_X != 0, features.nx);
+        space
+            .map_range(&mut alloc, VirtAddr::new(start), PhysAddr::new(phys), len, flags, PageSize::Size4K)
+            .map_err(|e| SetupError::Map("the kernel image", e))?;
+    }
+
+    // The boot CPU's stack: slot 0, with the unmapped guard below it.
+    let stack_top = map_stack_pages(&mut space, &mut alloc, 0, features.nx)?;
+
+    // The heap: individual frames, contiguous in virtual memory.
+    let heap_pages = (mantra_config::KERNEL_HEAP_KIB as u64 * 1024).div_ceil(layout::PAGE_SIZE);
+    for page in 0..heap_pages {
+        let frame = alloc.alloc_frame().ok_or(SetupError::Map("the heap", MapError::OutOfFrames))?;
+        space
+            .map(&mut alloc, VirtAddr::new(layout::HEAP_BASE + page * layout::PAGE_SIZE), frame, PageSize::Size4K, kernel_flags(true, false, features.nx))
+            .map_err(|e| SetupError::Map("the heap", e))?;
+    }
+
+    let root = space.root().as_u64();
+    *KERNEL_SPACE.lock() = Some(space);
+    Ok(KernelSpace { root, stack_top })
+}
+
+fn map_stack_pages(
+    space: &mut AddressSpace<DirectMap>,
+    alloc: &mut TableFrames<'_>,
+    slot: u64,
+    nx: bool,
+) -> Result<u64, SetupError> {
+    let top = layout::stack_top(slot);
+    let bottom = top - layout::stack_size();
+    for page in (bottom..top).step_by(layout::PAGE_SIZE as usize) {
+        let frame = alloc.alloc_frame().ok_or(SetupError::Map("a kernel stack", MapError::OutOfFrames))?;
+        space
+            .map(alloc, VirtAddr::new(page), frame, PageSize::Size4K, kernel_flags(true, false, nx))
+            .map_err(|e| SetupError::Map("a kernel stack", e))?;
+    }
+    Ok(top)
+}
+
+/// Finishes set-up on the kernel's own tables: physical memory is now
+/// reached through the direct map, the heap becomes usable, and the memory
+/// the firmware and loader used is given to the frame allocator.
+pub fn finish_after_switch() {
+    PHYS_OFFSET.store(layout::PHYS_MAP_BASE, Ordering::Relaxed);
+    {
+        let mut space = KERNEL_SPACE.lock();
+        let root = space.as_ref().expect("kernel space built").root();
+        // SAFETY: the direct map (now live) covers every RAM frame at
+        // PHYS_MAP_BASE + phys, and this is the only handle on the tree.
+        *space = Some(unsafe { AddressSpace::from_root(DirectMap::new(layout::PHYS_MAP_BASE), root) });
+    }
+    let mut frames = FRAMES.lock();
+    // SAFETY: the allocator's bitmap is RAM, now at PHYS_MAP_BASE + phys.
+    unsafe { frames.set_phys_offset(layout::PHYS_MAP_BASE) };
+    // SAFETY: the heap range was mapped RW in build_kernel_space and is used
+    // by nothing else.
+    unsafe { HEAP.add_region(layout::HEAP_BASE as *mut u8, mantra_config::KERNEL_HEAP_KIB as usize * 1024) };
+    // Boot-services and loader memory are dead now: the kernel runs on its
+    // own tables and stack, and the BootInfo lives in BootData memory.
+    let info = crate::boot::bootinfo();
+    for region in info.memory_map().iter().filter(|r| r.kind() == MemoryKind::Reclaimable) {
+        // SAFETY: Reclaimable regions are RAM no one uses any more (see above).
+        if let Err(e) = unsafe { frames.add_range(region.start, region.end()) } {
+            crate::kwarn!("cannot reclaim {:#x}..{:#x}: {e:?}", region.start, region.end());
+        }
+    }
+}
+
+/// Maps kernel stack `slot` (fresh frames) and returns its top.
+pub fn map_kernel_stack(slot: u64) -> Result<u64, SetupError> {
+    let nx = cpu::Features::detect().nx;
+    let mut space = KERNEL_SPACE.lock();
+    let space = space.as_mut().expect("kernel space built");
+    let mut frames = FRAMES.lock();
+    map_stack_pages(space, &mut TableFrames(&mut frames), slot, nx)
+}
+
+/// Unmaps kernel stack `slot` and frees its frames.
+pub fn unmap_kernel_stack(slot: u64) {
+    let top = layout::stack_top(slot);
+    let mut space = KERNEL_SPACE.lock();
+    let space = space.as_mut().expect("kernel space built");
+    let mut frames = FRAMES.lock();
+    for page in (top - layout::stack_size()..top).step_by(layout::PAGE_SIZE as usize) {
+        if let Ok((frame, _)) = space.unmap(VirtAddr::new(page)) {
+            cpu::invlpg(page);
+            let _ = frames.free(frame);
+        }
+    }
+}
+
+pub fn virt_to_phys(virt: u64) -> Option<u64> {
+    let virt = VirtAddr::try_new(virt)?;
+    KERNEL_SPACE.lock().as_ref()?.translate(virt).map(|t| t.phys.as_u64())
+}
+
+pub fn alloc_frame() -> Option<PhysAddr> {
+    FRAMES.lock().alloc()
+}
+
+pub fn free_frame(frame: PhysAddr) -> Result<(), FrameError> {
+    FRAMES.lock().free(frame)
+}
+
+/// (free, total) frames.
+pub fn frame_counts() -> (usize, usize) {
+    let frames = FRAMES.lock();
+    (frames.free_frames(), frames.total_frames())
+}
+
+pub fn heap_stats() -> HeapStats {
+    HEAP.stats()
+}
+
+/// Reads physical memory through the direct map (for ACPI tables).
+pub struct PhysReader;
+
+impl PhysRead for PhysReader {
+    fn read(&self, phys: u64, buf: &mut [u8]) -> Result<(), ()> {
+        let end = phys.checked_add(buf.len() as u64).ok_or(())?;
+        if end > DIRECT_MAP_END.load(Ordering::Relaxed) {
+            return Err(());
+        }
+        // SAFETY: [phys, end) lies inside the direct map, which maps all of
+        // it readable; firmware tables are not Rust objects, so copying out
+        // of them aliases nothing.
+        unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(phys) as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+}
