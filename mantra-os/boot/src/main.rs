@@ -1,8 +1,24 @@
-#![no_std]
-#![no_main]
-use uefi::prelude::*;
+//! MantraBoot: the MantraOS UEFI loader (x86_64-unknown-uefi).
+//!
+//! Loads `\MANTRA\KERNEL.ELF` and `\MANTRA\BOOTFS.IMG` from the ESP it was
+//! started from, checks that the kernel speaks our BootInfo version, builds
+//! the hand-over page tables, exits boot services and jumps to the kernel
+//! with a [`mantra_bootinfo`] blob. Any failure prints
+//! `MantraBoot: error: <what>; <what to try>` and halts.
+//!
+//! The machine-independent parts live in the library (`lib.rs`) and are
+//! host-tested; this binary is only the UEFI glue.
+#![cfg_attr(target_os = "uefi", no_std)]
+#![cfg_attr(target_os = "uefi", no_main)]
 
-#[entry]
-fn main() -> Status {
-    Status::SUCCESS
+#[cfg(target_os = "uefi")]
+extern crate alloc;
+
+#[cfg(target_os = "uefi")]
+mod efi;
+
+#[cfg(not(target_os = "uefi"))]
+fn main() {
+    eprintln!("MantraBoot is a UEFI application: build it with --target x86_64-unknown-uefi (./mantra build)");
+    std::process::exit(2);
 }

@@ -37,16 +37,6 @@ pub fn phys_to_virt(phys: u64) -> u64 {
     phys.wrapping_add(PHYS_OFFSET.load(Ordering::Relaxed))
 }
 
-/// Frames for page tables, from the global allocator (lock held by caller).
-struct TableFrames<'a>(&'a mut FrameAllocator);
-
-// SAFETY: the frame allocator hands out each free RAM frame once.
-unsafe impl FrameAlloc for TableFrames<'_> {
-    fn alloc_frame(&mut self) -> Option<PhysAddr> {
-        self.0.alloc()
-    }
-}
-
 /// What the switch to the kernel's own tables needs.
 pub struct KernelSpace {
     pub root: u64,
@@ -110,12 +100,12 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
     // SAFETY: the Usable regions are free RAM nobody else uses, reachable
     // at offset 0 through the loader's identity map.
     unsafe { frames.init(usable, span_end, 0) }.map_err(|_| SetupError::NoUsableMemory)?;
-    let mut alloc = TableFrames(&mut frames);
+    let alloc = &mut *frames;
 
     // SAFETY: the loader identity-maps all physical memory, and the new
     // tables' frames come fresh from the allocator.
     let mem = unsafe { DirectMap::new(0) };
-    let mut space = AddressSpace::new(mem, &mut alloc).map_err(|e| SetupError::Map("the root table", e))?;
+    let mut space = AddressSpace::new(mem, alloc).map_err(|e| SetupError::Map("the root table", e))?;
 
     // Direct map of physical memory, at least the low 4 GiB (MMIO: LAPIC,
     // I/O APIC, framebuffer live below 4 GiB on PCs).
@@ -123,7 +113,7 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
     let largest = if features.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
     space
         .map_range(
-            &mut alloc,
+            alloc,
             VirtAddr::new(layout::PHYS_MAP_BASE),
             PhysAddr::new(0),
             direct_end,
@@ -140,19 +130,19 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
         let phys = seg.paddr & !(layout::PAGE_SIZE - 1);
         let flags = kernel_flags(seg.flags & SEG_W != 0, seg.flags & SEG_X != 0, features.nx);
         space
-            .map_range(&mut alloc, VirtAddr::new(start), PhysAddr::new(phys), len, flags, PageSize::Size4K)
+            .map_range(alloc, VirtAddr::new(start), PhysAddr::new(phys), len, flags, PageSize::Size4K)
             .map_err(|e| SetupError::Map("the kernel image", e))?;
     }
 
     // The boot CPU's stack: slot 0, with the unmapped guard below it.
-    let stack_top = map_stack_pages(&mut space, &mut alloc, 0, features.nx)?;
+    let stack_top = map_stack_pages(&mut space, alloc, 0, features.nx)?;
 
     // The heap: individual frames, contiguous in virtual memory.
     let heap_pages = (mantra_config::KERNEL_HEAP_KIB as u64 * 1024).div_ceil(layout::PAGE_SIZE);
     for page in 0..heap_pages {
         let frame = alloc.alloc_frame().ok_or(SetupError::Map("the heap", MapError::OutOfFrames))?;
         space
-            .map(&mut alloc, VirtAddr::new(layout::HEAP_BASE + page * layout::PAGE_SIZE), frame, PageSize::Size4K, kernel_flags(true, false, features.nx))
+            .map(alloc, VirtAddr::new(layout::HEAP_BASE + page * layout::PAGE_SIZE), frame, PageSize::Size4K, kernel_flags(true, false, features.nx))
             .map_err(|e| SetupError::Map("the heap", e))?;
     }
 
@@ -163,7 +153,7 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
 
 fn map_stack_pages(
     space: &mut AddressSpace<DirectMap>,
-    alloc: &mut TableFrames<'_>,
+    alloc: &mut FrameAllocator,
     slot: u64,
     nx: bool,
 ) -> Result<u64, SetupError> {
@@ -213,7 +203,7 @@ pub fn map_kernel_stack(slot: u64) -> Result<u64, SetupError> {
     let mut space = KERNEL_SPACE.lock();
     let space = space.as_mut().expect("kernel space built");
     let mut frames = FRAMES.lock();
-    map_stack_pages(space, &mut TableFrames(&mut frames), slot, nx)
+    map_stack_pages(space, &mut frames, slot, nx)
 }
 
 /// Unmaps kernel stack `slot` and frees its frames.

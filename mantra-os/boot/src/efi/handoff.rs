@@ -1,0 +1,244 @@
+//! The hand-over: page tables, ExitBootServices, the BootInfo blob and the
+//! jump into the kernel.
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::mem::size_of;
+use mantra_boot::layout::table_frames_needed;
+use mantra_boot::memmap;
+use mantra_boot::paging::{Access, FrameSource, PageTables};
+use mantra_bootinfo::{encode, encoded_size, Fixed, Framebuffer, KernelSegment, MemoryRegion};
+use uefi::boot::{self, AllocateType, MemoryType};
+use uefi::mem::memory_map::MemoryMap;
+
+use super::console;
+use super::fail::{self, Fatal};
+use super::kernel::LoadedKernel;
+use super::platform;
+
+/// Page-table frames carved from one boot-data allocation, identity mapped
+/// (a frame's physical address is its pointer).
+struct Pool {
+    base: u64,
+    count: u64,
+    used: u64,
+}
+
+impl FrameSource for Pool {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        if self.used == self.count {
+            return None;
+        }
+        let frame = self.base + self.used * 4096;
+        self.used += 1;
+        // The whole pool was zeroed when it was allocated.
+        Some(frame)
+    }
+
+    fn table(&mut self, phys: u64) -> &mut [u64; 512] {
+        assert!(
+            phys >= self.base && phys < self.base + self.used * 4096 && phys % 4096 == 0,
+            "frame {phys:#x} is not from the pool"
+        );
+        // SAFETY: `phys` is a frame of the pool (checked above): identity
+        // mapped, 4 KiB aligned, owned by the page-table builder, which holds
+        // `&mut self` for the lifetime of the returned reference.
+        unsafe { &mut *(phys as *mut [u64; 512]) }
+    }
+}
+
+pub struct BuiltTables {
+    pub root: u64,
+    pub frames_used: u64,
+}
+
+/// Builds the hand-over tables: `[0, identity_end)` identity mapped with
+/// 2 MiB pages (RWX: the loader runs from there during the switch), and
+/// every kernel segment at its virtual address with 4 KiB pages and its
+/// own permissions (NX only when the CPU has it).
+pub fn build_page_tables(identity_end: u64, kernel: &LoadedKernel, nx: bool) -> Result<BuiltTables, Fatal> {
+    let count = table_frames_needed(identity_end, kernel.segments.iter().map(|s| (s.page_vaddr, s.pages * 4096)));
+    let base = platform::allocate(count * 4096, "page tables")?;
+    let bug = "please report this MantraBoot bug";
+    let mut tables =
+        PageTables::new(Pool { base, count, used: 0 }, nx).map_err(|e| Fatal::new(format!("page tables: {e}"), bug))?;
+    tables.identity_map(identity_end).map_err(|e| Fatal::new(format!("identity map: {e}"), bug))?;
+    for s in &kernel.segments {
+        tables
+            .map_range(s.page_vaddr, s.page_paddr, s.pages * 4096, s.access())
+            .map_err(|e| Fatal::new(format!("mapping kernel segment at {:#x}: {e}", s.vaddr), bug))?;
+    }
+    // Walk the result like the MMU will: the entry must be executable and
+    // every segment must land where it was copied.
+    match tables.translate(kernel.entry) {
+        Some((_, access)) if access.executable => {}
+        _ => return Err(Fatal::new(format!("entry {:#x} is not executable in the page tables", kernel.entry), bug)),
+    }
+    for s in &kernel.segments {
+        let last = s.page_vaddr + (s.pages - 1) * 4096;
+        let expect = s.page_paddr + (s.pages - 1) * 4096;
+        // Without NX every mapping is executable.
+        let access = Access { executable: s.access().executable || !nx, ..s.access() };
+        if tables.translate(last).map(|t| t.0) != Some(expect) || tables.translate(s.vaddr).map(|t| t.1) != Some(access)
+        {
+            return Err(Fatal::new(format!("kernel segment at {:#x} is mapped wrongly", s.vaddr), bug));
+        }
+    }
+    let root = tables.root();
+    let frames_used = tables.frames().used;
+    Ok(BuiltTables { root, frames_used })
+}
+
+/// Memory the hand-over writes after ExitBootServices, when it can no
+/// longer allocate.
+pub struct Buffers {
+    /// Room for the converted memory map, `capacity` regions (loader data).
+    scratch: &'static mut [MemoryRegion],
+    /// The BootInfo blob (boot data: the kernel keeps it).
+    bootinfo: &'static mut [u8],
+}
+
+impl Buffers {
+    pub fn allocate(capacity: usize, segments: usize, cmdline: usize) -> Result<Self, Fatal> {
+        let scratch_bytes = capacity * size_of::<MemoryRegion>();
+        let pages = scratch_bytes.div_ceil(4096);
+        let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).map_err(|e| {
+            Fatal::new(
+                format!("cannot allocate {pages} pages for the memory map: {}", e.status()),
+                "give the machine more memory",
+            )
+        })?;
+        // SAFETY: a fresh, page-aligned allocation big enough for
+        // `capacity` regions; MemoryRegion is plain data, and every element
+        // is written before it is read (a zeroed region is also valid).
+        let scratch = unsafe {
+            core::ptr::write_bytes(ptr.as_ptr(), 0, pages * 4096);
+            core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<MemoryRegion>(), capacity)
+        };
+        let size = encoded_size(capacity, segments, cmdline);
+        let addr = platform::allocate(size as u64, "BootInfo")?;
+        // SAFETY: a fresh, zeroed, page-aligned allocation of at least
+        // `size` bytes that only this slice refers to.
+        let bootinfo = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, size) };
+        Ok(Self { scratch, bootinfo })
+    }
+}
+
+/// Everything the jump needs, gathered while boot services still run.
+pub struct Handoff {
+    pub entry: u64,
+    pub page_table: u64,
+    pub nx: bool,
+    pub stack_base: u64,
+    pub stack_size: u64,
+    pub bootfs_addr: u64,
+    pub bootfs_size: u64,
+    pub framebuffer: Framebuffer,
+    pub rsdp: u64,
+    pub segments: Vec<KernelSegment>,
+    pub cmdline: Vec<u8>,
+    pub buffers: Buffers,
+}
+
+/// Exits boot services, writes BootInfo and enters the kernel. From the
+/// ExitBootServices call on nothing may allocate or touch a protocol;
+/// errors go to the serial port.
+pub fn enter_kernel(h: Handoff) -> ! {
+    say!(
+        "MantraBoot: exiting boot services, entering the kernel ({} tsc since MantraBoot start)",
+        platform::tsc_since_start()
+    );
+    console::switch_to_serial();
+    // SAFETY: every protocol we opened has been closed (the ESP and GOP
+    // handles were scoped to their functions); the allocations the kernel
+    // uses are pages of our own memory types; nothing below allocates.
+    let map = unsafe { boot::exit_boot_services(Some(MemoryType::LOADER_DATA)) };
+
+    let Buffers { scratch, bootinfo } = h.buffers;
+    let mut n = 0;
+    for d in map.entries() {
+        if n == scratch.len() {
+            fail::report(
+                &format_args!("the final memory map has more than {} entries", scratch.len()),
+                "please report this MantraBoot bug (raise MAP_HEADROOM)",
+            );
+        }
+        scratch[n] = MemoryRegion::new(d.phys_start, d.page_count, memmap::kind_of(d.ty.0));
+        n += 1;
+    }
+    let regions = memmap::normalize(&mut scratch[..n]);
+    // The map's buffer is loader data that the kernel may reclaim; never
+    // hand it back to the (gone) pool allocator.
+    core::mem::forget(map);
+
+    if h.nx {
+        enable_nxe();
+    }
+    let fixed = Fixed {
+        framebuffer: h.framebuffer,
+        rsdp: h.rsdp,
+        bootfs_addr: h.bootfs_addr,
+        bootfs_size: h.bootfs_size,
+        boot_stack_base: h.stack_base,
+        boot_stack_size: h.stack_size,
+        boot_page_table: h.page_table,
+        loader_exit_tsc: platform::rdtsc(),
+        event_log_addr: 0,
+        event_log_size: 0,
+    };
+    if let Err(e) = encode(bootinfo, &fixed, &scratch[..regions], &h.segments, &h.cmdline) {
+        fail::report(&format_args!("cannot encode BootInfo: {e}"), "please report this MantraBoot bug");
+    }
+    let stack_top = (h.stack_base + h.stack_size) & !0xf;
+    // SAFETY: the tables map the loader (identity) and the kernel; the
+    // stack, BootInfo and the kernel image are allocations of our own
+    // memory types that nothing else uses; boot services are gone, so
+    // nothing else runs on this CPU.
+    unsafe { jump(h.page_table, stack_top, h.entry, bootinfo.as_ptr() as u64) }
+}
+
+/// Sets EFER.NXE so the NX bits of our tables are valid (not reserved).
+fn enable_nxe() {
+    const IA32_EFER: u32 = 0xc000_0080;
+    const NXE: u64 = 1 << 11;
+    let (lo, hi): (u32, u32);
+    // SAFETY: EFER exists on every x86-64 CPU; reading it has no effect.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") IA32_EFER, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    let efer = (u64::from(hi) << 32 | u64::from(lo)) | NXE;
+    // SAFETY: only called when CPUID reports NX support, so NXE is a valid
+    // bit; setting it changes nothing for the current tables (they were
+    // already valid without it).
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") IA32_EFER, in("eax") efer as u32, in("edx") (efer >> 32) as u32, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Switches to the hand-over tables and stack and jumps to the kernel:
+/// `extern "sysv64" fn(bootinfo: u64) -> !`, interrupts disabled.
+///
+/// # Safety
+/// `pml4` must map the currently running code (identity) and `entry`;
+/// `stack_top` must be the 16-byte aligned top of a mapped, writable stack;
+/// `bootinfo` must be a valid BootInfo blob. Boot services must be gone.
+unsafe fn jump(pml4: u64, stack_top: u64, entry: u64, bootinfo: u64) -> ! {
+    // SAFETY: per the function contract. After `push 0` RSP is 8 mod 16, as
+    // the SysV ABI expects at function entry, with a null return address.
+    unsafe {
+        core::arch::asm!(
+            "cli",
+            "cld",
+            "mov cr3, {pml4}",
+            "mov rsp, {stack}",
+            "xor ebp, ebp",
+            "push 0",
+            "jmp {entry}",
+            pml4 = in(reg) pml4,
+            stack = in(reg) stack_top,
+            entry = in(reg) entry,
+            in("rdi") bootinfo,
+            options(noreturn)
+        )
+    }
+}

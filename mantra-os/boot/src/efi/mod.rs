@@ -1,0 +1,146 @@
+//! The UEFI application: entry point and the order of the boot steps.
+
+#[macro_use]
+mod console;
+mod fail;
+mod files;
+mod handoff;
+mod kernel;
+mod platform;
+
+use alloc::vec::Vec;
+use fail::Fatal;
+use mantra_boot::{layout, memmap};
+use mantra_bootinfo::bootfs::BootFs;
+use mantra_bootinfo::{KernelSegment, MemoryKind};
+use uefi::boot::MemoryType;
+use uefi::mem::memory_map::MemoryMap;
+use uefi::prelude::*;
+
+/// What the ESP paths are called in messages.
+const KERNEL_PATH: &str = "\\MANTRA\\KERNEL.ELF";
+const BOOTFS_PATH: &str = "\\MANTRA\\BOOTFS.IMG";
+const CMDLINE_PATH: &str = "\\MANTRA\\CMDLINE.TXT";
+/// Hint for anything wrong with what `./mantra build` put on the ESP.
+const REBUILD: &str = "rebuild with ./mantra build";
+/// Extra memory-map entries the BootInfo buffer leaves room for: the map
+/// grows between our sizing and ExitBootServices (our own allocations, the
+/// final map's buffer, firmware splits).
+const MAP_HEADROOM: usize = 64;
+
+#[entry]
+fn main() -> Status {
+    platform::record_start();
+    say!("MantraBoot {} (board {})", env!("CARGO_PKG_VERSION"), mantra_config::BOARD);
+    match run() {
+        Ok(never) => match never {},
+        Err(fatal) => fail::halt_with(&fatal),
+    }
+}
+
+fn run() -> Result<core::convert::Infallible, Fatal> {
+    // 1. Files from the ESP. The handles are closed when `esp` goes out of
+    //    scope, well before ExitBootServices.
+    let (kernel_file, bootfs, cmdline) = {
+        let mut esp = files::Esp::open()?;
+        let kernel_file = esp.read(cstr16!("\\MANTRA\\KERNEL.ELF"), KERNEL_PATH)?.ok_or_else(|| {
+            Fatal::new(alloc::format!("kernel {KERNEL_PATH} not found on the boot partition"), REBUILD)
+        })?;
+        let bootfs = esp
+            .read_to_pages(
+                cstr16!("\\MANTRA\\BOOTFS.IMG"),
+                BOOTFS_PATH,
+                MemoryType::custom(memmap::BOOT_DATA_MEMORY_TYPE),
+            )?
+            .ok_or_else(|| {
+                Fatal::new(alloc::format!("boot filesystem {BOOTFS_PATH} not found on the boot partition"), REBUILD)
+            })?;
+        let cmdline = match esp.read(cstr16!("\\MANTRA\\CMDLINE.TXT"), CMDLINE_PATH)? {
+            Some(bytes) => {
+                let text = core::str::from_utf8(&bytes).map_err(|e| {
+                    Fatal::new(alloc::format!("{CMDLINE_PATH} is not UTF-8 ({e})"), "save it as UTF-8 or delete it")
+                })?;
+                // A BOM or a trailing newline from an editor is not part of it.
+                Vec::from(text.trim_start_matches('\u{feff}').trim().as_bytes())
+            }
+            None => Vec::from(mantra_config::BOOT_CMDLINE.as_bytes()),
+        };
+        (kernel_file, bootfs, cmdline)
+    };
+
+    // 2. Everything is checked before anything is loaded.
+    let elf = kernel::check(&kernel_file)?;
+    let bootfs_files = BootFs::parse(bootfs.bytes())
+        .map_err(|e| Fatal::new(alloc::format!("boot filesystem {BOOTFS_PATH} is invalid: {e}"), REBUILD))?
+        .len();
+
+    // 3. Kernel segments, boot stack, platform facts.
+    let loaded = kernel::load(&elf)?;
+    let stack_size = mantra_config::BOOT_STACK_KIB.max(16) as u64 * 1024;
+    let stack = platform::allocate(stack_size, "boot stack")?;
+    let framebuffer = platform::framebuffer();
+    let rsdp = platform::rsdp();
+    let nx = platform::nx_supported();
+
+    // 4. Page tables: identity map of all physical memory plus the kernel.
+    let map = uefi::boot::memory_map(MemoryType::LOADER_DATA).map_err(|e| {
+        Fatal::new(alloc::format!("cannot read the UEFI memory map: {e}"), "report this firmware problem")
+    })?;
+    let mut highest = framebuffer.base.saturating_add(framebuffer.size);
+    let (mut ram_pages, mut free_pages) = (0u64, 0u64);
+    for d in map.entries() {
+        highest = highest.max(d.phys_start.saturating_add(d.page_count.saturating_mul(4096)));
+        let kind = memmap::kind_of(d.ty.0);
+        if !matches!(kind, MemoryKind::Mmio | MemoryKind::Reserved | MemoryKind::Unusable) {
+            ram_pages += d.page_count;
+        }
+        if kind == MemoryKind::Usable {
+            free_pages += d.page_count;
+        }
+    }
+    let map_entries = map.len();
+    drop(map);
+    let identity_end =
+        layout::identity_end(highest).map_err(|e| Fatal::new(alloc::format!("{e}"), "boot with less memory"))?;
+    let segments: Vec<KernelSegment> = loaded.segments.iter().map(|s| s.bootinfo()).collect();
+    let page_table = handoff::build_page_tables(identity_end, &loaded, nx)?;
+
+    // 5. Buffers the hand-over fills after ExitBootServices.
+    let capacity = map_entries + MAP_HEADROOM;
+    let buffers = handoff::Buffers::allocate(capacity, segments.len(), cmdline.len())?;
+
+    say!(
+        "MantraBoot: kernel {} segments, entry {:#x}, {} KiB; BootInfo version {}",
+        loaded.segments.len(),
+        loaded.entry,
+        loaded.segments.iter().map(|s| s.pages).sum::<u64>() * 4,
+        mantra_bootinfo::VERSION
+    );
+    say!(
+        "MantraBoot: memory {} MiB, {} MiB free; identity map {} GiB ({} table frames, NX {}); bootfs {} files ({} bytes); framebuffer {}; ACPI RSDP {:#x}",
+        ram_pages / 256,
+        free_pages / 256,
+        identity_end >> 30,
+        page_table.frames_used,
+        if nx { "on" } else { "off" },
+        bootfs_files,
+        bootfs.len,
+        platform::describe_framebuffer(&framebuffer),
+        rsdp
+    );
+
+    handoff::enter_kernel(handoff::Handoff {
+        entry: loaded.entry,
+        page_table: page_table.root,
+        nx,
+        stack_base: stack,
+        stack_size,
+        bootfs_addr: bootfs.addr,
+        bootfs_size: bootfs.len as u64,
+        framebuffer,
+        rsdp,
+        segments,
+        cmdline,
+        buffers,
+    })
+}
