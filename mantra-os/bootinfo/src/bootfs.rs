@@ -1,5 +1,5 @@
 //! The boot filesystem: a flat, read-only archive that `./mantra build`
-//! packs (mantra/image/bootfs.py writes the same layout) and MantraBoot loads
+//! packs (tools/mantra/image/bootfs.py writes the same layout) and MantraBoot loads
 //! next to the kernel. Later issues put MantraInit and the services in it.
 //!
 //! Layout (little-endian):
@@ -142,7 +142,7 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    /// Mirrors mantra/image/bootfs.py.
+    /// Mirrors tools/mantra/image/bootfs.py.
     fn pack(files: &[(&str, &[u8])]) -> Vec<u8> {
         let table_end = HEADER_SIZE + files.len() * ENTRY_SIZE;
         let mut offset = (table_end as u64).div_ceil(DATA_ALIGN) * DATA_ALIGN;

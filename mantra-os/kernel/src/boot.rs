@@ -168,7 +168,7 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
     apic::start_periodic(traps::VECTOR_TIMER, timer_rate, hz);
     Machine::enable_interrupts();
     let start = cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed);
-    while cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed) < start + 3 {
+    while cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed) < start + 1 {
         Machine::wait_for_interrupt();
     }
     kprintln!(

@@ -48,7 +48,25 @@ pub fn run() -> ! {
         }
     }
     kprintln!("ktest: {} passed, {} failed", TESTS.len() - failed, failed);
+    let cmdline = crate::boot::bootinfo().cmdline();
+    if let Some(kind) = cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("ktest.crash=")) {
+        crash(kind);
+    }
     Machine::exit_emulator(failed == 0)
+}
+
+/// `ktest.crash=KIND` on the command line: after the tests, provoke a fault
+/// nobody expects, so the host can check the fatal report (and that a stack
+/// overflow is reported, not a triple fault).
+fn crash(kind: &str) {
+    cpu_arch::set_fault_recovery(None);
+    kprintln!("ktest: crashing on purpose: {kind}");
+    match kind {
+        "null" => read_null(),
+        "overflow" => overflow_stack(),
+        "text-write" => write_text(),
+        other => kprintln!("ktest: unknown crash kind {other:?} (null, overflow, text-write)"),
+    }
 }
 
 /// The armed expectation: where to resume and what the handler saw.

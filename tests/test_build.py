@@ -1,0 +1,145 @@
+"""The build driver, with cargo replaced by a stand-in (MANTRA_CARGO) that
+writes recognizable artifacts: configuration -> cargo calls -> ESP, GPT and
+manifest.json, and repacking only when an input changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from gpt_reader import read_gpt
+from mantra.build import build
+from mantra.errors import MantraError
+from mantra.image import gpt
+from mantra.workspace import Workspace
+from support import ROOT, add_product, read_esp
+
+FAKE_CARGO = '''#!{python}
+"""Stand-in for cargo: records its call, writes the artifact cargo would."""
+import hashlib, json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["FAKE_CARGO_LOG"], "a") as log:
+    log.write(json.dumps({{"args": args, "cwd": os.getcwd(), "env": {{k: os.environ.get(k) for k in
+        ("RUSTC", "RUSTC_BOOTSTRAP", "CARGO_TARGET_DIR", "MANTRA_CONFIG_DIR")}}}}) + "\\n")
+if os.environ.get("FAKE_CARGO_FAIL"):
+    sys.exit(101)
+binary, target = args[args.index("--bin") + 1], args[args.index("--target") + 1]
+features = args[args.index("--features") + 1] if "--features" in args else ""
+profile = "release" if "--release" in args else "debug"
+out = Path(os.environ["CARGO_TARGET_DIR"], target, profile, binary + (".efi" if "uefi" in target else ""))
+out.parent.mkdir(parents=True, exist_ok=True)
+config = Path(os.environ["MANTRA_CONFIG_DIR"], "mantra_config.rs").read_bytes()
+out.write_text(f"{{binary}} {{target}} {{profile}} features={{features}} config={{hashlib.sha256(config).hexdigest()}}")
+'''
+
+
+@pytest.fixture
+def fake(scratch: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """`scratch` with mantra-os/Cargo.toml, and MANTRA_CARGO set to the stand-in."""
+    (scratch.native_dir).mkdir()
+    shutil.copy(ROOT / "mantra-os" / "Cargo.toml", scratch.native_dir / "Cargo.toml")
+    cargo = tmp_path / "fake-cargo"
+    cargo.write_text(FAKE_CARGO.format(python=sys.executable))
+    cargo.chmod(cargo.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("MANTRA_CARGO", str(cargo))
+    monkeypatch.setenv("FAKE_CARGO_LOG", str(tmp_path / "cargo.log"))
+    return scratch
+
+
+def cargo_calls(tmp_path: Path) -> list[dict]:
+    log = tmp_path / "cargo.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) -> None:
+    result = build(fake, "qemu-x86_64", "default")
+    root = fake.root / "build" / "qemu-x86_64" / "default"
+    calls = cargo_calls(tmp_path)
+    assert [call["args"][:7] for call in calls] == [
+        ["build", "-p", "mantra-boot", "--bin", "mantra-boot", "--target", "x86_64-unknown-uefi"],
+        ["build", "-p", "mantra-kernel", "--bin", "mantra-kernel", "--target", "x86_64-unknown-none"],
+    ]
+    for call in calls:
+        assert "-Zbuild-std=core,alloc,compiler_builtins" in call["args"]
+        assert "-Zbuild-std-features=compiler-builtins-mem" in call["args"]
+        assert call["cwd"] == str(fake.native_dir)
+        assert call["env"] == {"RUSTC": "/usr/bin/rustc", "RUSTC_BOOTSTRAP": "1",
+                               "CARGO_TARGET_DIR": str(root / "target"), "MANTRA_CONFIG_DIR": str(root / "config")}
+    assert result.image == root / "image.img" and result.packed
+    manifest = json.loads(result.manifest.read_text())
+    assert (manifest["board"], manifest["product"], manifest["variant"], manifest["profile"]) == (
+        "qemu-x86_64", "default", "default", "debug")
+    assert manifest["version"] == "0.1.0"
+    assert manifest["services"] == [{"name": "MantraCore", "kind": "kernel"}]
+    assert manifest["config"]["sha256"] == hashlib.sha256((root / "config" / ".config").read_bytes()).hexdigest()
+    assert [(c["name"], c["kind"], c["partition"], c["path"]) for c in manifest["components"]] == [
+        ("MantraBoot", "bootloader", "esp", "EFI/BOOT/BOOTX64.EFI"),
+        ("MantraCore", "kernel", "esp", "MANTRA/KERNEL.ELF"),
+        ("boot filesystem", "bootfs", "esp", "MANTRA/BOOTFS.IMG"),
+    ]
+    disk = read_gpt(result.image)
+    esp = disk.partitions[0]
+    files = read_esp(result.image, esp.first_lba * 512, tmp_path)
+    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF"]
+    for component in manifest["components"]:
+        data = files[component["path"]]
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (component["size"], component["sha256"])
+    assert files["MANTRA/KERNEL.ELF"].startswith(b"mantra-kernel x86_64-unknown-none debug features= ")
+    assert manifest["image"]["sha256"] == hashlib.sha256(result.image.read_bytes()).hexdigest()
+    assert [p["name"] for p in manifest["partitions"]] == ["esp", "slot-a", "slot-b"]
+
+
+def test_unchanged_inputs_skip_packing(fake: Workspace) -> None:
+    first = build(fake, "qemu-x86_64", "default")
+    stamp = first.image.stat().st_mtime_ns
+    second = build(fake, "qemu-x86_64", "default")
+    assert first.packed and not second.packed
+    assert second.image.stat().st_mtime_ns == stamp
+
+
+def test_changed_configuration_repacks(fake: Workspace) -> None:
+    build(fake, "qemu-x86_64", "default")
+    prj = fake.products_dir / "default" / "prj.conf"
+    prj.write_text(prj.read_text() + "CONFIG_TIMER_HZ=1000\n")
+    assert build(fake, "qemu-x86_64", "default").packed
+
+
+def test_cmdline_goes_to_the_esp(fake: Workspace, tmp_path: Path) -> None:
+    add_product(fake, "withcmd", "", extra_toml='cmdline = "log=debug ktest=all"')
+    result = build(fake, "qemu-x86_64", "withcmd")
+    disk = read_gpt(result.image)
+    files = read_esp(result.image, disk.partitions[0].first_lba * 512, tmp_path)
+    assert files["MANTRA/CMDLINE.TXT"] == b"log=debug ktest=all"
+    kinds = [c["kind"] for c in json.loads(result.manifest.read_text())["components"]]
+    assert kinds == ["bootloader", "kernel", "bootfs", "cmdline"]
+
+
+def test_ktest_and_release_builds(fake: Workspace, tmp_path: Path) -> None:
+    result = build(fake, "qemu-x86_64", "default", ktest=True, release=True)
+    root = fake.root / "build" / "qemu-x86_64" / "default"
+    assert result.image == root / "ktest" / "image.img"
+    kernel_call = cargo_calls(tmp_path)[-1]["args"]
+    assert kernel_call[kernel_call.index("--features") + 1] == "ktest" and "--release" in kernel_call
+    manifest = json.loads(result.manifest.read_text())
+    assert (manifest["variant"], manifest["profile"]) == ("ktest", "release")
+    assert read_gpt(result.image).partitions[1].type_guid == gpt.MANTRA_SLOT_TYPE
+
+
+def test_cargo_failure_is_an_error(fake: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_CARGO_FAIL", "1")
+    with pytest.raises(MantraError, match=r"cargo build of MantraBoot failed \(exit status 101\)"):
+        build(fake, "qemu-x86_64", "default")
+
+
+def test_missing_toolchain_says_what_to_install(fake: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MANTRA_CARGO", "/nonexistent/cargo")
+    with pytest.raises(MantraError) as caught:
+        build(fake, "qemu-x86_64", "default")
+    assert "/nonexistent/cargo not found" in caught.value.message
+    assert "rustc-web cargo-web rust-web-src" in caught.value.hint and "MANTRA_CARGO" in caught.value.hint

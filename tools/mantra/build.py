@@ -1,0 +1,206 @@
+"""The build driver: Kconfig -> cargo -> disk image.
+
+1. Resolve the configuration (mantra.kconfig) into build/<board>/<product>/config/.
+2. cargo builds MantraBoot (UEFI target) and MantraCore (bare-metal target,
+   with `--features ktest` for the in-guest test image) with the Debian
+   toolchain, CARGO_TARGET_DIR=build/<board>/<product>/target.
+3. Pack the boot filesystem (the product's product.toml and the resolved
+   .config), the ESP (FAT32) and the GPT disk image with the ESP and the
+   empty A/B slots, and write manifest.json listing every component.
+
+cargo is incremental; step 3 is skipped when the hashes of everything that
+goes into the image are those of the last packing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mantra import kconfig
+from mantra.board import Board, load_board
+from mantra.console import step
+from mantra.errors import MantraError
+from mantra.image import bootfs, esp, gpt
+from mantra.kconfig import ResolvedConfig
+from mantra.product import Product, load_product
+from mantra.toolchain import RustToolchain
+from mantra.workspace import BuildPaths, Workspace
+
+# Paths on the ESP (MantraBoot's is EFI/BOOT/<board's efi_boot_file>).
+KERNEL_PATH = "MANTRA/KERNEL.ELF"
+BOOTFS_PATH = "MANTRA/BOOTFS.IMG"
+CMDLINE_PATH = "MANTRA/CMDLINE.TXT"
+
+# Names of the files in the boot filesystem.
+BOOTFS_PRODUCT = "product.toml"
+BOOTFS_CONFIG = ".config"
+
+# Partition names of the GPT image.
+ESP_PARTITION = "esp"
+SLOT_PARTITIONS = ("slot-a", "slot-b")
+
+MANIFEST_FORMAT = 1
+_GUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://mantra-os/disk-image")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One thing in the image, as manifest.json lists it."""
+
+    name: str
+    kind: str
+    partition: str
+    path: str  # path on the partition's file system
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    board: Board
+    product: Product
+    config: ResolvedConfig
+    image: Path
+    manifest: Path
+    components: tuple[Component, ...]
+    packed: bool  # False when the image was already up to date
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def native_version(workspace: Workspace) -> str:
+    """The MantraOS version: [workspace.package] version of mantra-os/Cargo.toml."""
+    manifest = workspace.native_dir / "Cargo.toml"
+    try:
+        with manifest.open("rb") as stream:
+            return tomllib.load(stream)["workspace"]["package"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise MantraError(f"cannot read the MantraOS version from {manifest}: {exc}",
+                          "it belongs in [workspace.package] version") from None
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class _EspFile:
+    name: str
+    kind: str
+    path: str  # on the ESP
+    source: Path
+
+
+def _compile(workspace: Workspace, board: Board, paths: BuildPaths, *, release: bool,
+             ktest: bool) -> tuple[Path, Path]:
+    """cargo builds of MantraBoot and MantraCore; returns their artifacts."""
+    toolchain = RustToolchain.locate()
+    common = dict(crate_dir=workspace.native_dir, target_dir=paths.target_dir, config_dir=paths.config_dir,
+                  release=release)
+    profile = "release" if release else "debug"
+    step(f"Compiling MantraBoot ({board.build.uefi_target}, {profile})")
+    boot = toolchain.build_bare_metal(package="mantra-boot", binary="mantra-boot", target=board.build.uefi_target,
+                                      what="MantraBoot", **common).with_suffix(".efi")
+    variant = " with in-guest tests" if ktest else ""
+    step(f"Compiling MantraCore{variant} ({board.build.kernel_target}, {profile})")
+    kernel = toolchain.build_bare_metal(package="mantra-kernel", binary="mantra-kernel",
+                                        target=board.build.kernel_target, features=("ktest",) if ktest else (),
+                                        what=f"MantraCore{variant}", **common)
+    for artifact in (boot, kernel):
+        if not artifact.is_file():
+            raise MantraError(f"cargo reported success but {artifact} does not exist",
+                              "check the binary names in mantra-os/boot and mantra-os/kernel")
+    return boot, kernel
+
+
+def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: uuid.UUID) -> list[gpt.Partition]:
+    """Writes esp.img and the GPT disk image.img in `image_dir`."""
+    step(f"Packing the ESP ({board.disk.esp_size_mib} MiB FAT32)")
+    esp_image = image_dir / "esp.img"
+    esp.write_esp(esp_image, board.disk.esp_size_mib, {f.path: f.source for f in esp_files})
+    step("Writing the GPT disk image")
+    mib = 1024 * 1024
+    specs = [gpt.PartitionSpec(ESP_PARTITION, gpt.ESP_TYPE, board.disk.esp_size_mib * mib, esp_image)]
+    specs += [gpt.PartitionSpec(name, gpt.MANTRA_SLOT_TYPE, board.disk.slot_size_mib * mib) for name in SLOT_PARTITIONS]
+    return gpt.write_image(image_dir / "image.img", specs, align=board.disk.align_mib * mib, disk_guid=disk_guid)
+
+
+def build(workspace: Workspace, board_name: str, product_name: str, *, release: bool = False,
+          ktest: bool = False) -> BuildResult:
+    """Builds build/<board>/<product>/image.img (ktest/image.img with `ktest`)."""
+    board = load_board(workspace, board_name)
+    product = load_product(workspace, product_name)
+    step(f"Configuring {board.name}/{product.name}")
+    config, outputs = kconfig.configure(workspace, board, product)
+    paths = workspace.build_paths(board.name, product.name)
+    boot, kernel = _compile(workspace, board, paths, release=release, ktest=ktest)
+
+    image_dir = paths.image_dir(ktest)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    bootfs_files = [(BOOTFS_PRODUCT, product.data_file.read_bytes()), (BOOTFS_CONFIG, outputs.dotconfig.read_bytes())]
+    bootfs_image = image_dir / "bootfs.img"
+    _write_if_changed(bootfs_image, bootfs.pack(bootfs_files))
+    esp_files = [
+        _EspFile("MantraBoot", "bootloader", f"EFI/BOOT/{board.build.efi_boot_file}", boot),
+        _EspFile("MantraCore", "kernel", KERNEL_PATH, kernel),
+        _EspFile("boot filesystem", "bootfs", BOOTFS_PATH, bootfs_image),
+    ]
+    if product.cmdline is not None:
+        cmdline = image_dir / "cmdline.txt"
+        _write_if_changed(cmdline, product.cmdline.encode("utf-8"))
+        esp_files.append(_EspFile("kernel command line", "cmdline", CMDLINE_PATH, cmdline))
+    components = tuple(
+        Component(f.name, f.kind, ESP_PARTITION, f.path, f.source.stat().st_size, _file_sha256(f.source))
+        for f in esp_files
+    )
+
+    variant = "ktest" if ktest else "default"
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "board": board.name,
+        "product": product.name,
+        "variant": variant,
+        "version": native_version(workspace),
+        "profile": "release" if release else "debug",
+        "services": [asdict(service) for service in product.services],
+        "config": {"path": workspace.relative(outputs.dotconfig), "sha256": outputs.sha256()},
+        "disk": asdict(board.disk),
+        "components": [asdict(c) for c in components],
+        "bootfs": [{"name": name, "size": len(data), "sha256": _sha256(data)} for name, data in bootfs_files],
+    }
+    image = image_dir / "image.img"
+    manifest_path = image_dir / "manifest.json"
+    # Everything that goes into the image, hashed: unchanged means nothing to repack.
+    inputs = _sha256(json.dumps(manifest, sort_keys=True).encode())
+    stamp = image_dir / "image.inputs"
+    if image.is_file() and manifest_path.is_file() and stamp.is_file() and stamp.read_text() == inputs:
+        step(f"Image up to date: {workspace.relative(image)}")
+        return BuildResult(board, product, config, image, manifest_path, components, packed=False)
+
+    disk_guid = uuid.uuid5(_GUID_NAMESPACE, f"{board.name}/{product.name}/{variant}")
+    partitions = _pack(image_dir, board, esp_files, disk_guid)
+    manifest["image"] = {"path": image.name, "size": image.stat().st_size, "sha256": _file_sha256(image)}
+    manifest["partitions"] = [
+        {"name": p.name, "type_guid": str(p.type_guid), "guid": str(p.unique_guid), "first_lba": p.first_lba,
+         "last_lba": p.last_lba, "size": p.size}
+        for p in partitions
+    ]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    stamp.write_text(inputs)
+    return BuildResult(board, product, config, image, manifest_path, components, packed=True)

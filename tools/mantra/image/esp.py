@@ -1,0 +1,46 @@
+"""Writer of the EFI System Partition: a FAT32 file system image made with
+mtools (mformat, mmd, mcopy), without mounting anything.
+
+The volume serial is fixed and file times come from SOURCE_DATE_EPOCH, so
+the same files give a byte-identical partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+
+from mantra import proc
+
+VOLUME_LABEL = "MANTRA ESP"
+VOLUME_SERIAL = "4d414e54"  # "MANT"
+# 1980-01-01 00:00:00 UTC: the FAT epoch.
+FILE_TIME = "315532800"
+
+_MTOOLS_HINT = "install the Debian package mtools (./mantra installs it)"
+
+
+def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
+    """Creates the FAT32 image `path` of `size_mib` MiB holding `files`
+    (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy)."""
+    mformat = proc.require_tool("mformat", "mtools")
+    mmd = proc.require_tool("mmd", "mtools")
+    mcopy = proc.require_tool("mcopy", "mtools")
+    env = {"SOURCE_DATE_EPOCH": FILE_TIME, "MTOOLS_SKIP_CHECK": "1"}
+    sectors = size_mib * 1024 * 1024 // 512
+    with path.open("wb") as image:
+        image.truncate(size_mib * 1024 * 1024)
+    proc.run(
+        [mformat, "-i", path, "-F", "-N", VOLUME_SERIAL, "-v", VOLUME_LABEL, "-T", str(sectors),
+         "-h", "64", "-s", "32", "::"],
+        env=env, capture=True, what="mformat of the ESP", hint=_MTOOLS_HINT,
+    )
+    # Parents before children; sorted so the directory order never varies.
+    directories = sorted({str(parent) for name in files for parent in PurePosixPath(name).parents
+                          if str(parent) != "."}, key=lambda d: (d.count("/"), d))
+    if directories:
+        proc.run([mmd, "-i", path, *(f"::/{d}" for d in directories)],
+                 env=env, capture=True, what="mmd on the ESP", hint=_MTOOLS_HINT)
+    for name, source in files.items():
+        proc.run([mcopy, "-i", path, source, f"::/{name}"],
+                 env=env, capture=True, what=f"mcopy of {name} to the ESP", hint=_MTOOLS_HINT)

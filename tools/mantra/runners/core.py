@@ -1,0 +1,100 @@
+"""Board runners: one base class for every way of booting a board.
+
+As Zephyr's west runners: each back end (QEMU today; a serial/USB flasher
+and a HIL bench later) subclasses `BoardRunner`, declares what it can do in
+`RunnerCaps`, and is found by the name a board's board.toml gives as
+`runner`. External programs run through mantra.proc.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from mantra.board import Board
+from mantra.errors import MantraError
+
+# Exit status of `mantra run --headless` when the timeout ends the run, as timeout(1).
+TIMEOUT_EXIT_STATUS = 124
+
+
+@dataclass(frozen=True)
+class RunnerCaps:
+    """What a runner supports beyond booting an image."""
+
+    # Deterministic instruction counting (QEMU -icount): guest time = instructions.
+    icount: bool = False
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """How a headless boot ended.
+
+    `exit_code` is the runner's exit status (for QEMU, (v << 1) | 1 when the
+    guest wrote v to isa-debug-exit), or None when the run was stopped: by
+    the timeout (`timed_out`), or because the console printed `until`
+    (`matched`). `console_text` is everything the console printed.
+    """
+
+    exit_code: int | None
+    console_text: str
+    timed_out: bool
+    matched: bool
+    log: Path
+
+    @property
+    def status(self) -> int:
+        """One exit status for the whole run: the runner's, 0 when `until`
+        matched, TIMEOUT_EXIT_STATUS on timeout."""
+        if self.timed_out:
+            return TIMEOUT_EXIT_STATUS
+        if self.matched:
+            return 0
+        assert self.exit_code is not None
+        return self.exit_code
+
+
+class BoardRunner(ABC):
+    """Boots `image` on `board`, configured as `config` (resolved Kconfig
+    values, name -> value). `work_dir` holds the runner's per-image state
+    (firmware variables, console log)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[RunnerCaps] = RunnerCaps()
+
+    def __init__(self, board: Board, config: Mapping[str, str], image: Path, work_dir: Path) -> None:
+        self.board = board
+        self.config = config
+        self.image = image
+        self.work_dir = work_dir
+
+    def run_interactive(self, *, icount: bool = False) -> int:
+        """Boots with the console on this terminal until the user quits;
+        returns the exit status."""
+        self._check_caps(icount)
+        return self.do_run_interactive(icount=icount)
+
+    def run_headless(self, *, timeout: float | None, icount: bool = False, until: str | None = None,
+                     echo: bool = False) -> BootResult:
+        """Boots with the console captured to `work_dir`/console.log (and
+        echoed to stdout with `echo`); stops after `timeout` seconds, or as
+        soon as the console prints a line holding `until`."""
+        self._check_caps(icount)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo)
+
+    def _check_caps(self, icount: bool) -> None:
+        if icount and not self.capabilities.icount:
+            raise MantraError(f"the {self.name} runner of board {self.board.name} cannot count instructions",
+                              "run without --icount")
+
+    @abstractmethod
+    def do_run_interactive(self, *, icount: bool) -> int:
+        """Back end of run_interactive (capabilities already checked)."""
+
+    @abstractmethod
+    def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool) -> BootResult:
+        """Back end of run_headless (capabilities already checked, work_dir exists)."""
