@@ -21,7 +21,7 @@ from support import ROOT, add_product, read_esp
 
 FAKE_CARGO = '''#!{python}
 """Stand-in for cargo: records its call, writes the artifact cargo would."""
-import hashlib, json, os, sys
+import hashlib, json, os, struct, sys
 from pathlib import Path
 args = sys.argv[1:]
 with open(os.environ["FAKE_CARGO_LOG"], "a") as log:
@@ -29,13 +29,22 @@ with open(os.environ["FAKE_CARGO_LOG"], "a") as log:
         ("RUSTC", "RUSTC_BOOTSTRAP", "CARGO_TARGET_DIR", "MANTRA_CONFIG_DIR")}}}}) + "\\n")
 if os.environ.get("FAKE_CARGO_FAIL"):
     sys.exit(101)
-binary, target = args[args.index("--bin") + 1], args[args.index("--target") + 1]
+target = args[args.index("--target") + 1]
 features = args[args.index("--features") + 1] if "--features" in args else ""
 profile = "release" if "--release" in args else "debug"
-out = Path(os.environ["CARGO_TARGET_DIR"], target, profile, binary + (".efi" if "uefi" in target else ""))
-out.parent.mkdir(parents=True, exist_ok=True)
 config = Path(os.environ["MANTRA_CONFIG_DIR"], "mantra_config.rs").read_bytes()
-out.write_text(f"{{binary}} {{target}} {{profile}} features={{features}} config={{hashlib.sha256(config).hexdigest()}}")
+for binary in [args[i + 1] for i, arg in enumerate(args) if arg == "--bin"]:
+    out = Path(os.environ["CARGO_TARGET_DIR"], target, profile, binary + (".efi" if "uefi" in target else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = f"{{binary}} {{target}} {{profile}} features={{features}} config={{hashlib.sha256(config).hexdigest()}}"
+    if binary in ("mantra-boot", "mantra-kernel"):
+        out.write_text(text)
+    else:  # a user program: the smallest ELF64 executable the packer accepts, plus "debug info"
+        payload = text.encode()
+        header = struct.pack("<4s5B7xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, 2, 62, 1, 0x400000, 64, 0, 0,
+                             64, 56, 1, 64, 0, 0)
+        phdr = struct.pack("<IIQQQQQQ", 1, 5, 120, 0x400000, 0x400000, len(payload), len(payload), 4096)
+        out.write_bytes(header + phdr + payload + b"DEBUGINFO")
 '''
 
 
@@ -44,6 +53,9 @@ def fake(scratch: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     """`scratch` with mantra-os/Cargo.toml, and MANTRA_CARGO set to the stand-in."""
     (scratch.native_dir).mkdir()
     shutil.copy(ROOT / "mantra-os" / "Cargo.toml", scratch.native_dir / "Cargo.toml")
+    for crate in (ROOT / "mantra-os" / "user").glob("*/Cargo.toml"):  # the user programs mantra build looks for
+        (scratch.native_dir / "user" / crate.parent.name).mkdir(parents=True)
+        shutil.copy(crate, scratch.native_dir / "user" / crate.parent.name / "Cargo.toml")
     cargo = tmp_path / "fake-cargo"
     cargo.write_text(FAKE_CARGO.format(python=sys.executable))
     cargo.chmod(cargo.stat().st_mode | stat.S_IXUSR)
@@ -61,10 +73,11 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
     result = build(fake, "qemu-x86_64", "default")
     root = fake.root / "build" / "qemu-x86_64" / "default"
     calls = cargo_calls(tmp_path)
-    assert [call["args"][:7] for call in calls] == [
+    assert [call["args"][:7] for call in calls[:2]] == [
         ["build", "-p", "mantra-boot", "--bin", "mantra-boot", "--target", "x86_64-unknown-uefi"],
         ["build", "-p", "mantra-kernel", "--bin", "mantra-kernel", "--target", "x86_64-unknown-none"],
     ]
+    assert len(calls) == 3 and "--bin" in calls[2]["args"]  # then the userland (tests/test_userland_build.py)
     for call in calls:
         assert "-Zbuild-std=core,alloc,compiler_builtins" in call["args"]
         assert "-Zbuild-std-features=compiler-builtins-mem" in call["args"]
@@ -76,7 +89,8 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
     assert (manifest["board"], manifest["product"], manifest["variant"], manifest["profile"]) == (
         "qemu-x86_64", "default", "default", "debug")
     assert manifest["version"] == "0.1.0"
-    assert manifest["services"] == [{"name": "MantraCore", "kind": "kernel"}]
+    assert [(s["name"], s["kind"]) for s in manifest["services"]] == [
+        ("MantraCore", "kernel"), ("logd", "user"), ("demo", "user"), ("crashy", "user")]
     assert manifest["config"]["sha256"] == hashlib.sha256((root / "config" / ".config").read_bytes()).hexdigest()
     assert [(c["name"], c["kind"], c["partition"], c["path"]) for c in manifest["components"]] == [
         ("MantraBoot", "bootloader", "esp", "EFI/BOOT/BOOTX64.EFI"),
@@ -124,7 +138,7 @@ def test_ktest_and_release_builds(fake: Workspace, tmp_path: Path) -> None:
     result = build(fake, "qemu-x86_64", "default", ktest=True, release=True)
     root = fake.root / "build" / "qemu-x86_64" / "default"
     assert result.image == root / "ktest" / "image.img"
-    kernel_call = cargo_calls(tmp_path)[-1]["args"]
+    kernel_call = [c["args"] for c in cargo_calls(tmp_path) if "mantra-kernel" in c["args"]][-1]
     assert kernel_call[kernel_call.index("--features") + 1] == "ktest" and "--release" in kernel_call
     manifest = json.loads(result.manifest.read_text())
     assert (manifest["variant"], manifest["profile"]) == ("ktest", "release")

@@ -48,7 +48,7 @@ def test_bad_product_data_is_an_error_not_a_traceback(scratch: Workspace) -> Non
     toml.write_text(toml.read_text().replace('kind = "kernel"', 'kind = "[driver]"'))
     result = invoke(scratch, "config", "-p", "odd")
     assert result.exit_code == 1
-    assert "service kind '[driver]' is unknown (kinds: kernel)" in result.stderr
+    assert "service kind '[driver]' is unknown (kinds: kernel, user)" in result.stderr
 
 
 def test_not_a_checkout(tmp_path) -> None:

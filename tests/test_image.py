@@ -52,10 +52,13 @@ def test_boot_filesystem_holds_product_and_config(default_image: BuildResult, wo
     disk = read_gpt(default_image.image)
     files = read_esp(default_image.image, disk.partitions[0].first_lba * 512, tmp_path)
     config_dir = workspace.build_paths("qemu-x86_64", "default").config_dir
-    assert parse_bootfs(files["MANTRA/BOOTFS.IMG"]) == [
+    bootfs = parse_bootfs(files["MANTRA/BOOTFS.IMG"])
+    assert bootfs[:2] == [
         ("product.toml", (workspace.products_dir / "default" / "product.toml").read_bytes()),
         (".config", (config_dir / ".config").read_bytes()),
     ]
+    # Then init.manifest and the user programs (tests/test_userland_build.py looks inside).
+    assert [name for name, _ in bootfs[2:]] == ["init.manifest", "init", "logd", "demo", "crashy"]
 
 
 def test_manifest_names_board_product_version_and_config(default_image: BuildResult, workspace: Workspace) -> None:

@@ -3,10 +3,13 @@
 1. Resolve the configuration (mantra.kconfig) into build/<board>/<product>/config/.
 2. cargo builds MantraBoot (UEFI target) and MantraCore (bare-metal target,
    with `--features ktest` for the in-guest test image) with the Debian
-   toolchain, CARGO_TARGET_DIR=build/<board>/<product>/target.
-3. Pack the boot filesystem (the product's product.toml and the resolved
-   .config), the ESP (FAT32) and the GPT disk image with the ESP and the
-   empty A/B slots, and write manifest.json listing every component.
+   toolchain, CARGO_TARGET_DIR=build/<board>/target; then, when
+   the product has user services, MantraInit and the services' programs
+   (mantra-os/user/, same bare-metal target; see mantra.userland).
+3. Pack the boot filesystem (the product's product.toml, the resolved
+   .config and, with user services, `init.manifest` and the programs), the
+   ESP (FAT32) and the GPT disk image with the ESP and the empty A/B slots,
+   and write manifest.json listing every component.
 
 cargo is incremental; step 3 is skipped when the hashes of everything that
 goes into the image are those of the last packing.
@@ -18,16 +21,16 @@ import hashlib
 import json
 import tomllib
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from mantra import kconfig
+from mantra import kconfig, userland
 from mantra.board import Board, load_board
 from mantra.console import step
 from mantra.errors import MantraError
 from mantra.image import bootfs, esp, gpt
 from mantra.kconfig import ResolvedConfig
-from mantra.product import Product, load_product
+from mantra.product import Product, init_manifest, load_product
 from mantra.toolchain import RustToolchain
 from mantra.workspace import BuildPaths, Workspace
 
@@ -39,6 +42,7 @@ CMDLINE_PATH = "MANTRA/CMDLINE.TXT"
 # Names of the files in the boot filesystem.
 BOOTFS_PRODUCT = "product.toml"
 BOOTFS_CONFIG = ".config"
+BOOTFS_INIT_MANIFEST = "init.manifest"
 
 # Partition names of the GPT image.
 ESP_PARTITION = "esp"
@@ -129,6 +133,29 @@ def _compile(workspace: Workspace, board: Board, paths: BuildPaths, *, release: 
     return boot, kernel
 
 
+def _compile_programs(workspace: Workspace, board: Board, paths: BuildPaths, programs: list[userland.Program], *,
+                      release: bool) -> list[tuple[str, bytes]]:
+    """One cargo build of the user programs (same bare-metal target as the
+    kernel); returns (boot filesystem name, stripped ELF) per program."""
+    if not programs:
+        return []
+    toolchain = RustToolchain.locate()
+    names = [p.name for p in programs]
+    step(f"Compiling the userland: {', '.join(names)} ({board.build.kernel_target}, "
+         f"{'release' if release else 'debug'})")
+    artifacts = toolchain.build_programs(
+        crate_dir=workspace.native_dir, packages=[p.package for p in programs], binaries=names,
+        target=board.build.kernel_target, target_dir=paths.target_dir, config_dir=paths.config_dir,
+        release=release, what="the userland")
+    files = []
+    for name, artifact in artifacts.items():
+        if not artifact.is_file():
+            raise MantraError(f"cargo reported success but {artifact} does not exist",
+                              f"check the binary name of program '{name}' in mantra-os/user/")
+        files.append((name, userland.strip(name, artifact.read_bytes())))
+    return files
+
+
 def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: uuid.UUID) -> list[gpt.Partition]:
     """Writes esp.img and the GPT disk image.img in `image_dir`."""
     step(f"Packing the ESP ({board.disk.esp_size_mib} MiB FAT32)")
@@ -142,18 +169,35 @@ def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: u
 
 
 def build(workspace: Workspace, board_name: str, product_name: str, *, release: bool = False,
-          ktest: bool = False) -> BuildResult:
-    """Builds build/<board>/<product>/image.img (ktest/image.img with `ktest`)."""
+          ktest: bool = False, service_args: dict[str, tuple[str, ...]] | None = None,
+          variant: str | None = None) -> BuildResult:
+    """Builds build/<board>/<product>/image.img (ktest/image.img with `ktest`).
+
+    `service_args` replaces the startup arguments of the named services, and
+    `variant` puts the image in build/<board>/<product>/<variant>/ (used by
+    `mantra fuzz`, so the product's own image stays as its manifest says)."""
     board = load_board(workspace, board_name)
     product = load_product(workspace, product_name)
+    if service_args:
+        unknown = sorted(set(service_args) - {s.name for s in product.user_services})
+        if unknown:
+            raise MantraError(f"product {product.name} has no user service {', '.join(unknown)}",
+                              f"services: {', '.join(s.name for s in product.user_services)}")
+        product = replace(product, services=tuple(
+            replace(s, args=service_args.get(s.name, s.args)) for s in product.services))
     step(f"Configuring {board.name}/{product.name}")
     config, outputs = kconfig.configure(workspace, board, product)
     paths = workspace.build_paths(board.name, product.name)
+    programs = userland.programs_for(workspace, product)  # checks the programs before compiling anything
     boot, kernel = _compile(workspace, board, paths, release=release, ktest=ktest)
+    program_files = _compile_programs(workspace, board, paths, programs, release=release)
 
-    image_dir = paths.image_dir(ktest)
+    image_dir = paths.image_dir(ktest, variant)
     image_dir.mkdir(parents=True, exist_ok=True)
     bootfs_files = [(BOOTFS_PRODUCT, product.data_file.read_bytes()), (BOOTFS_CONFIG, outputs.dotconfig.read_bytes())]
+    if program_files:
+        bootfs_files.append((BOOTFS_INIT_MANIFEST, init_manifest(product).encode()))
+        bootfs_files += program_files
     bootfs_image = image_dir / "bootfs.img"
     _write_if_changed(bootfs_image, bootfs.pack(bootfs_files))
     esp_files = [
@@ -170,7 +214,7 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
         for f in esp_files
     )
 
-    variant = "ktest" if ktest else "default"
+    variant = variant or ("ktest" if ktest else "default")
     manifest = {
         "format": MANIFEST_FORMAT,
         "board": board.name,

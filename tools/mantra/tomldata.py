@@ -62,6 +62,16 @@ class Table:
             raise MantraError(f"{self.file}: `{self._key(key)}` must be a list of strings")
         return value
 
+    def check_keys(self, allowed: tuple[str, ...], what: str) -> None:
+        """An error naming the first key that is not in `allowed` (a typo would otherwise be ignored)."""
+        for key in self._data:
+            if key not in allowed:
+                raise MantraError(f"{self.file}: {what}: unknown key `{self._key(key)}` (keys: {', '.join(allowed)})",
+                                  "fix or remove it")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
     def table(self, key: str) -> Table:
         return Table(self._get(key, dict, "a table"), self.file, f"{self._key(key)}.")
 

@@ -81,12 +81,55 @@ class RustToolchain:
         )
         return target_dir / target / ("release" if release else "debug") / binary
 
+    def build_programs(
+        self,
+        *,
+        crate_dir: Path,
+        packages: list[str],
+        binaries: list[str],
+        target: str,
+        target_dir: Path,
+        config_dir: Path,
+        release: bool,
+        what: str,
+    ) -> dict[str, Path]:
+        """One `cargo build` of several binaries (the user programs) for a
+        bare-metal target with build-std; returns binary name -> artifact."""
+        cmd = [self.cargo, "build"]
+        for package in packages:
+            cmd += ["-p", package]
+        for binary in binaries:
+            cmd += ["--bin", binary]
+        cmd += ["--target", target, *BUILD_STD]
+        if release:
+            cmd.append("--release")
+        env = {
+            "RUSTC": self.rustc,
+            "RUSTC_BOOTSTRAP": "1",
+            "CARGO_TARGET_DIR": str(target_dir),
+            "MANTRA_CONFIG_DIR": str(config_dir),
+        }
+        proc.run(
+            cmd,
+            cwd=crate_dir,
+            env=env,
+            what=f"cargo build of {what}",
+            hint="the compiler's messages are above; `./mantra -v build` shows the exact cargo command",
+        )
+        out = target_dir / target / ("release" if release else "debug")
+        return {binary: out / binary for binary in binaries}
+
+    @property
+    def rustdoc(self) -> str:
+        """The rustdoc beside rustc (doctests must use the same compiler)."""
+        return str(Path(self.rustc).with_name("rustdoc"))
+
     def test_host(self, crate_dir: Path) -> int:
         """`cargo test` of the workspace's host-testable crates; returns its exit status."""
         completed = proc.run(
             [self.cargo, "test"],
             cwd=crate_dir,
-            env={"RUSTC": self.rustc},
+            env={"RUSTC": self.rustc, "RUSTDOC": self.rustdoc},
             what="cargo test",
             hint="see the failing tests above",
             check=False,

@@ -78,9 +78,15 @@ class BuildPaths:
 
     @property
     def target_dir(self) -> Path:
-        return self.root / "target"
+        """cargo's target directory, shared by the board's products
+        (build/<board>/target): the bare-metal core library is built once per
+        board; a product switch only rebuilds what its configuration reaches."""
+        return self.root.parent / "target"
 
-    def image_dir(self, ktest: bool) -> Path:
-        """Where the disk image and its manifest go: the build tree itself, or
-        its ktest/ folder for the in-guest kernel test image."""
+    def image_dir(self, ktest: bool, variant: str | None = None) -> Path:
+        """Where the disk image and its manifest go: the build tree itself, its
+        ktest/ folder for the in-guest kernel test image, or another variant's
+        folder (e.g. fuzz/ for `mantra fuzz`)."""
+        if variant is not None:
+            return self.root / variant
         return self.root / "ktest" if ktest else self.root

@@ -81,8 +81,15 @@ extern "C" fn after_switch() -> ! {
     crate::ktest::run();
 
     #[cfg(not(feature = "ktest"))]
-    loop {
-        Machine::wait_for_interrupt();
+    {
+        match crate::userboot::start_init() {
+            Ok(_) => {}
+            Err(crate::userboot::BootError::NoInit) => {
+                kwarn!("no init in the boot filesystem: the kernel idles (build a product with services)")
+            }
+            Err(e) => kerror!("cannot start init: {e}"),
+        }
+        crate::sched::idle_loop()
     }
 }
 
@@ -165,18 +172,23 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
         crate::fatal_stop();
     };
     let hz = mantra_config::TIMER_HZ as u64;
+    crate::ipc::set_clock(STATE.get().map_or(0, |s| s.entry_tsc), tsc_rate);
+    crate::sched::init(cpus);
+    cpu_arch::syscall::init();
     apic::start_periodic(traps::VECTOR_TIMER, timer_rate, hz);
-    Machine::enable_interrupts();
     let start = cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed);
     while cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed) < start + 1 {
         Machine::wait_for_interrupt();
     }
+    // Kernel code runs with interrupts masked; only halts open them.
+    cpu_arch::cpu::disable_interrupts();
     kprintln!(
         "timer: LAPIC periodic at {hz} Hz ({} kHz LAPIC clock, TSC {} MHz), running: {} ticks",
         timer_rate / 1000,
         tsc_rate / 1_000_000,
         cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed)
     );
+    cpu_arch::smp::start_aps(&madt);
     cpus
 }
 

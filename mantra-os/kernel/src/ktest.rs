@@ -33,6 +33,7 @@ const TESTS: &[(&str, fn() -> TestResult)] = &[
     ("frame_exhaustion_handled", frame_exhaustion_handled),
     ("timer_ticks", timer_ticks),
     ("kernel_image_in_memory_map", kernel_image_in_memory_map),
+    ("smp", cpu_arch::smp::self_test),
 ];
 
 pub fn run() -> ! {

@@ -6,5 +6,10 @@
 extern crate alloc;
 
 pub mod acpi;
+pub mod cap;
+pub mod handle;
 pub mod mm;
+pub mod signal;
 pub mod sync;
+pub mod usermem;
+pub mod vmo;

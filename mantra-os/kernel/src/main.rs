@@ -9,7 +9,16 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod ipc;
+mod klog;
 mod memory;
+mod object;
+mod sched;
+mod space;
+mod syscall;
+mod task;
+mod uaccess;
+mod userboot;
 
 #[cfg(feature = "ktest")]
 mod ktest;

@@ -30,6 +30,8 @@ static KERNEL_SPACE: SpinLock<Option<AddressSpace<DirectMap>>> = SpinLock::new(N
 /// Virtual = physical + this, for physical memory: 0 on the loader's
 /// identity map, `PHYS_MAP_BASE` once the kernel's tables are live.
 static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+/// The CPU has NX and EFER.NXE is on.
+static NX: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// End of the direct map (physical).
 static DIRECT_MAP_END: AtomicU64 = AtomicU64::new(0);
 
@@ -96,10 +98,12 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
         .map(|r| r.end())
         .max()
         .unwrap_or(0);
+    NX.store(features.nx, Ordering::Relaxed);
     let mut frames = FRAMES.lock();
     // SAFETY: the Usable regions are free RAM nobody else uses, reachable
     // at offset 0 through the loader's identity map.
     unsafe { frames.init(usable, span_end, 0) }.map_err(|_| SetupError::NoUsableMemory)?;
+    reserve_low_frames(&mut frames);
     let alloc = &mut *frames;
 
     // SAFETY: the loader identity-maps all physical memory, and the new
@@ -197,6 +201,57 @@ pub fn finish_after_switch() {
     }
 }
 
+/// End of the memory real-mode code can reach (a STARTUP IPI's vector
+/// names a page below 1 MiB).
+pub const LOW_MEMORY_END: u64 = 1 << 20;
+/// Frames below 1 MiB set aside at init for real-mode code: the AP start
+/// trampoline and its temporary page tables (arch::x86_64::smp).
+pub const LOW_RESERVED_FRAMES: u64 = 5;
+/// The reserved run's first frame, until `alloc_low_frames` takes it.
+static LOW_FRAMES: SpinLock<Option<PhysAddr>> = SpinLock::new(None);
+
+/// Takes the lowest free run of `LOW_RESERVED_FRAMES` frames if it lies below
+/// 1 MiB, before the page tables and the heap (whose allocations start at
+/// the bottom of memory) use up low memory.
+fn reserve_low_frames(frames: &mut FrameAllocator) {
+    let Some(first) = frames.alloc_contiguous(LOW_RESERVED_FRAMES, 1) else { return };
+    if first.as_u64() + LOW_RESERVED_FRAMES * layout::PAGE_SIZE <= LOW_MEMORY_END {
+        *LOW_FRAMES.lock() = Some(first);
+    } else {
+        let _ = frames.free_contiguous(first, LOW_RESERVED_FRAMES);
+    }
+}
+
+/// `count` (at most `LOW_RESERVED_FRAMES`) physically contiguous frames
+/// below 1 MiB, for real-mode code: the run reserved at init, or else a run
+/// found now (memory reclaimed from the firmware may lie that low). The
+/// frames are the caller's for good; their contents are undefined.
+pub fn alloc_low_frames(count: u64) -> Option<PhysAddr> {
+    if count == 0 || count > LOW_RESERVED_FRAMES {
+        return None;
+    }
+    if let Some(first) = LOW_FRAMES.lock().take() {
+        let mut frames = FRAMES.lock();
+        let spare = PhysAddr::new(first.as_u64() + count * layout::PAGE_SIZE);
+        let _ = frames.free_contiguous(spare, LOW_RESERVED_FRAMES - count);
+        return Some(first);
+    }
+    let mut frames = FRAMES.lock();
+    let first = frames.alloc_contiguous(count, 1)?;
+    if first.as_u64() + count * layout::PAGE_SIZE <= LOW_MEMORY_END {
+        Some(first)
+    } else {
+        let _ = frames.free_contiguous(first, count);
+        None
+    }
+}
+
+/// Physical address of the kernel's PML4 (the root every CPU loads while
+/// in the kernel's own address space).
+pub fn kernel_root() -> u64 {
+    KERNEL_SPACE.lock().as_ref().expect("kernel space built").root().as_u64()
+}
+
 /// Maps kernel stack `slot` (fresh frames) and returns its top.
 pub fn map_kernel_stack(slot: u64) -> Result<u64, SetupError> {
     let nx = cpu::Features::detect().nx;
@@ -258,4 +313,64 @@ impl PhysRead for PhysReader {
         unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(phys) as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
+}
+
+pub fn nx_enabled() -> bool {
+    NX.load(Ordering::Relaxed)
+}
+
+/// Frames for page tables, taking the allocator's lock per frame (for
+/// callers holding an address-space lock: that lock comes first).
+pub struct FrameSource;
+
+// SAFETY: the frame allocator hands out each free frame once.
+unsafe impl FrameAlloc for FrameSource {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        FRAMES.lock().alloc()
+    }
+}
+
+/// Page tables for a new user address space: an empty lower half and the
+/// kernel's upper half (shared tables, so later kernel mappings under the
+/// existing top-level entries appear in every space).
+pub fn new_user_tables() -> Result<AddressSpace<DirectMap>, MapError> {
+    // SAFETY: the direct map is live (user spaces are created after boot).
+    let mem = unsafe { DirectMap::new(layout::PHYS_MAP_BASE) };
+    let mut space = AddressSpace::new(mem, &mut FrameSource)?;
+    let kernel = KERNEL_SPACE.lock();
+    space.copy_kernel_half_from(kernel.as_ref().expect("kernel space built"));
+    Ok(space)
+}
+
+/// Frees the page-table frames of a user space's lower half and its root.
+/// Leaf frames belong to memory objects and are not touched.
+///
+/// Contract: no CPU may have this root loaded (the space is being dropped
+/// because no thread can run in it any more).
+pub fn free_user_tables(space: &mut AddressSpace<DirectMap>) {
+    const PRESENT: u64 = 1;
+    const HUGE: u64 = 1 << 7;
+    const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    fn table(phys: u64) -> &'static [u64; 512] {
+        // SAFETY: page-table frames are RAM under the direct map, owned by
+        // the space being torn down; only read here.
+        unsafe { &*(phys_to_virt(phys) as *const [u64; 512]) }
+    }
+    /// Frees the tables below `entry` at `level` (4 = PML4 entry).
+    fn free_below(entry: u64, level: u8, frames: &mut FrameAllocator) {
+        if entry & PRESENT == 0 || (level < 4 && entry & HUGE != 0) || level == 1 {
+            return;
+        }
+        let phys = entry & ADDR;
+        for &child in table(phys).iter() {
+            free_below(child, level - 1, frames);
+        }
+        let _ = frames.free(PhysAddr::new(phys));
+    }
+    let root = space.root().as_u64();
+    let mut frames = FRAMES.lock();
+    for &entry in table(root)[..256].iter() {
+        free_below(entry, 4, &mut frames);
+    }
+    let _ = frames.free(PhysAddr::new(root));
 }

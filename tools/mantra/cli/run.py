@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
@@ -52,6 +53,11 @@ def run(
     icount: Annotated[
         bool, typer.Option("--icount", help="Count guest instructions (QEMU -icount shift=0): deterministic timing.")
     ] = False,
+    smp: Annotated[
+        int | None,
+        typer.Option("--smp", metavar="N", min=1, max=256,
+                     help="Boot with N CPUs instead of the board's count (qemu.smp in board.toml)."),
+    ] = None,
 ) -> None:
     """Build the image of BOARD and PRODUCT and boot it (QEMU: Ctrl-A X quits).
 
@@ -64,7 +70,10 @@ def run(
         raise typer.BadParameter("--timeout and --until need --headless", param_hint="--timeout/--until")
     ws = workspace(ctx)
     built = driver.build(ws, board, product, release=release, ktest=ktest)
-    runner = runner_for(built.board, built.config.values, built.image, built.image.parent)
+    board_data = built.board
+    if smp is not None:
+        board_data = dataclasses.replace(board_data, qemu=dataclasses.replace(board_data.qemu, smp=smp))
+    runner = runner_for(board_data, built.config.values, built.image, built.image.parent)
     if not headless:
         raise typer.Exit(runner.run_interactive(icount=icount))
     step(f"Booting {ws.relative(built.image)} headless; console log: {ws.relative(runner.work_dir / 'console.log')}")

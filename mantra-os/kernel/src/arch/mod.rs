@@ -19,8 +19,6 @@ pub trait Arch {
     fn timestamp() -> u64;
     /// Sleeps until the next interrupt (HLT / WFI): idle CPUs never spin.
     fn wait_for_interrupt();
-    /// Enables interrupts on this CPU.
-    fn enable_interrupts();
     /// Stops this CPU for good (interrupts off).
     fn halt() -> !;
     /// Ends an emulator run with a pass/fail status (QEMU isa-debug-exit);

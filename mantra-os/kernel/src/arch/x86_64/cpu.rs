@@ -52,6 +52,7 @@ macro_rules! control_register {
 }
 
 control_register!(read_cr0, write_cr0, "cr0");
+control_register!(read_cr3, write_cr3, "cr3");
 control_register!(read_cr4, write_cr4, "cr4");
 
 pub fn read_cr2() -> u64 {

@@ -11,7 +11,10 @@ use core::mem::size_of;
 
 pub const KERNEL_CODE: u16 = 0x08;
 pub const KERNEL_DATA: u16 = 0x10;
-// 0x18 user data (RPL 3), 0x20 user code (RPL 3): used from the kernel issue on.
+/// User data (0x18) and user code (0x20) follow: SYSCALL/SYSRET need this order.
+pub const USER_DATA_BASE: u16 = 0x18;
+pub const USER_DATA: u16 = USER_DATA_BASE | 3;
+pub const USER_CODE: u16 = (USER_DATA_BASE + 8) | 3;
 pub const TSS_SELECTOR: u16 = 0x28;
 
 /// IST slots (1-based, as the IDT encodes them).
@@ -63,6 +66,11 @@ impl CpuTables {
             tss: Tss { _reserved0: 0, rsp: [0; 3], _reserved1: 0, ist: [0; 7], _reserved2: 0, _reserved3: 0, iomap_base: size_of::<Tss>() as u16 },
             ist: [IstStack([0; IST_STACK_SIZE]), IstStack([0; IST_STACK_SIZE]), IstStack([0; IST_STACK_SIZE])],
         }
+    }
+
+    /// Sets the stack the CPU loads on interrupts from user mode.
+    pub fn set_rsp0(&mut self, top: u64) {
+        self.tss.rsp[0] = top;
     }
 
     /// Fills the TSS descriptor and IST pointers, then loads GDTR, the

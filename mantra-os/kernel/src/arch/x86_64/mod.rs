@@ -2,12 +2,16 @@
 //! LAPIC timer and the kernel's address space.
 
 pub mod apic;
+pub mod context;
 pub mod cpu;
 pub mod gdt;
 pub mod layout;
+pub mod percpu;
 #[cfg(feature = "ktest")]
 pub mod recover;
 pub mod serial;
+pub mod smp;
+pub mod syscall;
 pub mod traps;
 
 use core::fmt::Write;
@@ -39,11 +43,6 @@ impl Arch for Machine {
         unsafe { cpu::enable_and_halt() };
     }
 
-    fn enable_interrupts() {
-        // SAFETY: called after `init_cpu` loaded the IDT.
-        unsafe { cpu::enable_interrupts() };
-    }
-
     fn halt() -> ! {
         loop {
             cpu::disable_interrupts();
@@ -68,15 +67,17 @@ pub fn init_console() {
     CONSOLE.init(mantra_config::SERIAL_BAUD as u32);
 }
 
-static mut BSP_TABLES: gdt::CpuTables = gdt::CpuTables::new();
 static IDT: SpinLock<traps::Idt> = SpinLock::new(traps::Idt::new());
 
 /// Loads the GDT, TSS and IDT on the boot CPU, so every fault from here on
 /// is reported.
 pub fn init_cpu() {
-    // SAFETY: runs once, on the boot CPU, before interrupts are enabled; the
-    // tables are statics and are never loaded on another CPU.
-    unsafe { (*core::ptr::addr_of_mut!(BSP_TABLES)).load() };
+    percpu::init_bsp();
+    load_idt();
+}
+
+/// Loads the shared IDT on this CPU (filling it on first use).
+pub fn load_idt() {
     let mut idt = IDT.lock();
     idt.populate();
     // SAFETY: the IDT lives in a static and is never moved or changed after
@@ -155,16 +156,45 @@ pub(crate) fn trap(frame: &mut TrapFrame) {
         v if v == u64::from(traps::VECTOR_TIMER) => {
             TICKS.fetch_add(1, Ordering::Relaxed);
             apic::end_of_interrupt();
+            crate::ipc::on_tick();
+            crate::sched::tick(frame.from_user());
         }
         v if v == u64::from(traps::VECTOR_SPURIOUS) => {}
+        v if smp::is_ipi_vector(v) => smp::handle_ipi(v as u8),
         32..=47 => {} // spurious legacy-PIC IRQ: the PICs are masked, no EOI
         v if v < 32 => exception(frame),
         v => crate::kwarn!("unexpected interrupt vector {v}"),
     }
 }
 
+/// `map::*` access bits of a page fault's error code.
+fn page_fault_access(error: u64) -> u32 {
+    if error & (1 << 4) != 0 {
+        mantra_abi::map::EXECUTE
+    } else if error & 2 != 0 {
+        mantra_abi::map::WRITE
+    } else {
+        mantra_abi::map::READ
+    }
+}
+
 fn exception(frame: &mut TrapFrame) {
     let cr2 = cpu::read_cr2();
+    // Faults on user addresses: lazy commit first (from user mode, or from
+    // the kernel's user-copy routine), then the process's own fault.
+    if frame.vector == 14 && (frame.from_user() || context::in_user_copy(frame)) {
+        if let Some(thread) = crate::sched::current() {
+            if cr2 < mantra_abi::USER_END && thread.process().space().handle_fault(cr2, page_fault_access(frame.error_code)) {
+                return;
+            }
+        }
+        if context::fixup_user_copy(frame) {
+            return;
+        }
+    }
+    if frame.from_user() {
+        user_fault(frame, cr2);
+    }
     let uses_cr2 = frame.vector == 14 || frame.vector == 8;
     let fault = Fault {
         vector: frame.vector,
@@ -183,6 +213,31 @@ fn exception(frame: &mut TrapFrame) {
     }
     report_fault(&fault, frame);
     crate::fatal_stop();
+}
+
+/// A user thread faulted: its process dies (reported), the kernel goes on.
+fn user_fault(frame: &TrapFrame, cr2: u64) -> ! {
+    let thread = crate::sched::current().expect("user mode runs a thread");
+    let process = thread.process().clone();
+    let mut detail = alloc::string::String::new();
+    if frame.vector == 14 {
+        let _ = traps::describe_page_fault(frame.error_code, &mut detail);
+        let _ = write!(detail, " at {cr2:#x}");
+    }
+    crate::kprintln!(
+        "process {} (koid {}) killed: {} (vector {}) at RIP {:#x}{}{}",
+        process.name,
+        process.koid,
+        traps::exception_name(frame.vector),
+        frame.vector,
+        frame.rip,
+        if detail.is_empty() { "" } else { ": " },
+        detail
+    );
+    process.terminate(-(1000 + frame.vector as i64));
+    drop(process);
+    drop(thread);
+    crate::sched::exit_current()
 }
 
 /// Prints a fault report: vector, error code, RIP, CR2, decoded bits.

@@ -72,7 +72,8 @@ macro_rules! stubs {
 }
 
 // Exceptions 0-31 (the CPU pushes an error code for 8, 10-14, 17, 21, 29, 30),
-// the legacy PIC range (spurious IRQs after masking), the timer, spurious.
+// the legacy PIC range (spurious IRQs after masking), the timer, the IPIs
+// (smp::VECTOR_RESCHEDULE, smp::VECTOR_CALL), spurious.
 stubs!(
     0 noerr, 1 noerr, 2 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr,
     8 err, 9 noerr, 10 err, 11 err, 12 err, 13 err, 14 err, 15 noerr,
@@ -80,27 +81,56 @@ stubs!(
     24 noerr, 25 noerr, 26 noerr, 27 noerr, 28 noerr, 29 err, 30 err, 31 noerr,
     32 noerr, 33 noerr, 34 noerr, 35 noerr, 36 noerr, 37 noerr, 38 noerr, 39 noerr,
     40 noerr, 41 noerr, 42 noerr, 43 noerr, 44 noerr, 45 noerr, 46 noerr, 47 noerr,
-    48 noerr, 255 noerr,
+    48 noerr, 64 noerr, 65 noerr, 255 noerr,
 );
 
-// The common path: save the general registers, call the dispatcher with a
-// pointer to the frame, restore, drop vector and error code, return.
+// The common path. Entries from user mode (CS RPL 3) swap GS to the
+// kernel's per-CPU area first; SYSCALL enters at `mantra_trap_save` with the
+// frame already built (see syscall.rs). Every return to any context — after
+// an interrupt, a syscall, or the first run of a new thread — leaves through
+// `mantra_trap_return` with RSP at a TrapFrame.
 global_asm!(
     "mantra_trap_common:",
+    "test byte ptr [rsp + 24], 3",
+    "jz 1f",
+    "swapgs",
+    "1:",
+    ".global mantra_trap_save",
+    "mantra_trap_save:",
     "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
     "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
     "cld",
     "mov rdi, rsp",
     "call {dispatch}",
+    ".global mantra_trap_return",
+    "mantra_trap_return:",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
     "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
     "add rsp, 16",
+    "test byte ptr [rsp + 8], 3",
+    "jz 2f",
+    "swapgs",
+    "2:",
     "iretq",
     dispatch = sym trap_dispatch,
 );
 
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    super::trap(frame);
+    if frame.vector == SYSCALL_MARKER {
+        crate::syscall::dispatch(frame);
+    } else {
+        super::trap(frame);
+    }
+}
+
+/// The `vector` value SYSCALL entries put in their frame (not a CPU vector).
+pub const SYSCALL_MARKER: u64 = 0x100;
+
+impl TrapFrame {
+    /// The frame was saved while running in user mode.
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
 }
 
 #[repr(C)]

@@ -1,0 +1,126 @@
+//! Kernel-stack context switching and user-memory copies with fault fixup.
+
+use core::arch::global_asm;
+
+use super::gdt::{USER_CODE, USER_DATA};
+use super::TrapFrame;
+
+// mantra_switch(save_rsp: *mut u64, load_rsp: u64): saves the callee-saved
+// registers on the current stack, stores RSP, loads the other stack and
+// restores its registers. Returns on the other thread's stack.
+global_asm!(
+    ".global mantra_switch",
+    "mantra_switch:",
+    "push rbp", "push rbx", "push r12", "push r13", "push r14", "push r15",
+    "mov [rdi], rsp",
+    "mov rsp, rsi",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbx", "pop rbp",
+    "ret",
+);
+
+// mantra_copy_user(dst, src, len) -> 0, or 1 when a fault was not resolvable
+// (the page-fault handler moves RIP to the fixup). SMAP is lifted only for
+// the copy itself.
+global_asm!(
+    ".global mantra_copy_user",
+    "mantra_copy_user:",
+    "stac",
+    "mov rcx, rdx",
+    ".global mantra_copy_user_insn",
+    "mantra_copy_user_insn:",
+    "rep movsb",
+    "clac",
+    "xor eax, eax",
+    "ret",
+    ".global mantra_copy_user_fixup",
+    "mantra_copy_user_fixup:",
+    "clac",
+    "mov eax, 1",
+    "ret",
+);
+
+extern "C" {
+    fn mantra_switch(save_rsp: *mut u64, load_rsp: u64);
+    fn mantra_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    fn mantra_copy_user_insn();
+    fn mantra_copy_user_fixup();
+    fn mantra_trap_return();
+}
+
+/// Switches kernel stacks: saves the current context into `*save_rsp` and
+/// resumes the one saved at `load_rsp`.
+///
+/// # Safety
+/// `load_rsp` must be a context saved by `switch` or built by
+/// [`prepare_user_entry`], whose stack stays mapped while it runs; interrupts
+/// must be off.
+pub unsafe fn switch(save_rsp: *mut u64, load_rsp: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { mantra_switch(save_rsp, load_rsp) }
+}
+
+/// Builds a fresh thread's kernel stack so that the first `switch` to it
+/// enters user mode at `entry` with `stack` and the two arguments.
+/// Returns the context RSP to switch to.
+///
+/// # Safety
+/// `[stack_top - 4096, stack_top)` must be mapped writable kernel memory not
+/// in use.
+pub unsafe fn prepare_user_entry(stack_top: u64, entry: u64, user_stack: u64, arg0: u64, arg1: u64) -> u64 {
+    let frame_ptr = (stack_top - core::mem::size_of::<TrapFrame>() as u64) as *mut TrapFrame;
+    let frame = TrapFrame {
+        r15: 0, r14: 0, r13: 0, r12: 0, r11: 0, r10: 0, r9: 0, r8: 0, rbp: 0,
+        rdi: arg0,
+        rsi: arg1,
+        rdx: 0, rcx: 0, rbx: 0, rax: 0,
+        vector: 0,
+        error_code: 0,
+        rip: entry,
+        cs: u64::from(USER_CODE),
+        rflags: 0x202, // IF set, reserved bit 1
+        rsp: user_stack,
+        ss: u64::from(USER_DATA),
+    };
+    // SAFETY: the caller guarantees the top of the stack is ours to write.
+    unsafe {
+        frame_ptr.write(frame);
+        // Below the frame: the return address mantra_switch's `ret` takes,
+        // and six zeroed callee-saved registers it pops first.
+        let ret = (frame_ptr as *mut u64).sub(1);
+        ret.write(mantra_trap_return as *const () as u64);
+        let regs = ret.sub(6);
+        for i in 0..6 {
+            regs.add(i).write(0);
+        }
+        regs as u64
+    }
+}
+
+/// Copies `len` bytes between user and kernel memory (one side must be a
+/// range the caller validated as user space). Returns false when a page
+/// could not be made present (the copy stopped part-way).
+///
+/// # Safety
+/// The kernel-side range must be valid for the access; the user range must
+/// lie entirely in user space (the fault handler resolves or fixes up only
+/// faults on user addresses inside this copy).
+pub unsafe fn copy_user(dst: *mut u8, src: *const u8, len: usize) -> bool {
+    // SAFETY: guaranteed by the caller; faults inside are fixed up.
+    unsafe { mantra_copy_user(dst, src, len) == 0 }
+}
+
+/// When a kernel-mode fault happened inside the user copy, makes it fail
+/// instead (returns true when the frame was redirected).
+pub fn fixup_user_copy(frame: &mut TrapFrame) -> bool {
+    if frame.rip == mantra_copy_user_insn as *const () as u64 {
+        frame.rip = mantra_copy_user_fixup as *const () as u64;
+        true
+    } else {
+        false
+    }
+}
+
+/// True when `frame` is a kernel-mode fault inside the user copy.
+pub fn in_user_copy(frame: &TrapFrame) -> bool {
+    !frame.from_user() && frame.rip == mantra_copy_user_insn as *const () as u64
+}

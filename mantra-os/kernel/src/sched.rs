@@ -1,0 +1,297 @@
+//! Scheduling: per-CPU run queues with priority classes behind a policy
+//! trait, the idle loop, blocking and wake-ups, and the context switch.
+//!
+//! The kernel runs with interrupts off (SYSCALL masks IF, interrupt gates
+//! clear it), so a CPU is only ever switched at the explicit points here:
+//! a blocking call, a yield, an exit, or a timer tick that interrupted user
+//! mode or the idle loop. All scheduler state sits behind one lock.
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mantra_abi::Priority;
+use mantra_kernel::sync::SpinLock;
+
+use crate::arch::x86_64::{context, percpu};
+use crate::arch::{Arch, Machine};
+use crate::task::{Thread, ThreadState};
+
+/// Upper bound on CPUs the scheduler tracks (Kconfig MAX_CPUS is capped here).
+pub const MAX_CPUS: usize = 64;
+const CLASSES: usize = 4;
+/// Timer ticks a thread runs before a same-class thread gets the CPU.
+const TIME_SLICE_TICKS: u32 = 2;
+
+/// A scheduling policy: research mode swaps this (DESIGN.md, MantraLab).
+pub trait Policy: Send {
+    fn name(&self) -> &'static str;
+    /// Makes `thread` runnable on (preferably) `cpu`.
+    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool);
+    /// The next thread for `cpu`, if any (may steal from other CPUs).
+    fn pick(&mut self, cpu: usize) -> Option<Arc<Thread>>;
+    /// Whether a runnable thread on `cpu` should preempt one of `class`.
+    fn should_preempt(&self, cpu: usize, class: Priority, slice_used: u32) -> bool;
+    /// Runnable threads queued on `cpu`.
+    fn queued(&self, cpu: usize) -> usize;
+}
+
+/// Per-CPU queues, one per priority class; real-time preempts at once,
+/// equal classes round-robin by time slice; an idle CPU steals from the
+/// busiest one (load balancing).
+pub struct PriorityRoundRobin {
+    queues: Vec<[VecDeque<Arc<Thread>>; CLASSES]>,
+}
+
+impl PriorityRoundRobin {
+    pub fn new(cpus: usize) -> Self {
+        Self { queues: (0..cpus).map(|_| Default::default()).collect() }
+    }
+
+    fn best_class(&self, cpu: usize) -> Option<usize> {
+        (0..CLASSES).rev().find(|&c| !self.queues[cpu][c].is_empty())
+    }
+}
+
+impl Policy for PriorityRoundRobin {
+    fn name(&self) -> &'static str {
+        "priority round-robin, per-CPU queues, work stealing"
+    }
+
+    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool) {
+        let cpu = thread.affinity().unwrap_or(cpu).min(self.queues.len() - 1);
+        let class = thread.priority() as usize;
+        let queue = &mut self.queues[cpu][class];
+        if front {
+            queue.push_front(thread);
+        } else {
+            queue.push_back(thread);
+        }
+    }
+
+    fn pick(&mut self, cpu: usize) -> Option<Arc<Thread>> {
+        if let Some(class) = self.best_class(cpu) {
+            return self.queues[cpu][class].pop_front();
+        }
+        // Steal the lowest-priority-first... no: the highest class from the
+        // busiest other CPU, skipping threads pinned elsewhere.
+        let victim = (0..self.queues.len())
+            .filter(|&other| other != cpu)
+            .max_by_key(|&other| self.queued(other))
+            .filter(|&other| self.queued(other) > 1)?;
+        for class in (0..CLASSES).rev() {
+            let queue = &mut self.queues[victim][class];
+            if let Some(pos) = queue.iter().position(|t| t.affinity().is_none()) {
+                return queue.remove(pos);
+            }
+        }
+        None
+    }
+
+    fn should_preempt(&self, cpu: usize, class: Priority, slice_used: u32) -> bool {
+        match self.best_class(cpu) {
+            Some(best) if best > class as usize => true,
+            Some(best) if best == class as usize => slice_used >= TIME_SLICE_TICKS && class != Priority::RealTime,
+            _ => false,
+        }
+    }
+
+    fn queued(&self, cpu: usize) -> usize {
+        self.queues.get(cpu).map_or(0, |q| q.iter().map(VecDeque::len).sum())
+    }
+}
+
+struct State {
+    policy: Option<alloc::boxed::Box<dyn Policy>>,
+}
+
+static STATE: SpinLock<State> = SpinLock::new(State { policy: None });
+
+/// What each CPU is running. `None` = the idle loop on the CPU's boot stack.
+struct CpuSlot {
+    current: SpinLock<Option<Arc<Thread>>>,
+    /// Saved RSP of the idle context while a thread runs.
+    idle_rsp: AtomicU64,
+    /// Ticks the current thread has run since it was picked.
+    slice: AtomicU64,
+    /// A thread that exited on this CPU, freed after the switch away.
+    reap: SpinLock<Option<Arc<Thread>>>,
+}
+
+const EMPTY_SLOT: CpuSlot = CpuSlot {
+    current: SpinLock::new(None),
+    idle_rsp: AtomicU64::new(0),
+    slice: AtomicU64::new(0),
+    reap: SpinLock::new(None),
+};
+static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
+
+/// Context switches performed (all CPUs).
+pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
+
+pub fn init(cpus: usize) {
+    STATE.lock().policy = Some(alloc::boxed::Box::new(PriorityRoundRobin::new(cpus.clamp(1, MAX_CPUS))));
+}
+
+pub fn policy_name() -> &'static str {
+    STATE.lock().policy.as_ref().map_or("none", |p| p.name())
+}
+
+fn cpu() -> usize {
+    percpu::current().index
+}
+
+/// The thread running on this CPU (None in the idle loop).
+pub fn current() -> Option<Arc<Thread>> {
+    CPUS[cpu()].current.lock().clone()
+}
+
+/// Makes a thread runnable. `front`: run it next (IPI wake-ups switch
+/// directly to the woken thread).
+pub fn make_runnable(thread: Arc<Thread>, front: bool) {
+    thread.set_state(ThreadState::Runnable);
+    let cpu = cpu();
+    if let Some(policy) = STATE.lock().policy.as_mut() {
+        policy.enqueue(cpu, thread, front);
+    }
+}
+
+/// Wakes a blocked thread (no-op for any other state).
+pub fn wake(thread: &Arc<Thread>, front: bool) {
+    if thread.state() == ThreadState::Blocked {
+        make_runnable(thread.clone(), front);
+    }
+}
+
+/// The idle loop of a CPU: runs threads while there are any, halts otherwise.
+pub fn idle_loop() -> ! {
+    // The kernel runs with interrupts off everywhere but in the halt below:
+    // an interrupt handler may take the scheduler's locks.
+    crate::arch::x86_64::cpu::disable_interrupts();
+    loop {
+        if let Some(next) = pick() {
+            switch_from_idle(next);
+        }
+        reap();
+        Machine::wait_for_interrupt();
+        crate::arch::x86_64::cpu::disable_interrupts();
+    }
+}
+
+/// The next thread to run; threads of killed processes (Dead while queued)
+/// are dropped here.
+fn pick() -> Option<Arc<Thread>> {
+    let cpu = cpu();
+    let mut state = STATE.lock();
+    let policy = state.policy.as_mut()?;
+    loop {
+        let thread = policy.pick(cpu)?;
+        if thread.state() != ThreadState::Dead {
+            return Some(thread);
+        }
+    }
+}
+
+/// Called on every timer tick with interrupts off: preempts the current
+/// thread when the policy says so. `in_idle`: the tick interrupted the idle
+/// loop (which picks threads itself).
+pub fn tick(from_user: bool) {
+    let cpu = cpu();
+    let slot = &CPUS[cpu];
+    let Some(current) = slot.current.lock().clone() else { return };
+    let used = slot.slice.fetch_add(1, Ordering::Relaxed) as u32 + 1;
+    if !from_user {
+        return;
+    }
+    let preempt = STATE.lock().policy.as_ref().is_some_and(|p| p.should_preempt(cpu, current.priority(), used));
+    if preempt {
+        yield_now();
+    }
+}
+
+/// Puts the current thread at the back of its queue and runs another.
+pub fn yield_now() {
+    let Some(current) = current() else { return };
+    make_runnable(current, false);
+    reschedule();
+}
+
+/// Blocks the current thread until `wake`. The caller has registered it
+/// on a wait list and set its state to Blocked under that list's lock.
+pub fn block() {
+    reschedule();
+}
+
+/// Ends the current thread: never returns.
+pub fn exit_current() -> ! {
+    let current = current().expect("exit from a thread");
+    current.set_state(ThreadState::Dead);
+    *CPUS[cpu()].reap.lock() = Some(current);
+    reschedule();
+    unreachable!("a dead thread was scheduled");
+}
+
+/// Leaves the current thread (whose state the caller set) for the next
+/// runnable one, or for the idle loop.
+fn reschedule() {
+    let cpu = cpu();
+    let slot = &CPUS[cpu];
+    let prev = slot.current.lock().clone().expect("reschedule from a thread");
+    match pick() {
+        Some(next) if Arc::ptr_eq(&next, &prev) => {
+            next.set_state(ThreadState::Running);
+        }
+        Some(next) => {
+            let save = prev.context_slot();
+            drop(prev);
+            switch_to(next, save);
+        }
+        None => {
+            let save = prev.context_slot();
+            drop(prev);
+            *slot.current.lock() = None;
+            SWITCHES.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: the idle context was saved by switch_from_idle on this
+            // CPU's boot stack, which stays mapped.
+            unsafe { context::switch(save, slot.idle_rsp.load(Ordering::Relaxed)) };
+        }
+    }
+    reap();
+}
+
+fn switch_from_idle(next: Arc<Thread>) {
+    let slot = &CPUS[cpu()];
+    let save = slot.idle_rsp.as_ptr();
+    switch_to(next, save);
+    reap();
+}
+
+/// Installs `next` as current (kernel stack, address space) and switches.
+fn switch_to(next: Arc<Thread>, save: *mut u64) {
+    let slot = &CPUS[cpu()];
+    next.set_state(ThreadState::Running);
+    slot.slice.store(0, Ordering::Relaxed);
+    percpu::current().set_kernel_stack(next.kernel_stack_top());
+    next.process().space().activate();
+    let load = next.context();
+    *slot.current.lock() = Some(next);
+    SWITCHES.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: `load` is a context saved by a previous switch or prepared for
+    // a new thread; its kernel stack is mapped while the thread lives, and
+    // `save` points into the previous thread (kept alive by its handles,
+    // its queue entry or the reap slot) or this CPU's idle slot.
+    unsafe { context::switch(save, load) };
+}
+
+/// Frees a thread that exited on this CPU, now that we are off its stack.
+fn reap() {
+    let dead = CPUS[cpu()].reap.lock().take();
+    drop(dead);
+}
+
+/// Runnable threads on this CPU's queue.
+pub fn queued_here() -> usize {
+    let cpu = cpu();
+    STATE.lock().policy.as_ref().map_or(0, |p| p.queued(cpu))
+}

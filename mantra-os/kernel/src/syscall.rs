@@ -1,0 +1,601 @@
+//! System calls: one dispatcher, every handler with the same shape
+//! (`fn(&Ctx, [u64; 6]) -> Result<u64, Error>`), one error type mapped to the
+//! user-visible code. The ABI (numbers, rights, errors) is mantra_abi's; each
+//! syscall's contract is documented there.
+//!
+//! Nothing user mode passes can panic the kernel: every handle is looked up
+//! with kind and rights checks, every pointer goes through `uaccess`, every
+//! size is bounded before allocation.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use mantra_abi::{
+    encode, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_HANDLES,
+};
+use mantra_kernel::cap::Capability;
+
+use crate::arch::x86_64::TrapFrame;
+use crate::ipc::{self, Endpoint, Message, Port, Timer};
+use crate::klog::{Log, MAX_RECORD};
+use crate::object::Object;
+use crate::sched;
+use crate::space::Vmo;
+use crate::task::{Process, Thread};
+use crate::uaccess::{UserPtr, UserSlice};
+
+/// Syscalls handled (all CPUs), for statistics.
+pub static COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// The calling thread and its process.
+struct Ctx {
+    thread: Arc<Thread>,
+    process: Arc<Process>,
+}
+
+type Args = [u64; 6];
+
+/// Entry from the SYSCALL shim: RAX number, args RDI RSI RDX R10 R8 R9.
+pub fn dispatch(frame: &mut TrapFrame) {
+    COUNT.fetch_add(1, Ordering::Relaxed);
+    let Some(thread) = sched::current() else {
+        frame.rax = encode(Err(Error::BadState));
+        return;
+    };
+    let process = thread.process().clone();
+    let ctx = Ctx { thread, process };
+    let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9];
+    let result = handle(&ctx, frame.rax, args);
+    frame.rax = encode(result);
+    // Revoked capabilities found during the call are released here, outside
+    // the table's lock (dropping one may close a channel end).
+    let reaped = ctx.process.handles.lock().take_reaped();
+    drop(reaped);
+    // A process killed while this thread was in the kernel (by itself or
+    // another) does not return to user mode.
+    if ctx.process.is_dead() {
+        drop(ctx);
+        sched::exit_current();
+    }
+}
+
+fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
+    match number {
+        nr::HANDLE_CLOSE => handle_close(ctx, a),
+        nr::HANDLE_DUPLICATE => handle_duplicate(ctx, a),
+        nr::HANDLE_REVOKE => handle_revoke(ctx, a),
+        nr::HANDLE_INFO => handle_info(ctx, a),
+        nr::PROCESS_CREATE => process_create(ctx, a),
+        nr::PROCESS_EXIT => process_exit(ctx, a),
+        nr::PROCESS_KILL => process_kill(ctx, a),
+        nr::PROCESS_EXIT_CODE => process_exit_code(ctx, a),
+        nr::PROCESS_GIVE_HANDLE => process_give_handle(ctx, a),
+        nr::THREAD_CREATE => thread_create(ctx, a),
+        nr::THREAD_START => thread_start(ctx, a),
+        nr::THREAD_EXIT => thread_exit(ctx),
+        nr::THREAD_YIELD => {
+            sched::yield_now();
+            Ok(0)
+        }
+        nr::THREAD_SET_PRIORITY => thread_set_priority(ctx, a),
+        nr::VMO_CREATE => vmo_create(ctx, a),
+        nr::VMO_READ => vmo_read(ctx, a),
+        nr::VMO_WRITE => vmo_write(ctx, a),
+        nr::VMAR_MAP => vmar_map(ctx, a),
+        nr::VMAR_UNMAP => vmar_unmap(ctx, a),
+        nr::VMAR_PROTECT => vmar_protect(ctx, a),
+        nr::CHANNEL_CREATE => channel_create(ctx, a),
+        nr::CHANNEL_WRITE => channel_write(ctx, a),
+        nr::CHANNEL_READ => channel_read(ctx, a, false),
+        nr::CHANNEL_CALL => channel_call(ctx, a),
+        nr::CHANNEL_RECEIVE => channel_read(ctx, a, true),
+        nr::PORT_CREATE => port_create(ctx, a),
+        nr::PORT_WAIT => port_wait(ctx, a),
+        nr::OBJECT_WAIT_ASYNC => object_wait_async(ctx, a),
+        nr::TIMER_CREATE => timer_create(ctx, a),
+        nr::TIMER_SET => timer_set(ctx, a),
+        nr::INTERRUPT_ACK => interrupt_ack(ctx, a),
+        nr::LOG_WRITE => log_write(ctx, a),
+        nr::LOG_READ => log_read(ctx, a),
+        nr::CLOCK_GET => Ok(ipc::clock_ns()),
+        _ => Err(Error::BadSyscall),
+    }
+}
+
+fn handle_arg(raw: u64) -> Handle {
+    // Values above u32 cannot name a handle; map them to the invalid one.
+    Handle(u32::try_from(raw).unwrap_or(0))
+}
+
+macro_rules! extract {
+    ($variant:ident) => {
+        |object: &Object| match object {
+            Object::$variant(inner) => Some(inner.clone()),
+            _ => None,
+        }
+    };
+}
+
+impl Ctx {
+    fn get<T>(&self, raw: u64, required: u32, extract: impl FnOnce(&Object) -> Option<T>) -> Result<T, Error> {
+        self.process.handles.lock().get_checked(handle_arg(raw), required, extract)
+    }
+
+    fn give(&self, object: Object, rights: u32) -> Result<Handle, Error> {
+        self.process.give(object, rights)
+    }
+
+    /// The process a creation is charged to (needs CREATE).
+    fn creator(&self, raw: u64) -> Result<Arc<Process>, Error> {
+        self.get(raw, rights::CREATE, extract!(Process))
+    }
+}
+
+fn handle_close(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let cap = ctx.process.handles.lock().remove(handle_arg(a[0]))?;
+    drop(cap); // outside the table lock: may signal a channel peer
+    Ok(0)
+}
+
+fn handle_duplicate(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let rights = u32::try_from(a[1]).map_err(|_| Error::InvalidArgs)?;
+    ctx.process.handles.lock().duplicate(handle_arg(a[0]), rights).map(|h| u64::from(h.0))
+}
+
+fn handle_revoke(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.process.handles.lock().revoke(handle_arg(a[0]))?;
+    Ok(0)
+}
+
+fn handle_info(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let info = {
+        let table = ctx.process.handles.lock();
+        let cap = table.get(handle_arg(a[0]))?;
+        HandleInfo { kind: cap.object.kind() as u32, rights: cap.rights, koid: cap.object.koid() }
+    };
+    UserPtr::<HandleInfo>::new(a[1]).write(&info)?;
+    Ok(0)
+}
+
+/// Longest process name.
+const MAX_NAME: usize = 32;
+
+fn process_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.get(a[0], rights::SPAWN, extract!(Process))?;
+    let name_len = usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?;
+    if name_len > MAX_NAME {
+        return Err(Error::InvalidArgs);
+    }
+    let name = UserSlice::<u8>::new(a[1], name_len).read_vec()?;
+    let name = String::from_utf8(name).map_err(|_| Error::InvalidArgs)?;
+    let out = UserSlice::<Handle>::new(a[3], 2);
+    // Check the output before creating anything.
+    out.write_from(&[Handle::INVALID; 2])?;
+    let child = Process::new(&name)?;
+    let space = child.space().clone();
+    let mut table = ctx.process.handles.lock();
+    let process_handle = table.insert(Capability::new(Object::Process(child), rights::ALL))?;
+    let space_handle = match table.insert(Capability::new(Object::Space(space), rights::BASIC | rights::MAP | rights::EXECUTE)) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = table.remove(process_handle);
+            return Err(e);
+        }
+    };
+    drop(table);
+    out.write_from(&[process_handle, space_handle])?;
+    Ok(0)
+}
+
+fn process_exit(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.process.terminate(a[0] as i64);
+    Ok(0) // dispatch sees the dead process and leaves
+}
+
+fn process_kill(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let target = ctx.get(a[0], rights::MANAGE, extract!(Process))?;
+    target.terminate(-1);
+    Ok(0)
+}
+
+fn process_exit_code(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let target = ctx.get(a[0], rights::READ, extract!(Process))?;
+    let code = target.exit_code().ok_or(Error::BadState)?;
+    UserPtr::<i64>::new(a[1]).write(&code)?;
+    Ok(0)
+}
+
+fn process_give_handle(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let target = ctx.get(a[0], rights::MANAGE, extract!(Process))?;
+    if Arc::ptr_eq(&target, &ctx.process) {
+        return Err(Error::InvalidArgs);
+    }
+    let (mut caps, ticket) = ctx.process.handles.lock().take_for_transfer(&[handle_arg(a[1])])?;
+    let cap = caps.pop().expect("one handle taken");
+    let inserted = target.handles.lock().insert_all(alloc::vec![cap]);
+    match inserted {
+        Ok(handles) => {
+            ctx.process.handles.lock().commit_transfer(ticket);
+            Ok(u64::from(handles[0].0))
+        }
+        Err((e, caps)) => {
+            let leftover = ctx.process.handles.lock().abort_transfer(ticket, caps);
+            drop(leftover);
+            Err(e)
+        }
+    }
+}
+
+fn thread_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let process = ctx.get(a[0], rights::MANAGE, extract!(Process))?;
+    if process.is_dead() {
+        return Err(Error::BadState);
+    }
+    let thread = Thread::new(&process)?;
+    ctx.give(Object::Thread(thread), rights::BASIC | rights::MANAGE).map(|h| u64::from(h.0))
+}
+
+fn user_address(addr: u64) -> Result<u64, Error> {
+    if (mantra_abi::USER_BASE..mantra_abi::USER_END).contains(&addr) {
+        Ok(addr)
+    } else {
+        Err(Error::InvalidArgs)
+    }
+}
+
+fn thread_start(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let thread = ctx.get(a[0], rights::MANAGE, extract!(Thread))?;
+    let entry = user_address(a[1])?;
+    let stack = user_address(a[2]).or_else(|e| if a[2] == mantra_abi::USER_END { Ok(a[2]) } else { Err(e) })?;
+    thread.start(entry, stack, a[3], a[4])?;
+    Ok(0)
+}
+
+fn thread_exit(ctx: &Ctx) -> Result<u64, Error> {
+    let last = ctx.process.remove_thread(&ctx.thread);
+    if last {
+        ctx.process.terminate(0);
+    }
+    sched::exit_current();
+}
+
+fn thread_set_priority(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let thread = ctx.get(a[0], rights::MANAGE, extract!(Thread))?;
+    let priority = match a[1] {
+        0 => Priority::Idle,
+        1 => Priority::Normal,
+        2 => Priority::Interactive,
+        3 => Priority::RealTime,
+        _ => return Err(Error::InvalidArgs),
+    };
+    let cpu = match a[2] {
+        u64::MAX => None,
+        c if (c as usize) < crate::arch::x86_64::percpu::online() => Some(c as usize),
+        _ => return Err(Error::InvalidArgs),
+    };
+    thread.set_priority(priority, cpu);
+    Ok(0)
+}
+
+fn vmo_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.creator(a[0])?;
+    let vmo = Vmo::new(a[1])?;
+    ctx.give(Object::Vmo(vmo), rights::BASIC | rights::MAP | rights::EXECUTE).map(|h| u64::from(h.0))
+}
+
+/// Largest single VMO read/write: bounds the kernel buffer.
+const MAX_VMO_IO: usize = 1 << 20;
+
+fn vmo_read(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let vmo = ctx.get(a[0], rights::READ, extract!(Vmo))?;
+    let len = usize::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    if len > MAX_VMO_IO {
+        return Err(Error::InvalidArgs);
+    }
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|_| Error::NoMemory)?;
+    buffer.resize(len, 0);
+    vmo.read(a[1], &mut buffer)?;
+    UserSlice::<u8>::new(a[2], len).write_from(&buffer)?;
+    Ok(0)
+}
+
+fn vmo_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let vmo = ctx.get(a[0], rights::WRITE, extract!(Vmo))?;
+    let len = usize::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    if len > MAX_VMO_IO {
+        return Err(Error::InvalidArgs);
+    }
+    let data = UserSlice::<u8>::new(a[2], len).read_vec()?;
+    vmo.write(a[1], &data)?;
+    Ok(0)
+}
+
+/// Rights a mapping with `flags` needs on the memory object.
+fn rights_for_map(flags: u32) -> u32 {
+    let mut needed = rights::MAP;
+    if flags & map::READ != 0 {
+        needed |= rights::READ;
+    }
+    if flags & map::WRITE != 0 {
+        needed |= rights::WRITE;
+    }
+    if flags & map::EXECUTE != 0 {
+        needed |= rights::EXECUTE;
+    }
+    needed
+}
+
+fn vmar_map(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let space = ctx.get(a[0], rights::MAP, extract!(Space))?;
+    let flags = u32::try_from(a[4]).map_err(|_| Error::InvalidArgs)?;
+    let vmo = ctx.get(a[1], rights_for_map(flags), extract!(Vmo))?;
+    // The mapping may later be raised (vmar_protect) only as far as the
+    // memory-object handle's rights allow.
+    let vmo_rights = ctx.process.handles.lock().get(handle_arg(a[1]))?.rights;
+    let mut max_flags = 0;
+    for (right, flag) in [(rights::READ, map::READ), (rights::WRITE, map::WRITE), (rights::EXECUTE, map::EXECUTE)] {
+        if vmo_rights & right != 0 {
+            max_flags |= flag;
+        }
+    }
+    let fixed = (flags & map::FIXED != 0).then_some(a[5]);
+    space.map(vmo, a[2], a[3], flags, max_flags, fixed)
+}
+
+fn vmar_unmap(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let space = ctx.get(a[0], rights::MAP, extract!(Space))?;
+    space.unmap(a[1], a[2])?;
+    Ok(0)
+}
+
+fn vmar_protect(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let space = ctx.get(a[0], rights::MAP, extract!(Space))?;
+    let flags = u32::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    space.protect(a[1], a[2], flags)?;
+    Ok(0)
+}
+
+fn channel_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.creator(a[0])?;
+    let out = UserSlice::<Handle>::new(a[1], 2);
+    out.write_from(&[Handle::INVALID; 2])?;
+    let (left, right) = Endpoint::pair();
+    let channel_rights = rights::BASIC;
+    let mut table = ctx.process.handles.lock();
+    let first = table.insert(Capability::new(Object::Channel(left), channel_rights))?;
+    let second = match table.insert(Capability::new(Object::Channel(right), channel_rights)) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = table.remove(first);
+            return Err(e);
+        }
+    };
+    drop(table);
+    out.write_from(&[first, second])?;
+    Ok(0)
+}
+
+/// Builds a message from user buffers, taking the handles (all or none).
+fn take_message(
+    ctx: &Ctx,
+    channel: &Arc<Endpoint>,
+    bytes: u64,
+    len: u64,
+    handles: u64,
+    count: u64,
+) -> Result<(Message, mantra_kernel::handle::TransferTicket), Error> {
+    let len = usize::try_from(len).map_err(|_| Error::InvalidArgs)?;
+    let count = usize::try_from(count).map_err(|_| Error::InvalidArgs)?;
+    if len > MAX_MESSAGE_BYTES || count > MAX_MESSAGE_HANDLES {
+        return Err(Error::InvalidArgs);
+    }
+    let data = UserSlice::<u8>::new(bytes, len).read_vec()?;
+    let sent = UserSlice::<Handle>::new(handles, count).read_vec()?;
+    let mut table = ctx.process.handles.lock();
+    // A channel may not carry either of its own ends (a queue holding its
+    // own endpoint would never be freed).
+    let peer = channel.peer();
+    for &h in &sent {
+        if let Ok(cap) = table.get(h) {
+            if let Object::Channel(ep) = &cap.object {
+                if Arc::ptr_eq(ep, channel) || peer.as_ref().is_some_and(|p| Arc::ptr_eq(ep, p)) {
+                    return Err(Error::InvalidArgs);
+                }
+            }
+        }
+    }
+    let (caps, ticket) = table.take_for_transfer(&sent)?;
+    Ok((Message { bytes: data, handles: caps }, ticket))
+}
+
+fn send(ctx: &Ctx, channel: &Arc<Endpoint>, message: Message, ticket: mantra_kernel::handle::TransferTicket) -> Result<(), Error> {
+    match channel.write(message) {
+        Ok(()) => {
+            ctx.process.handles.lock().commit_transfer(ticket);
+            Ok(())
+        }
+        Err((e, message)) => {
+            let leftover = ctx.process.handles.lock().abort_transfer(ticket, message.handles);
+            drop(leftover);
+            Err(e)
+        }
+    }
+}
+
+fn channel_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::WRITE, extract!(Channel))?;
+    let (message, ticket) = take_message(ctx, &channel, a[1], a[2], a[3], a[4])?;
+    send(ctx, &channel, message, ticket)?;
+    Ok(0)
+}
+
+/// Delivers a received message into the caller's buffers and table.
+fn receive_into(
+    ctx: &Ctx,
+    channel: &Arc<Endpoint>,
+    bytes: u64,
+    capacity: u64,
+    handles: u64,
+    handle_capacity: u64,
+    sizes: u64,
+    block: bool,
+) -> Result<u64, Error> {
+    let capacity = usize::try_from(capacity).map_err(|_| Error::InvalidArgs)?;
+    let handle_capacity = usize::try_from(handle_capacity).map_err(|_| Error::InvalidArgs)?;
+    let sizes = UserPtr::<ReadSizes>::new(sizes);
+    let out_bytes = UserSlice::<u8>::new(bytes, capacity);
+    let out_handles = UserSlice::<Handle>::new(handles, handle_capacity);
+    sizes.write(&ReadSizes::default())?;
+    loop {
+        // Prove the buffers writable for this message before taking it, so
+        // a bad pointer never loses a message (the kernel is not preempted
+        // between this check and the read below).
+        if let Ok((bytes, count)) = channel.peek_sizes() {
+            if bytes <= capacity && count <= handle_capacity {
+                out_bytes.write_from(&alloc::vec![0u8; bytes])?;
+                out_handles.write_from(&alloc::vec![Handle::INVALID; count])?;
+            }
+        }
+        let mut needed = (0, 0);
+        match channel.read(capacity, handle_capacity, &mut needed) {
+            Ok(message) => {
+                let Message { bytes, handles: caps } = message;
+                let count = caps.len();
+                let handle_values = match ctx.process.handles.lock().insert_all(caps) {
+                    Ok(values) => values,
+                    Err((e, caps)) => {
+                        drop(caps); // the message is consumed; its handles close
+                        return Err(e);
+                    }
+                };
+                out_bytes.write_from(&bytes)?;
+                out_handles.write_from(&handle_values)?;
+                sizes.write(&ReadSizes { bytes: bytes.len() as u32, handles: count as u32 })?;
+                return Ok(0);
+            }
+            Err(Error::BufferTooSmall) => {
+                sizes.write(&ReadSizes { bytes: needed.0 as u32, handles: needed.1 as u32 })?;
+                return Err(Error::BufferTooSmall);
+            }
+            Err(Error::ShouldWait) if block => {
+                channel.wait_readable(&ctx.thread);
+                if ctx.process.is_dead() {
+                    return Err(Error::BadState);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ, extract!(Channel))?;
+    receive_into(ctx, &channel, a[1], a[2], a[3], a[4], a[5], block)
+}
+
+fn channel_call(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ | rights::WRITE, extract!(Channel))?;
+    let args: CallArgs = UserPtr::<CallArgs>::new(a[1]).read()?;
+    let (message, ticket) = take_message(
+        ctx,
+        &channel,
+        args.write_bytes,
+        u64::from(args.write_len),
+        args.write_handles,
+        u64::from(args.write_handle_count),
+    )?;
+    send(ctx, &channel, message, ticket)?;
+    // The server was woken at the front of the run queue: blocking here
+    // switches straight to it; its reply wakes us the same way.
+    receive_into(
+        ctx,
+        &channel,
+        args.read_bytes,
+        u64::from(args.read_capacity),
+        args.read_handles,
+        u64::from(args.read_handle_capacity),
+        a[2],
+        true,
+    )
+}
+
+fn port_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.creator(a[0])?;
+    ctx.give(Object::Port(Arc::new(Port::new())), rights::BASIC).map(|h| u64::from(h.0))
+}
+
+/// Most packets one port_wait returns.
+const MAX_PACKETS: usize = 64;
+
+fn port_wait(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let port = ctx.get(a[0], rights::READ, extract!(Port))?;
+    let capacity = usize::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    if capacity == 0 {
+        return Err(Error::InvalidArgs);
+    }
+    let capacity = capacity.min(MAX_PACKETS);
+    let out = UserSlice::<PortPacket>::new(a[2], capacity);
+    out.write_from(&[])?; // validate the buffer before blocking
+    let mut packets = [PortPacket::default(); MAX_PACKETS];
+    let taken = port.wait(a[1], &mut packets[..capacity])?;
+    out.write_from(&packets[..taken])?;
+    Ok(taken as u64)
+}
+
+fn object_wait_async(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let object = ctx.get(a[0], rights::WAIT, |o: &Object| Some(o.clone()))?;
+    let port = ctx.get(a[1], rights::WRITE, extract!(Port))?;
+    let signals = u32::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    let state = object.signals().ok_or(Error::WrongType)?;
+    let mut woken = false;
+    state.lock().add_observer(port.clone(), a[2], signals, |_| woken = true)?;
+    if woken {
+        port.wake_waiters();
+    }
+    Ok(0)
+}
+
+fn timer_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.creator(a[0])?;
+    ctx.give(Object::Timer(Arc::new(Timer::new())), rights::BASIC).map(|h| u64::from(h.0))
+}
+
+fn timer_set(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let timer = ctx.get(a[0], rights::WRITE, extract!(Timer))?;
+    timer.set(a[1]);
+    Ok(0)
+}
+
+fn interrupt_ack(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    // No interrupt objects are minted yet (drivers come with MantraDevd):
+    // every handle is of another kind or invalid.
+    ctx.get(a[0], rights::WRITE, |_: &Object| None::<()>)?;
+    Err(Error::WrongType)
+}
+
+fn log_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let log = ctx.get(a[0], rights::WRITE, extract!(Log))?;
+    let level = u8::try_from(a[1]).ok().filter(|l| (1..=5).contains(l)).ok_or(Error::InvalidArgs)?;
+    let len = usize::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
+    if len > MAX_RECORD {
+        return Err(Error::InvalidArgs);
+    }
+    let text = UserSlice::<u8>::new(a[2], len).read_vec()?;
+    log.write(level, &text);
+    Ok(0)
+}
+
+fn log_read(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let log: Arc<Log> = ctx.get(a[0], rights::READ, extract!(Log))?;
+    let capacity = usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?;
+    let out = UserSlice::<u8>::new(a[1], capacity);
+    out.write_from(&[])?;
+    let record = log.read().ok_or(Error::ShouldWait)?;
+    let n = record.len().min(capacity);
+    out.write_from(&record[..n])?;
+    Ok(n as u64)
+}

@@ -1,0 +1,235 @@
+//! Threads and processes.
+//!
+//! A process owns an address space, a handle table and its threads; it
+//! starts with zero handles and holds only what its creator gives it. A
+//! thread owns a guarded kernel stack; its user registers live in the
+//! TrapFrame at the top of that stack while it is in the kernel.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use mantra_abi::{signals, Error, Priority};
+use mantra_kernel::cap::Capability;
+use mantra_kernel::handle::HandleTable;
+use mantra_kernel::signal::SignalState;
+use mantra_kernel::sync::SpinLock;
+
+use crate::arch::x86_64::{context, layout};
+use crate::memory;
+use crate::object::{next_koid, Object};
+use crate::space::Space;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ThreadState {
+    Created = 0,
+    Runnable = 1,
+    Running = 2,
+    Blocked = 3,
+    Dead = 4,
+}
+
+pub struct Thread {
+    pub koid: u64,
+    process: Arc<Process>,
+    state: AtomicU8,
+    priority: AtomicU32,
+    /// u64::MAX: any CPU.
+    affinity: AtomicU64,
+    kstack_slot: u64,
+    /// Saved kernel RSP while switched out.
+    context: UnsafeCell<u64>,
+    /// Result handed over by whoever woke the thread (e.g. a timeout).
+    pub wake_reason: AtomicU64,
+    pub signals: SpinLock<SignalState<crate::object::Sink>>,
+    started: AtomicBool,
+}
+
+// SAFETY: `context` is only written by the CPU switching the thread out and
+// read by the CPU switching it in, which the scheduler lock orders.
+unsafe impl Sync for Thread {}
+// SAFETY: as above; every other field is atomic or locked.
+unsafe impl Send for Thread {}
+
+/// Kernel stack slots for threads: slot 0 is the boot stack, 1 the ktest
+/// stack, 2..32 the application processors'.
+const FIRST_THREAD_SLOT: u64 = 32;
+static STACK_SLOTS: SpinLock<Vec<u64>> = SpinLock::new(Vec::new());
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(FIRST_THREAD_SLOT);
+
+fn alloc_stack_slot() -> Result<u64, Error> {
+    if let Some(slot) = STACK_SLOTS.lock().pop() {
+        return Ok(slot);
+    }
+    let slot = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+    if slot >= layout::STACK_SLOTS {
+        return Err(Error::NoResources);
+    }
+    Ok(slot)
+}
+
+impl Thread {
+    /// A thread of `process`, not yet started.
+    pub fn new(process: &Arc<Process>) -> Result<Arc<Self>, Error> {
+        let slot = alloc_stack_slot()?;
+        if memory::map_kernel_stack(slot).is_err() {
+            STACK_SLOTS.lock().push(slot);
+            return Err(Error::NoMemory);
+        }
+        let thread = Arc::new(Self {
+            koid: next_koid(),
+            process: process.clone(),
+            state: AtomicU8::new(ThreadState::Created as u8),
+            priority: AtomicU32::new(Priority::Normal as u32),
+            affinity: AtomicU64::new(u64::MAX),
+            kstack_slot: slot,
+            context: UnsafeCell::new(0),
+            wake_reason: AtomicU64::new(0),
+            signals: SpinLock::new(SignalState::new(0)),
+            started: AtomicBool::new(false),
+        });
+        process.threads.lock().push(thread.clone());
+        Ok(thread)
+    }
+
+    /// Prepares the first entry into user mode and makes it runnable.
+    pub fn start(self: &Arc<Self>, entry: u64, stack_top: u64, arg0: u64, arg1: u64) -> Result<(), Error> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Err(Error::BadState);
+        }
+        // SAFETY: the thread's kernel stack was mapped in `new` and nothing
+        // runs on it yet.
+        let rsp = unsafe { context::prepare_user_entry(self.kernel_stack_top(), entry, stack_top, arg0, arg1) };
+        // SAFETY: not running, so nobody else reads the context.
+        unsafe { *self.context.get() = rsp };
+        crate::sched::make_runnable(self.clone(), false);
+        Ok(())
+    }
+
+    pub fn process(&self) -> &Arc<Process> {
+        &self.process
+    }
+    pub fn kernel_stack_top(&self) -> u64 {
+        layout::stack_top(self.kstack_slot)
+    }
+    pub fn context(&self) -> u64 {
+        // SAFETY: read by the scheduler while the thread is switched out.
+        unsafe { *self.context.get() }
+    }
+    pub fn context_slot(&self) -> *mut u64 {
+        self.context.get()
+    }
+    pub fn state(&self) -> ThreadState {
+        match self.state.load(Ordering::Acquire) {
+            0 => ThreadState::Created,
+            1 => ThreadState::Runnable,
+            2 => ThreadState::Running,
+            3 => ThreadState::Blocked,
+            _ => ThreadState::Dead,
+        }
+    }
+    pub fn set_state(&self, state: ThreadState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+    pub fn priority(&self) -> Priority {
+        match self.priority.load(Ordering::Relaxed) {
+            0 => Priority::Idle,
+            2 => Priority::Interactive,
+            3 => Priority::RealTime,
+            _ => Priority::Normal,
+        }
+    }
+    pub fn set_priority(&self, priority: Priority, cpu: Option<usize>) {
+        self.priority.store(priority as u32, Ordering::Relaxed);
+        self.affinity.store(cpu.map_or(u64::MAX, |c| c as u64), Ordering::Relaxed);
+    }
+    pub fn affinity(&self) -> Option<usize> {
+        let a = self.affinity.load(Ordering::Relaxed);
+        (a != u64::MAX).then_some(a as usize)
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        memory::unmap_kernel_stack(self.kstack_slot);
+        STACK_SLOTS.lock().push(self.kstack_slot);
+    }
+}
+
+pub struct Process {
+    pub koid: u64,
+    pub name: String,
+    space: Arc<Space>,
+    pub handles: SpinLock<HandleTable<Object>>,
+    threads: SpinLock<Vec<Arc<Thread>>>,
+    /// Set once: the exit code (faults: -(1000 + vector)).
+    exit_code: SpinLock<Option<i64>>,
+    pub signals: SpinLock<SignalState<crate::object::Sink>>,
+}
+
+impl Process {
+    pub fn new(name: &str) -> Result<Arc<Self>, Error> {
+        let space = Space::new()?;
+        Ok(Arc::new(Self {
+            koid: next_koid(),
+            name: String::from(name),
+            space,
+            handles: SpinLock::new(HandleTable::new()),
+            threads: SpinLock::new(Vec::new()),
+            exit_code: SpinLock::new(None),
+            signals: SpinLock::new(SignalState::new(0)),
+        }))
+    }
+
+    pub fn space(&self) -> &Arc<Space> {
+        &self.space
+    }
+
+    pub fn exit_code(&self) -> Option<i64> {
+        *self.exit_code.lock()
+    }
+
+    /// Inserts a root capability for `object` into this process's table.
+    pub fn give(&self, object: Object, rights: u32) -> Result<mantra_abi::Handle, Error> {
+        self.handles.lock().insert(Capability::new(object, rights))
+    }
+
+    /// Ends the process: records the code, stops its threads, closes its
+    /// handles and raises TERMINATED. Idempotent. The caller's thread (if it
+    /// belongs to this process) must then leave through `sched::exit_current`.
+    pub fn terminate(self: &Arc<Self>, code: i64) {
+        {
+            let mut exit = self.exit_code.lock();
+            if exit.is_some() {
+                return;
+            }
+            *exit = Some(code);
+        }
+        let threads: Vec<Arc<Thread>> = core::mem::take(&mut *self.threads.lock());
+        for thread in &threads {
+            if thread.state() != ThreadState::Running {
+                thread.set_state(ThreadState::Dead);
+            }
+        }
+        // Drop the capabilities outside the table's lock: closing a channel
+        // end signals its peer, which may take other locks.
+        let caps = self.handles.lock().drain();
+        drop(caps);
+        crate::object::raise(&self.signals, signals::TERMINATED);
+        drop(threads);
+    }
+
+    /// Forgets an exiting thread; true when it was the last one.
+    pub fn remove_thread(&self, thread: &Arc<Thread>) -> bool {
+        let mut threads = self.threads.lock();
+        threads.retain(|t| !Arc::ptr_eq(t, thread));
+        threads.is_empty()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.exit_code.lock().is_some()
+    }
+}

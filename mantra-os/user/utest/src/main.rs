@@ -1,0 +1,478 @@
+//! In-guest user-mode tests of MantraCore's syscall surface. Prints
+//! `utest: <name> ... ok` / `utest: <name> ... FAILED: <why>` per test and
+//! `utest: P passed, F failed`; exits 0 when all passed. One test starts a
+//! child process with zero capabilities that tries every syscall.
+//!
+//! Arguments: `fuzz=N` random syscalls (default 50000), `seed=S`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use mantra_abi::{map, nr, rights, signals, CallArgs, Error, Handle, HandleInfo, PortPacket, ReadSizes};
+use mantra_rt::{info, sys, Startup};
+
+mantra_rt::main!(main);
+
+type TestResult = Result<(), String>;
+
+fn raw(number: u64, a: [u64; 6]) -> Result<u64, Error> {
+    // SAFETY: the tests only pass pointers to live locals, or addresses the
+    // kernel must refuse (kernel half, unmapped, overflowing): a wrong
+    // kernel answer shows up as a test failure, not as memory corruption of
+    // this process, because no test passes a pointer into its own data
+    // except through the scratch buffers below.
+    mantra_abi::decode(unsafe { sys::raw::syscall(number, a[0], a[1], a[2], a[3], a[4], a[5]) })
+}
+
+fn expect(what: &str, got: Result<u64, Error>, want: Error) -> TestResult {
+    match got {
+        Err(e) if e == want => Ok(()),
+        other => Err(format!("{what}: expected {}, got {other:?}", want.name())),
+    }
+}
+
+fn ok<T>(what: &str, r: Result<T, Error>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {}", e.name()))
+}
+
+fn self_process() -> Handle {
+    mantra_rt::process::current()
+}
+
+fn stale_handle_refused() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    ok("close", sys::handle_close(a))?;
+    expect("write on a closed handle", raw(nr::CHANNEL_WRITE, [u64::from(a.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    expect("close twice", raw(nr::HANDLE_CLOSE, [u64::from(a.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    // The slot is reused with a new generation: the old value stays stale.
+    let (c, d) = ok("channel_create", sys::channel_create(self_process()))?;
+    expect("stale generation", raw(nr::HANDLE_CLOSE, [u64::from(a.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    for h in [b, c, d] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+fn forged_handles_refused() -> TestResult {
+    for value in [0u64, 1, 0xFFFF, 0x1234_5678, u64::from(u32::MAX), 1 << 40, u64::MAX] {
+        // Index 0 of generation 0, huge indices, values above 32 bits.
+        let got = raw(nr::HANDLE_INFO, [value, 0, 0, 0, 0, 0]);
+        if got != Err(Error::BadHandle) {
+            // A forged value could hit a live handle by chance only if it
+            // equals one; none of these is a value the kernel issues first.
+            let mut info = HandleInfo::default();
+            if raw(nr::HANDLE_INFO, [value, &mut info as *mut _ as u64, 0, 0, 0, 0]).is_err() {
+                return Err(format!("forged handle {value:#x}: {got:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wrong_type_and_rights_refused() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    expect("port_wait on a channel", raw(nr::PORT_WAIT, [u64::from(a.0), 0, 0, 1, 0, 0]), Error::WrongType)?;
+    let read_only = ok("duplicate", sys::handle_duplicate(a, rights::READ | rights::DUPLICATE))?;
+    expect("write without WRITE", raw(nr::CHANNEL_WRITE, [u64::from(read_only.0), 0, 0, 0, 0, 0]), Error::AccessDenied)?;
+    expect(
+        "duplicate growing rights",
+        raw(nr::HANDLE_DUPLICATE, [u64::from(read_only.0), u64::from(rights::READ | rights::WRITE), 0, 0, 0, 0]),
+        Error::AccessDenied,
+    )?;
+    let no_dup = ok("duplicate", sys::handle_duplicate(a, rights::READ))?;
+    expect("duplicate without DUPLICATE", raw(nr::HANDLE_DUPLICATE, [u64::from(no_dup.0), u64::from(rights::READ), 0, 0, 0, 0]), Error::AccessDenied)?;
+    let mut info = HandleInfo::default();
+    ok("info", raw(nr::HANDLE_INFO, [u64::from(read_only.0), &mut info as *mut _ as u64, 0, 0, 0, 0]))?;
+    if info.rights != rights::READ | rights::DUPLICATE {
+        return Err(format!("duplicate has rights {:#x}", info.rights));
+    }
+    for h in [a, b, read_only, no_dup] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+fn revoked_handles_refused() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    let child = ok("duplicate", sys::handle_duplicate(a, rights::BASIC))?;
+    let grandchild = ok("duplicate", sys::handle_duplicate(child, rights::READ | rights::WRITE))?;
+    ok("write through the child", sys::channel_write(child, b"x", &[]))?;
+    ok("revoke", sys::handle_revoke(a))?;
+    expect("child after revoke", raw(nr::CHANNEL_WRITE, [u64::from(child.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    expect("grandchild after revoke", raw(nr::CHANNEL_WRITE, [u64::from(grandchild.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    ok("parent still works", sys::channel_write(a, b"y", &[]))?;
+    let fresh = ok("duplicate after revoke", sys::handle_duplicate(a, rights::READ))?;
+    let no_revoke = ok("duplicate", sys::handle_duplicate(a, rights::READ | rights::DUPLICATE))?;
+    expect("revoke without REVOKE", raw(nr::HANDLE_REVOKE, [u64::from(no_revoke.0), 0, 0, 0, 0, 0]), Error::AccessDenied)?;
+    for h in [a, b, fresh, no_revoke] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+/// Addresses the kernel must refuse for any pointer argument.
+const KERNEL_ADDRESS: u64 = 0xFFFF_8000_0000_0000;
+const UNMAPPED: u64 = 0x0000_5000_0000_0000;
+const NON_CANONICAL: u64 = 0x0000_8000_0000_0000;
+
+fn bad_pointers_refused() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    let (ha, hb) = (u64::from(a.0), u64::from(b.0));
+    for (what, ptr, len) in [
+        ("kernel address", KERNEL_ADDRESS, 16u64),
+        ("unmapped", UNMAPPED, 16),
+        ("non-canonical", NON_CANONICAL, 16),
+        ("overflowing", u64::MAX - 4, 16),
+        ("null", 0, 16),
+    ] {
+        expect(&format!("write from {what}"), raw(nr::CHANNEL_WRITE, [ha, ptr, len, 0, 0, 0]), Error::BadPointer)?;
+        expect(&format!("info to {what}"), raw(nr::HANDLE_INFO, [ha, ptr, 0, 0, 0, 0]), Error::BadPointer)?;
+    }
+    // Misaligned: a ReadSizes (4-byte aligned) at an odd address.
+    ok("write", sys::channel_write(a, b"hello", &[]))?;
+    let mut buffer = [0u8; 64];
+    let misaligned = buffer.as_mut_ptr() as u64 | 1;
+    expect("misaligned sizes", raw(nr::CHANNEL_READ, [hb, buffer.as_mut_ptr() as u64, 64, 0, 0, misaligned]), Error::BadPointer)?;
+    // A bad output buffer fails before anything is consumed: the message is still there.
+    let mut sizes = ReadSizes::default();
+    expect(
+        "read into the kernel",
+        raw(nr::CHANNEL_READ, [hb, KERNEL_ADDRESS, 64, 0, 0, &mut sizes as *mut _ as u64]),
+        Error::BadPointer,
+    )?;
+    let mut handles = [Handle::INVALID; 1];
+    ok("read after refusals", sys::channel_read(b, &mut buffer, &mut handles, &mut sizes))?;
+    if &buffer[..sizes.bytes as usize] != b"hello" {
+        return Err("message corrupted by refused reads".to_string());
+    }
+    // Oversized lengths are refused before any allocation.
+    expect("64 KiB + 1 message", raw(nr::CHANNEL_WRITE, [ha, buffer.as_ptr() as u64, 65537, 0, 0, 0]), Error::InvalidArgs)?;
+    // Every pointer-taking syscall with a kernel pointer.
+    let mut packets = [PortPacket::default(); 1];
+    let port = ok("port", sys::port_create(self_process()))?;
+    expect("port_wait into the kernel", raw(nr::PORT_WAIT, [u64::from(port.0), 0, KERNEL_ADDRESS, 1, 0, 0]), Error::BadPointer)?;
+    let _ = &mut packets;
+    expect("call args in the kernel", raw(nr::CHANNEL_CALL, [ha, KERNEL_ADDRESS, 0, 0, 0, 0]), Error::BadPointer)?;
+    let args = CallArgs { write_bytes: KERNEL_ADDRESS, write_len: 4, ..CallArgs::default() };
+    expect("call bytes in the kernel", raw(nr::CHANNEL_CALL, [ha, &args as *const _ as u64, 0, 0, 0, 0]), Error::BadPointer)?;
+    for h in [a, b, port] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+fn handle_transfer_moves() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    let (c, d) = ok("channel_create", sys::channel_create(self_process()))?;
+    ok("send c over a", sys::channel_write(a, b"take this", &[c]))?;
+    expect("c moved away", raw(nr::HANDLE_CLOSE, [u64::from(c.0), 0, 0, 0, 0, 0]), Error::BadHandle)?;
+    let mut bytes = [0u8; 16];
+    let mut handles = [Handle::INVALID; 2];
+    let mut sizes = ReadSizes::default();
+    ok("receive", sys::channel_read(b, &mut bytes, &mut handles, &mut sizes))?;
+    if sizes.handles != 1 {
+        return Err(format!("received {} handles", sizes.handles));
+    }
+    let c2 = handles[0];
+    ok("received end works", sys::channel_write(c2, b"ping", &[]))?;
+    ok("peer reads it", sys::channel_read(d, &mut bytes, &mut handles, &mut sizes))?;
+    expect("a channel cannot carry itself", raw(nr::CHANNEL_WRITE, [u64::from(a.0), 0, 0, &a as *const _ as u64, 1, 0]), Error::InvalidArgs)?;
+    ok("close", sys::handle_close(d))?;
+    // Peer closed is reported clearly.
+    expect("write to a closed peer", raw(nr::CHANNEL_WRITE, [u64::from(c2.0), 0, 0, 0, 0, 0]), Error::PeerClosed)?;
+    for h in [a, b, c2] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+fn ports_and_timers_deliver() -> TestResult {
+    let port = ok("port", sys::port_create(self_process()))?;
+    let timer = ok("timer", sys::timer_create(self_process()))?;
+    ok("wait_async", sys::object_wait_async(timer, port, 7, signals::TIMER_FIRED))?;
+    ok("timer_set", sys::timer_set(timer, sys::clock_get() + 20_000_000))?;
+    let mut packets = [PortPacket::default(); 4];
+    let n = ok("port_wait", sys::port_wait(port, sys::clock_get() + 2_000_000_000, &mut packets))?;
+    if n != 1 || packets[0].key != 7 || packets[0].observed & signals::TIMER_FIRED == 0 {
+        return Err(format!("got {n} packets: {:?}", &packets[..n]));
+    }
+    expect("port_wait times out", sys::port_wait(port, sys::clock_get() + 1_000_000, &mut packets).map(|n| n as u64), Error::TimedOut)?;
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    ok("watch readable", sys::object_wait_async(b, port, 9, signals::READABLE | signals::PEER_CLOSED))?;
+    ok("write", sys::channel_write(a, b"!", &[]))?;
+    let n = ok("port_wait", sys::port_wait(port, sys::clock_get() + 1_000_000_000, &mut packets))?;
+    if n != 1 || packets[0].key != 9 {
+        return Err("no READABLE packet".to_string());
+    }
+    for h in [port, timer, a, b] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+fn memory_objects_commit_lazily() -> TestResult {
+    let vmo = ok("vmo_create", sys::vmo_create(self_process(), 1 << 20))?;
+    let addr = ok("map", sys::vmar_map(mantra_rt::process::space(), vmo, 0, 1 << 20, map::READ | map::WRITE, 0))?;
+    // SAFETY: the kernel just mapped 1 MiB read-write at addr.
+    unsafe {
+        let p = addr as *mut u64;
+        p.add(1000).write_volatile(0xDEAD_BEEF);
+        if p.add(1000).read_volatile() != 0xDEAD_BEEF || p.add(70_000).read_volatile() != 0 {
+            return Err("mapped memory does not hold data".to_string());
+        }
+    }
+    let mut word = [0u8; 8];
+    ok("vmo_read", sys::vmo_read(vmo, 8000, &mut word))?;
+    if u64::from_le_bytes(word) != 0xDEAD_BEEF {
+        return Err("vmo_read does not see the mapping's write".to_string());
+    }
+    expect(
+        "W+X mapping",
+        raw(nr::VMAR_MAP, [u64::from(mantra_rt::process::space().0), u64::from(vmo.0), 0, 4096, u64::from(map::READ | map::WRITE | map::EXECUTE), 0]),
+        Error::InvalidArgs,
+    )?;
+    expect(
+        "map into the kernel half",
+        raw(nr::VMAR_MAP, [u64::from(mantra_rt::process::space().0), u64::from(vmo.0), 0, 4096, u64::from(map::READ | map::FIXED), KERNEL_ADDRESS]),
+        Error::InvalidArgs,
+    )?;
+    ok("unmap", sys::vmar_unmap(mantra_rt::process::space(), addr, 1 << 20))?;
+    ok("close", sys::handle_close(vmo))?;
+    Ok(())
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+/// Random syscalls with random arguments. Handles come from a pool of real
+/// objects plus garbage; pointers are kernel, unmapped, non-canonical,
+/// overflowing, null or a scratch buffer (never this process's own data).
+/// Calls that end or block the caller (exits, receive, call) are left out,
+/// and the process holds no `space` handle meanwhile, so nothing it issues
+/// can unmap its own memory.
+fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
+    let mut rng = Rng(seed | 1);
+    let mut pool: Vec<u64> = Vec::new();
+    for _ in 0..4 {
+        let (a, b) = ok("channel", sys::channel_create(self_process()))?;
+        pool.extend([u64::from(a.0), u64::from(b.0)]);
+        pool.push(u64::from(ok("port", sys::port_create(self_process()))?.0));
+        pool.push(u64::from(ok("timer", sys::timer_create(self_process()))?.0));
+        pool.push(u64::from(ok("vmo", sys::vmo_create(self_process(), 65536))?.0));
+    }
+    let mut scratch = alloc::vec![0u8; 256 * 1024];
+    let scratch_ptr = scratch.as_mut_ptr() as u64;
+    // Give up the address space: random VMAR_* calls must not be able to
+    // unmap this process's own memory (the heap cannot grow from here on).
+    ok("close space", sys::handle_close(mantra_rt::process::space()))?;
+    let skipped = [nr::PROCESS_EXIT, nr::THREAD_EXIT, nr::CHANNEL_RECEIVE, nr::CHANNEL_CALL, nr::PROCESS_KILL, nr::THREAD_START];
+    let mut errors = [0u64; 16];
+    let mut done = 0u64;
+    while done < count {
+        let number = rng.next() % (nr::COUNT + 4);
+        if skipped.contains(&number) {
+            continue;
+        }
+        let mut args = [0u64; 6];
+        for arg in &mut args {
+            *arg = match rng.next() % 8 {
+                0 | 1 => rng.pick(&pool),
+                2 => rng.pick(&[0, 1, 2, 3, 4, 16, 64, 4096, 65536, 65537, u64::from(u32::MAX), u64::MAX]),
+                3 => rng.pick(&[KERNEL_ADDRESS, UNMAPPED, NON_CANONICAL, u64::MAX - 7, 0, 0xFFFF_FFFF_8000_0000]),
+                4 | 5 => scratch_ptr + (rng.next() % 4096),
+                6 => rng.next() & 0xFFFF_FFFF,
+                _ => rng.next(),
+            };
+        }
+        // Deadlines: never block for long.
+        if number == nr::PORT_WAIT {
+            args[1] = 0;
+        }
+        // Pointers with lengths: keep scratch-based ranges inside scratch.
+        if number == nr::VMO_READ || number == nr::LOG_READ || number == nr::CHANNEL_READ {
+            if args[2] > 128 * 1024 && args[1] >= scratch_ptr && args[1] < scratch_ptr + 4096 {
+                args[2] %= 128 * 1024;
+            }
+        }
+        if number == nr::CHANNEL_READ && args[5] >= scratch_ptr && args[5] < scratch_ptr + 4096 {
+            args[3] = scratch_ptr + 200 * 1024;
+            args[4] %= 64;
+        }
+        if number == nr::PORT_WAIT && args[2] >= scratch_ptr && args[2] < scratch_ptr + 4096 {
+            args[3] %= 64;
+        }
+        let result = raw(number, args);
+        if let Err(e) = result {
+            errors[(e.code() as usize).min(15)] += 1;
+        }
+        done += 1;
+        if done % 10_000 == 0 {
+            info!("fuzz: {done} syscalls");
+        }
+    }
+    drop(scratch);
+    let refused: u64 = errors.iter().sum();
+    info!("fuzz: {done} random syscalls, {refused} refused with an error, {} succeeded", done - refused);
+    Ok(done)
+}
+
+// The zero-capability child: position-independent code copied into a fresh
+// process that holds no handle at all. It issues every syscall number
+// (except the two exits) with plausible arguments — handle value (1,1),
+// pointers into its own stack — and exits 0 when each was refused with the
+// expected error (BAD_HANDLE; BAD_SYSCALL past the table; success only for
+// THREAD_YIELD and CLOCK_GET, which need no capability), else
+// 200 + the first syscall number that was answered otherwise.
+core::arch::global_asm!(
+    ".global utest_zerocap_start",
+    ".global utest_zerocap_end",
+    "utest_zerocap_start:",
+    "xor r12d, r12d",
+    "2:",
+    "cmp r12, {last}",
+    "jae 8f",
+    "cmp r12, {exit}",
+    "je 7f",
+    "cmp r12, {thread_exit}",
+    "je 7f",
+    "mov rax, r12",
+    "mov rdi, {handle}",
+    "lea rsi, [rsp - 512]",
+    "mov edx, 8",
+    "lea r10, [rsp - 256]",
+    "mov r8d, 1",
+    "lea r9, [rsp - 128]",
+    "syscall",
+    "cmp r12, {yield_}",
+    "je 5f",
+    "cmp r12, {clock}",
+    "je 5f",
+    "cmp r12, {count}",
+    "jae 4f",
+    "cmp rax, -{bad_handle}",
+    "jne 9f",
+    "jmp 7f",
+    "4:",
+    "cmp rax, -{bad_syscall}",
+    "jne 9f",
+    "jmp 7f",
+    "5:",
+    "test rax, rax",
+    "js 9f",
+    "7:",
+    "inc r12",
+    "jmp 2b",
+    "8:",
+    "xor edi, edi",
+    "jmp 10f",
+    "9:",
+    "lea rdi, [r12 + 200]",
+    "10:",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
+    "utest_zerocap_end:",
+    last = const nr::COUNT + 2,
+    count = const nr::COUNT,
+    exit = const nr::PROCESS_EXIT,
+    thread_exit = const nr::THREAD_EXIT,
+    yield_ = const nr::THREAD_YIELD,
+    clock = const nr::CLOCK_GET,
+    handle = const 0x0001_0001u64,
+    bad_handle = const Error::BadHandle as i64,
+    bad_syscall = const Error::BadSyscall as i64,
+);
+
+extern "C" {
+    static utest_zerocap_start: u8;
+    static utest_zerocap_end: u8;
+}
+
+const CHILD_CODE: u64 = 0x0100_0000;
+const CHILD_STACK: u64 = 0x0200_0000;
+const CHILD_STACK_SIZE: u64 = 16 * 1024;
+
+/// Starts a process with zero capabilities that tries every syscall, and
+/// checks its exit code.
+fn zero_capability_process() -> TestResult {
+    // SAFETY: both symbols are labels in this program's text; the bytes
+    // between them are the child's code.
+    let code = unsafe {
+        let start = core::ptr::addr_of!(utest_zerocap_start);
+        let end = core::ptr::addr_of!(utest_zerocap_end);
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    };
+    let (child, child_space) = ok("process_create", sys::process_create(self_process(), b"zerocap"))?;
+    let text = ok("vmo", sys::vmo_create(self_process(), 4096))?;
+    ok("copy code", sys::vmo_write(text, 0, code))?;
+    ok("map code", sys::vmar_map(child_space, text, 0, 4096, map::READ | map::EXECUTE | map::FIXED, CHILD_CODE))?;
+    let stack = ok("vmo", sys::vmo_create(self_process(), CHILD_STACK_SIZE))?;
+    ok("map stack", sys::vmar_map(child_space, stack, 0, CHILD_STACK_SIZE, map::READ | map::WRITE | map::FIXED, CHILD_STACK))?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    ok("watch", sys::object_wait_async(child, port, 1, signals::TERMINATED))?;
+    let thread = ok("thread_create", sys::thread_create(child))?;
+    ok("thread_start", sys::thread_start(thread, CHILD_CODE, CHILD_STACK + CHILD_STACK_SIZE, 0, 0))?;
+    let mut packets = [PortPacket::default(); 1];
+    ok("wait for the child", sys::port_wait(port, sys::clock_get() + 10_000_000_000, &mut packets))?;
+    let code = ok("exit code", sys::process_exit_code(child))?;
+    for h in [child, child_space, text, stack, port, thread] {
+        ok("close", sys::handle_close(h))?;
+    }
+    match code {
+        0 => Ok(()),
+        c if c >= 200 => Err(format!("syscall {} was not refused as expected", c - 200)),
+        c => Err(format!("the child ended with {}", mantra_rt::exit::ExitStatus::from_code(c))),
+    }
+}
+
+fn main(startup: Startup) -> i64 {
+    let count: u64 = startup.arg_value("fuzz").and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let seed: u64 = startup.arg_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5EED);
+    let tests: &[(&str, fn() -> TestResult)] = &[
+        ("stale_handle_refused", stale_handle_refused),
+        ("forged_handles_refused", forged_handles_refused),
+        ("wrong_type_and_rights_refused", wrong_type_and_rights_refused),
+        ("revoked_handles_refused", revoked_handles_refused),
+        ("bad_pointers_refused", bad_pointers_refused),
+        ("handle_transfer_moves", handle_transfer_moves),
+        ("ports_and_timers_deliver", ports_and_timers_deliver),
+        ("memory_objects_commit_lazily", memory_objects_commit_lazily),
+        ("zero_capability_process", zero_capability_process),
+    ];
+    let mut failed = 0;
+    for (name, test) in tests {
+        match test() {
+            Ok(()) => info!("utest: {name} ... ok"),
+            Err(why) => {
+                failed += 1;
+                info!("utest: {name} ... FAILED: {why}");
+            }
+        }
+    }
+    match fuzz(count, seed) {
+        Ok(done) => info!("utest: syscall_fuzz ({done} calls, kernel alive) ... ok"),
+        Err(why) => {
+            failed += 1;
+            info!("utest: syscall_fuzz ... FAILED: {why}");
+        }
+    }
+    info!("utest: {} passed, {} failed", tests.len() + 1 - failed, failed);
+    i64::from(failed != 0)
+}
