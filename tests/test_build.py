@@ -83,7 +83,7 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
         assert "-Zbuild-std-features=compiler-builtins-mem" in call["args"]
         assert call["cwd"] == str(fake.native_dir)
         assert call["env"] == {"RUSTC": "/usr/bin/rustc", "RUSTC_BOOTSTRAP": "1",
-                               "CARGO_TARGET_DIR": str(root / "target"), "MANTRA_CONFIG_DIR": str(root / "config")}
+                               "CARGO_TARGET_DIR": str(root.parent / "target"), "MANTRA_CONFIG_DIR": str(root / "config")}
     assert result.image == root / "image.img" and result.packed
     manifest = json.loads(result.manifest.read_text())
     assert (manifest["board"], manifest["product"], manifest["variant"], manifest["profile"]) == (

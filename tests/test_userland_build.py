@@ -25,7 +25,7 @@ from mantra.workspace import Workspace
 from support import ROOT, read_esp
 
 # Every program of mantra-os/user/, and those the default product packs.
-USER_PROGRAMS = ["init", "logd", "demo", "crashy", "utest"]
+USER_PROGRAMS = ["init", "logd", "demo", "crashy", "utest", "bench"]
 DEFAULT_PROGRAMS = ["init", "logd", "demo", "crashy"]
 
 
@@ -141,7 +141,7 @@ def test_unknown_program_names_the_service(scratch: Workspace) -> None:
     with pytest.raises(MantraError) as caught:
         userland.programs_for(scratch, load_product(scratch, "odd"))
     assert (f"{scratch.products_dir / 'odd' / 'product.toml'}: service 'web': program 'httpd' is unknown "
-            "(programs in mantra-os/user/: crashy, demo, init, logd, utest)") in caught.value.message
+            "(programs in mantra-os/user/: bench, crashy, demo, init, logd, utest)") in caught.value.message
     write_product(scratch, "loop", LOGD + user("again", program="init"))
     with pytest.raises(MantraError, match="program 'init' is MantraInit itself"):
         userland.programs_for(scratch, load_product(scratch, "loop"))

@@ -38,3 +38,46 @@ pub(crate) fn set(process: Handle, space: Handle, koid: u64) {
 pub fn exit(code: i64) -> ! {
     crate::sys::process_exit(code)
 }
+
+/// A child process running a blob of position-independent machine code,
+/// with nothing but what the caller gives it: the test and benchmark
+/// programs use it for zero-capability and server processes.
+pub struct RawChild {
+    pub process: Handle,
+    pub space: Handle,
+    pub thread: Handle,
+    /// The memory objects backing the code and the stack (kept so the
+    /// caller can close them with the rest).
+    pub code: Handle,
+    pub stack: Handle,
+}
+
+/// Where [`spawn_raw`] maps the code and the stack in the child.
+pub const RAW_CODE_ADDR: u64 = 0x0100_0000;
+pub const RAW_STACK_ADDR: u64 = 0x0200_0000;
+pub const RAW_STACK_SIZE: u64 = 16 * 1024;
+
+/// Creates process `name` (needs SPAWN on our own process handle), maps
+/// `code` (at most 4 KiB, position-independent) read-execute and a 16 KiB
+/// stack read-write, moves `give` (if any) into its handle table and starts
+/// its thread at the code with RDI = that handle's value in the child.
+pub fn spawn_raw(name: &[u8], code: &[u8], give: Option<Handle>) -> Result<RawChild, mantra_abi::Error> {
+    use crate::sys;
+    use mantra_abi::map;
+    if code.len() > 4096 {
+        return Err(mantra_abi::Error::InvalidArgs);
+    }
+    let (process, space) = sys::process_create(current(), name)?;
+    let text = sys::vmo_create(current(), 4096)?;
+    sys::vmo_write(text, 0, code)?;
+    sys::vmar_map(space, text, 0, 4096, map::READ | map::EXECUTE | map::FIXED, RAW_CODE_ADDR)?;
+    let stack = sys::vmo_create(current(), RAW_STACK_SIZE)?;
+    sys::vmar_map(space, stack, 0, RAW_STACK_SIZE, map::READ | map::WRITE | map::FIXED, RAW_STACK_ADDR)?;
+    let arg = match give {
+        Some(handle) => u64::from(sys::process_give_handle(process, handle)?.0),
+        None => 0,
+    };
+    let thread = sys::thread_create(process)?;
+    sys::thread_start(thread, RAW_CODE_ADDR, RAW_STACK_ADDR + RAW_STACK_SIZE, arg, 0)?;
+    Ok(RawChild { process, space, thread, code: text, stack })
+}

@@ -405,10 +405,6 @@ extern "C" {
     static utest_zerocap_end: u8;
 }
 
-const CHILD_CODE: u64 = 0x0100_0000;
-const CHILD_STACK: u64 = 0x0200_0000;
-const CHILD_STACK_SIZE: u64 = 16 * 1024;
-
 /// Starts a process with zero capabilities that tries every syscall, and
 /// checks its exit code.
 fn zero_capability_process() -> TestResult {
@@ -419,20 +415,13 @@ fn zero_capability_process() -> TestResult {
         let end = core::ptr::addr_of!(utest_zerocap_end);
         core::slice::from_raw_parts(start, end as usize - start as usize)
     };
-    let (child, child_space) = ok("process_create", sys::process_create(self_process(), b"zerocap"))?;
-    let text = ok("vmo", sys::vmo_create(self_process(), 4096))?;
-    ok("copy code", sys::vmo_write(text, 0, code))?;
-    ok("map code", sys::vmar_map(child_space, text, 0, 4096, map::READ | map::EXECUTE | map::FIXED, CHILD_CODE))?;
-    let stack = ok("vmo", sys::vmo_create(self_process(), CHILD_STACK_SIZE))?;
-    ok("map stack", sys::vmar_map(child_space, stack, 0, CHILD_STACK_SIZE, map::READ | map::WRITE | map::FIXED, CHILD_STACK))?;
     let port = ok("port", sys::port_create(self_process()))?;
-    ok("watch", sys::object_wait_async(child, port, 1, signals::TERMINATED))?;
-    let thread = ok("thread_create", sys::thread_create(child))?;
-    ok("thread_start", sys::thread_start(thread, CHILD_CODE, CHILD_STACK + CHILD_STACK_SIZE, 0, 0))?;
+    let child = ok("spawn", mantra_rt::process::spawn_raw(b"zerocap", code, None))?;
+    ok("watch", sys::object_wait_async(child.process, port, 1, signals::TERMINATED))?;
     let mut packets = [PortPacket::default(); 1];
     ok("wait for the child", sys::port_wait(port, sys::clock_get() + 10_000_000_000, &mut packets))?;
-    let code = ok("exit code", sys::process_exit_code(child))?;
-    for h in [child, child_space, text, stack, port, thread] {
+    let code = ok("exit code", sys::process_exit_code(child.process))?;
+    for h in [child.process, child.space, child.code, child.stack, port, child.thread] {
         ok("close", sys::handle_close(h))?;
     }
     match code {

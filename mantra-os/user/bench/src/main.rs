@@ -1,0 +1,173 @@
+//! Kernel microbenchmarks, read by `./mantra bench`. Under QEMU
+//! `-icount shift=0` the TSC counts guest instructions, so every figure is
+//! a deterministic instruction count: the median over `iterations=N`
+//! (default 2000) runs after 200 warm-up runs, minus the cost of an empty
+//! `rdtsc` pair. One line per benchmark:
+//! `bench: <name> <median> (<iterations> iterations)`.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::arch::x86_64::_rdtsc;
+
+use mantra_abi::{nr, signals, CallArgs, Handle, PortPacket, ReadSizes};
+use mantra_rt::{info, sys, Error, Startup};
+
+mantra_rt::main!(main);
+
+const WARMUP: usize = 200;
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects (CR4.TSD is off for user mode).
+    unsafe { _rdtsc() }
+}
+
+/// Median of `samples` (sorted in place).
+fn median(samples: &mut [u64]) -> u64 {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// Runs `body` WARMUP + n times, timing each run with rdtsc; returns the median.
+fn measure(n: usize, mut body: impl FnMut()) -> u64 {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..WARMUP + n {
+        let start = rdtsc();
+        body();
+        let end = rdtsc();
+        if i >= WARMUP {
+            samples.push(end - start);
+        }
+    }
+    median(&mut samples)
+}
+
+// An echo server: receives a message on the channel in RDI (blocking) and
+// writes 8 bytes back, forever. Position-independent; runs in its own
+// process with only that channel.
+core::arch::global_asm!(
+    ".global bench_echo_start",
+    ".global bench_echo_end",
+    "bench_echo_start:",
+    "mov r12, rdi",
+    "2:",
+    "mov eax, {receive}",
+    "mov rdi, r12",
+    "lea rsi, [rsp - 64]",
+    "mov edx, 64",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "lea r9, [rsp - 128]",
+    "syscall",
+    "mov eax, {write}",
+    "mov rdi, r12",
+    "lea rsi, [rsp - 64]",
+    "mov edx, 8",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "syscall",
+    "jmp 2b",
+    "bench_echo_end:",
+    // A thread that yields forever (the other side of the switch benchmark).
+    ".global bench_yield_start",
+    ".global bench_yield_end",
+    "bench_yield_start:",
+    "mov eax, {yield_}",
+    "syscall",
+    "jmp bench_yield_start",
+    "bench_yield_end:",
+    receive = const nr::CHANNEL_RECEIVE,
+    write = const nr::CHANNEL_WRITE,
+    yield_ = const nr::THREAD_YIELD,
+);
+
+extern "C" {
+    static bench_echo_start: u8;
+    static bench_echo_end: u8;
+    static bench_yield_start: u8;
+    static bench_yield_end: u8;
+}
+
+fn code(start: *const u8, end: *const u8) -> &'static [u8] {
+    // SAFETY: start and end are labels around a block of this program's text.
+    unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
+fn report(name: &str, median: u64, overhead: u64, n: usize) {
+    info!("bench: {name} {} ({n} iterations)", median.saturating_sub(overhead));
+}
+
+fn main(startup: Startup) -> Result<(), Error> {
+    let n: usize = startup.arg_value("iterations").and_then(|v| v.parse().ok()).unwrap_or(2000).max(1000);
+    let me = mantra_rt::process::current();
+    let overhead = measure(n, || {});
+    info!("bench: rdtsc_pair {overhead} (subtracted from every figure)");
+
+    // The dispatcher's shortest path: an unknown syscall number.
+    let null = measure(n, || {
+        // SAFETY: no pointer arguments.
+        let _ = unsafe { sys::raw::syscall(nr::COUNT, 0, 0, 0, 0, 0, 0) };
+    });
+    report("null_syscall", null, overhead, n);
+
+    let (a, b) = sys::channel_create(me)?;
+    let mut buffer = [0u8; 64];
+    let mut handles = [Handle::INVALID; 1];
+    let mut sizes = ReadSizes::default();
+    let write_read = measure(n, || {
+        let _ = sys::channel_write(a, &buffer[..8], &[]);
+        let _ = sys::channel_read(b, &mut buffer, &mut handles, &mut sizes);
+    });
+    report("channel_write_read", write_read, overhead, n);
+
+    // Call/reply with an echo server in another process and address space.
+    let (client, server_end) = sys::channel_create(me)?;
+    // SAFETY: the labels are defined in the global_asm above.
+    let echo = code(unsafe { core::ptr::addr_of!(bench_echo_start) }, unsafe { core::ptr::addr_of!(bench_echo_end) });
+    let server = mantra_rt::process::spawn_raw(b"bench-echo", echo, Some(server_end))?;
+    let request = [7u8; 8];
+    let mut reply = [0u8; 64];
+    let args = CallArgs {
+        write_bytes: request.as_ptr() as u64,
+        write_len: 8,
+        write_handle_count: 0,
+        write_handles: 0,
+        read_bytes: reply.as_mut_ptr() as u64,
+        read_capacity: 64,
+        read_handle_capacity: 0,
+        read_handles: 0,
+    };
+    let call = measure(n, || {
+        // SAFETY: args points at live buffers of the stated sizes.
+        let _ = unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) };
+    });
+    report("ipc_call_roundtrip", call, overhead, n);
+
+    // Port wake-up: a READABLE packet for the server's echo.
+    let port = sys::port_create(me)?;
+    let mut packets = [PortPacket::default(); 4];
+    let wakeup = measure(n, || {
+        let _ = sys::object_wait_async(client, port, 1, signals::READABLE);
+        let _ = sys::channel_write(client, &request, &[]);
+        let _ = sys::port_wait(port, sys::NO_DEADLINE, &mut packets);
+        let _ = sys::channel_read(client, &mut reply, &mut handles, &mut sizes);
+    });
+    report("port_wait_wakeup", wakeup, overhead, n);
+
+    // Context switch: yield to a thread of another process that yields back;
+    // one round trip is two switches (and two yields).
+    // SAFETY: the labels are defined in the global_asm above.
+    let yielder = code(unsafe { core::ptr::addr_of!(bench_yield_start) }, unsafe { core::ptr::addr_of!(bench_yield_end) });
+    let other = mantra_rt::process::spawn_raw(b"bench-yield", yielder, None)?;
+    let round_trip = measure(n, sys::thread_yield);
+    report("context_switch", round_trip / 2, overhead / 2, n);
+
+    info!("bench: ipc_call_roundtrip_cross_core n/a (threads run on the boot CPU only; see the issue note)");
+    for child in [&server, &other] {
+        let _ = sys::process_kill(child.process);
+    }
+    info!("bench: done");
+    Ok(())
+}
