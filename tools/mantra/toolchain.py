@@ -46,6 +46,17 @@ class RustToolchain:
         return cls(cargo, rustc)
 
 
+    def _bare_metal_env(self, target_dir: Path, config_dir: Path) -> dict[str, str]:
+        """The environment of a bare-metal cargo build: the Debian compiler,
+        build-std's unstable flags allowed, the board's target directory and
+        the product's generated configuration."""
+        return {
+            "RUSTC": self.rustc,
+            "RUSTC_BOOTSTRAP": "1",
+            "CARGO_TARGET_DIR": str(target_dir),
+            "MANTRA_CONFIG_DIR": str(config_dir),
+        }
+
     def build_bare_metal(
         self,
         *,
@@ -66,12 +77,7 @@ class RustToolchain:
             cmd.append("--release")
         if features:
             cmd += ["--features", ",".join(features)]
-        env = {
-            "RUSTC": self.rustc,
-            "RUSTC_BOOTSTRAP": "1",
-            "CARGO_TARGET_DIR": str(target_dir),
-            "MANTRA_CONFIG_DIR": str(config_dir),
-        }
+        env = self._bare_metal_env(target_dir, config_dir)
         proc.run(
             cmd,
             cwd=crate_dir,
@@ -103,12 +109,7 @@ class RustToolchain:
         cmd += ["--target", target, *BUILD_STD]
         if release:
             cmd.append("--release")
-        env = {
-            "RUSTC": self.rustc,
-            "RUSTC_BOOTSTRAP": "1",
-            "CARGO_TARGET_DIR": str(target_dir),
-            "MANTRA_CONFIG_DIR": str(config_dir),
-        }
+        env = self._bare_metal_env(target_dir, config_dir)
         proc.run(
             cmd,
             cwd=crate_dir,

@@ -115,9 +115,10 @@ impl Endpoint {
         }
     }
 
-    /// Registers the current thread as a receiver and blocks, unless a
-    /// message is already there or the peer is gone.
-    pub fn wait_readable(&self, thread: &Arc<Thread>) {
+    /// Registers the current thread as a receiver and blocks until a
+    /// message arrives, the peer goes away or `deadline` (ns) passes, unless
+    /// a message is already there or the peer is gone.
+    pub fn wait_readable(&self, thread: &Arc<Thread>, deadline: u64) {
         {
             let mut state = self.state.lock();
             if !state.queue.is_empty() || state.peer_closed {
@@ -126,11 +127,9 @@ impl Endpoint {
             thread.set_state(ThreadState::Blocked);
             state.receivers.push_back(thread.clone());
         }
+        add_timeout(deadline, thread);
         sched::block();
-    }
-
-    /// Removes a receiver that gave up (deadline).
-    pub fn forget_receiver(&self, thread: &Arc<Thread>) {
+        // Woken by the deadline (or spuriously): leave the receiver list.
         self.state.lock().receivers.retain(|t| !Arc::ptr_eq(t, thread));
     }
 

@@ -443,6 +443,7 @@ fn receive_into(
     handle_capacity: u64,
     sizes: u64,
     block: bool,
+    deadline: u64,
 ) -> Result<u64, Error> {
     let capacity = usize::try_from(capacity).map_err(|_| Error::InvalidArgs)?;
     let handle_capacity = usize::try_from(handle_capacity).map_err(|_| Error::InvalidArgs)?;
@@ -482,7 +483,10 @@ fn receive_into(
                 return Err(Error::BufferTooSmall);
             }
             Err(Error::ShouldWait) if block => {
-                channel.wait_readable(&ctx.thread);
+                if ipc::clock_ns() >= deadline {
+                    return Err(Error::TimedOut);
+                }
+                channel.wait_readable(&ctx.thread, deadline);
                 if ctx.process.is_dead() {
                     return Err(Error::BadState);
                 }
@@ -494,7 +498,7 @@ fn receive_into(
 
 fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
     let channel = ctx.get(a[0], rights::READ, extract!(Channel))?;
-    receive_into(ctx, &channel, a[1], a[2], a[3], a[4], a[5], block)
+    receive_into(ctx, &channel, a[1], a[2], a[3], a[4], a[5], block, u64::MAX)
 }
 
 fn channel_call(ctx: &Ctx, a: Args) -> Result<u64, Error> {
@@ -520,6 +524,7 @@ fn channel_call(ctx: &Ctx, a: Args) -> Result<u64, Error> {
         u64::from(args.read_handle_capacity),
         a[2],
         true,
+        a[3],
     )
 }
 

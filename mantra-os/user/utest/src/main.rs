@@ -215,6 +215,37 @@ fn ports_and_timers_deliver() -> TestResult {
     Ok(())
 }
 
+fn call_without_reply_times_out() -> TestResult {
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    let request = [1u8; 8];
+    let mut reply = [0u8; 8];
+    let args = CallArgs {
+        write_bytes: request.as_ptr() as u64,
+        write_len: 8,
+        read_bytes: reply.as_mut_ptr() as u64,
+        read_capacity: 8,
+        ..CallArgs::default()
+    };
+    let mut sizes = ReadSizes::default();
+    let deadline = sys::clock_get() + 20_000_000;
+    expect(
+        "call nobody answers",
+        raw(nr::CHANNEL_CALL, [u64::from(a.0), &args as *const _ as u64, &mut sizes as *mut _ as u64, deadline, 0, 0]),
+        Error::TimedOut,
+    )?;
+    if sys::clock_get() < deadline {
+        return Err("returned before the deadline".to_string());
+    }
+    // The request was delivered; the server end can still read it.
+    let mut bytes = [0u8; 16];
+    let mut handles = [Handle::INVALID; 1];
+    ok("server reads the request", sys::channel_read(b, &mut bytes, &mut handles, &mut sizes))?;
+    for h in [a, b] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
 fn memory_objects_commit_lazily() -> TestResult {
     let vmo = ok("vmo_create", sys::vmo_create(self_process(), 1 << 20))?;
     let addr = ok("map", sys::vmar_map(mantra_rt::process::space(), vmo, 0, 1 << 20, map::READ | map::WRITE, 0))?;
@@ -443,6 +474,7 @@ fn main(startup: Startup) -> i64 {
         ("handle_transfer_moves", handle_transfer_moves),
         ("ports_and_timers_deliver", ports_and_timers_deliver),
         ("memory_objects_commit_lazily", memory_objects_commit_lazily),
+        ("call_without_reply_times_out", call_without_reply_times_out),
         ("zero_capability_process", zero_capability_process),
     ];
     let mut failed = 0;
