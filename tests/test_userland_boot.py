@@ -54,7 +54,7 @@ def test_user_mode_kernel_tests_pass(utest_image: BuildResult) -> None:
     console = result.console_text
     assert result.matched, tail(console)
     summary = re.search(r"utest: (\d+) passed, (\d+) failed", console)
-    assert summary and int(summary[1]) >= 10 and summary[2] == "0", tail(console)
+    assert summary and int(summary[1]) >= 12 and summary[2] == "0", tail(console)
     assert not re.search(r"utest: \S+ \.\.\. FAILED", console), tail(console)
     for name in ("stale_handle_refused", "forged_handles_refused", "wrong_type_and_rights_refused",
                  "revoked_handles_refused", "bad_pointers_refused", "zero_capability_process"):
@@ -62,4 +62,15 @@ def test_user_mode_kernel_tests_pass(utest_image: BuildResult) -> None:
     fuzz = re.search(r"fuzz: (\d+) random syscalls", console)
     assert fuzz and int(fuzz[1]) >= 50_000, tail(console)
     assert "init: utest exited (code 0)" in console, tail(console)
+    assert "KERNEL FAULT" not in console and "KERNEL PANIC" not in console, tail(console)
+
+
+def test_threads_on_four_cpus_exchange_messages(utest_image: BuildResult) -> None:
+    result = boot(utest_image.image, timeout=BOOT_TIMEOUT, until="utest exited", smp=4)
+    console = result.console_text
+    assert result.matched, tail(console)
+    assert re.search(r"^smp: 4 of 4 cpus online", console, re.M), tail(console)
+    assert re.search(r"utest:   \d+ calls to 4 servers pinned to 4 CPU\(s\)", console), tail(console)
+    assert "utest: smp_message_exchange ... ok" in console, tail(console)
+    assert re.search(r"utest: \d+ passed, 0 failed", console), tail(console)
     assert "KERNEL FAULT" not in console and "KERNEL PANIC" not in console, tail(console)

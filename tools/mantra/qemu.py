@@ -11,6 +11,7 @@ image was built with.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -25,10 +26,10 @@ __all__ = ["BootResult", "boot"]
 
 
 def boot(image: Path, timeout: float, icount: bool = False, *, until: str | None = None, echo: bool = False,
-         workspace: Workspace | None = None) -> BootResult:
+         workspace: Workspace | None = None, smp: int | None = None) -> BootResult:
     """Boots `image` headless for at most `timeout` seconds (or until the
     console prints `until`) and returns how it ended; the console is also
-    in console.log beside the image."""
+    in console.log beside the image. `smp` overrides the board's CPU count."""
     workspace = workspace or Workspace.locate()
     manifest_path = image.parent / "manifest.json"
     try:
@@ -40,5 +41,7 @@ def boot(image: Path, timeout: float, icount: bool = False, *, until: str | None
     if not dotconfig.is_file() or hashlib.sha256(dotconfig.read_bytes()).hexdigest() != manifest["config"]["sha256"]:
         raise MantraError(f"{dotconfig} is not the configuration {image} was built with",
                           f"rebuild: ./mantra build -b {manifest['board']} -p {manifest['product']}")
+    if smp is not None:
+        board = dataclasses.replace(board, qemu=dataclasses.replace(board.qemu, smp=smp))
     runner = runner_for(board, read_config_values(dotconfig), image, image.parent)
     return runner.run_headless(timeout=timeout, icount=icount, until=until, echo=echo)

@@ -174,6 +174,7 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
     let hz = mantra_config::TIMER_HZ as u64;
     crate::ipc::set_clock(STATE.get().map_or(0, |s| s.entry_tsc), tsc_rate);
     crate::sched::init(cpus);
+    kinfo!("scheduler: {}", crate::sched::policy_name());
     cpu_arch::syscall::init();
     apic::start_periodic(traps::VECTOR_TIMER, timer_rate, hz);
     let start = cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed);
@@ -188,6 +189,7 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
         tsc_rate / 1_000_000,
         cpu_arch::TICKS.load(core::sync::atomic::Ordering::Relaxed)
     );
+    cpu_arch::smp::set_ap_main(crate::sched::ap_main);
     cpu_arch::smp::start_aps(&madt);
     cpus
 }

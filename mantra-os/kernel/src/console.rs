@@ -77,6 +77,10 @@ pub fn log(level: Level, args: fmt::Arguments<'_>) {
         let _ = write!(ConsoleWriter, "[{}] ", level.tag());
         let _ = ConsoleWriter.write_fmt(args);
         let _ = ConsoleWriter.write_str("\n");
+        drop(_line);
+        if crate::memory::heap_ready() {
+            crate::klog::record(level as u8, args);
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 //! (host-tested); CPU specifics behind `arch`.
 #![no_std]
 #![no_main]
+// The kernel test build runs its tests instead of starting MantraInit, so
+// the parts only user space reaches are unused there.
+#![cfg_attr(feature = "ktest", allow(dead_code))]
 
 extern crate alloc;
 

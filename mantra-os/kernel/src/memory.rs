@@ -190,6 +190,7 @@ pub fn finish_after_switch() {
     // SAFETY: the heap range was mapped RW in build_kernel_space and is used
     // by nothing else.
     unsafe { HEAP.add_region(layout::HEAP_BASE as *mut u8, mantra_config::KERNEL_HEAP_KIB as usize * 1024) };
+    HEAP_READY.store(true, Ordering::Release);
     // Boot-services and loader memory are dead now: the kernel runs on its
     // own tables and stack, and the BootInfo lives in BootData memory.
     let info = crate::boot::bootinfo();
@@ -373,4 +374,24 @@ pub fn free_user_tables(space: &mut AddressSpace<DirectMap>) {
         free_below(entry, 4, &mut frames);
     }
     let _ = frames.free(PhysAddr::new(root));
+}
+
+/// Loads the kernel's own page tables (no user half) on this CPU.
+///
+/// Contract: interrupts off; used when a CPU goes idle so it never keeps a
+/// freed user root in CR3.
+pub fn activate_kernel_space() {
+    let root = KERNEL_SPACE.lock().as_ref().expect("kernel space built").root().as_u64();
+    if cpu::read_cr3() & !0xFFF != root {
+        // SAFETY: the kernel tables map the kernel image, stacks, heap and
+        // the direct map: everything kernel code touches.
+        unsafe { cpu::write_cr3(root) };
+    }
+}
+
+static HEAP_READY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the kernel heap can be used (after the switch to the kernel's tables).
+pub fn heap_ready() -> bool {
+    HEAP_READY.load(Ordering::Acquire)
 }

@@ -27,8 +27,9 @@ const TIME_SLICE_TICKS: u32 = 2;
 /// A scheduling policy: research mode swaps this (DESIGN.md, MantraLab).
 pub trait Policy: Send {
     fn name(&self) -> &'static str;
-    /// Makes `thread` runnable on (preferably) `cpu`.
-    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool);
+    /// Makes `thread` runnable on (preferably) `cpu`; returns the CPU whose
+    /// queue took it.
+    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool) -> usize;
     /// The next thread for `cpu`, if any (may steal from other CPUs).
     fn pick(&mut self, cpu: usize) -> Option<Arc<Thread>>;
     /// Whether a runnable thread on `cpu` should preempt one of `class`.
@@ -59,8 +60,8 @@ impl Policy for PriorityRoundRobin {
         "priority round-robin, per-CPU queues, work stealing"
     }
 
-    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool) {
-        let cpu = thread.affinity().unwrap_or(cpu).min(self.queues.len() - 1);
+    fn enqueue(&mut self, cpu: usize, thread: Arc<Thread>, front: bool) -> usize {
+        let cpu = thread.affinity().or(thread.last_cpu()).unwrap_or(cpu).min(self.queues.len() - 1);
         let class = thread.priority() as usize;
         let queue = &mut self.queues[cpu][class];
         if front {
@@ -68,14 +69,16 @@ impl Policy for PriorityRoundRobin {
         } else {
             queue.push_back(thread);
         }
+        cpu
     }
 
     fn pick(&mut self, cpu: usize) -> Option<Arc<Thread>> {
         if let Some(class) = self.best_class(cpu) {
             return self.queues[cpu][class].pop_front();
         }
-        // Steal the lowest-priority-first... no: the highest class from the
-        // busiest other CPU, skipping threads pinned elsewhere.
+        // Steal from the busiest other CPU when it has a backlog (a single
+        // woken thread waits for its own CPU, which an IPI wakes), highest
+        // class first, skipping threads pinned elsewhere.
         let victim = (0..self.queues.len())
             .filter(|&other| other != cpu)
             .max_by_key(|&other| self.queued(other))
@@ -117,6 +120,9 @@ struct CpuSlot {
     slice: AtomicU64,
     /// A thread that exited on this CPU, freed after the switch away.
     reap: SpinLock<Option<Arc<Thread>>>,
+    /// The thread this CPU is switching away from: its `on_cpu` flag drops
+    /// once the switch is complete (in `finish_switch`, on the new stack).
+    leaving: SpinLock<Option<Arc<Thread>>>,
 }
 
 const EMPTY_SLOT: CpuSlot = CpuSlot {
@@ -124,6 +130,7 @@ const EMPTY_SLOT: CpuSlot = CpuSlot {
     idle_rsp: AtomicU64::new(0),
     slice: AtomicU64::new(0),
     reap: SpinLock::new(None),
+    leaving: SpinLock::new(None),
 };
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
@@ -151,9 +158,11 @@ pub fn current() -> Option<Arc<Thread>> {
 /// directly to the woken thread).
 pub fn make_runnable(thread: Arc<Thread>, front: bool) {
     thread.set_state(ThreadState::Runnable);
-    let cpu = cpu();
-    if let Some(policy) = STATE.lock().policy.as_mut() {
-        policy.enqueue(cpu, thread, front);
+    let here = cpu();
+    let target = STATE.lock().policy.as_mut().map(|policy| policy.enqueue(here, thread, front));
+    // Another CPU's queue: wake it from its halt now, not at its next tick.
+    if let Some(cpu) = target.filter(|&cpu| cpu != here) {
+        let _ = crate::arch::x86_64::smp::send_reschedule(cpu);
     }
 }
 
@@ -162,6 +171,13 @@ pub fn wake(thread: &Arc<Thread>, front: bool) {
     if thread.state() == ThreadState::Blocked {
         make_runnable(thread.clone(), front);
     }
+}
+
+/// Entry of an application processor once it is online: SYSCALL set up,
+/// then the same idle loop as the boot CPU (it runs and steals threads).
+pub fn ap_main(_cpu: usize) -> ! {
+    crate::arch::x86_64::syscall::init();
+    idle_loop()
 }
 
 /// The idle loop of a CPU: runs threads while there are any, halts otherwise.
@@ -174,6 +190,12 @@ pub fn idle_loop() -> ! {
             switch_from_idle(next);
         }
         reap();
+        // Cross-CPU work queued for idle CPUs (the SMP self-test's
+        // concurrent shootdowns) runs here, with interrupts on.
+        if crate::arch::x86_64::smp::run_idle_work(cpu()) {
+            crate::arch::x86_64::cpu::disable_interrupts();
+            continue;
+        }
         Machine::wait_for_interrupt();
         crate::arch::x86_64::cpu::disable_interrupts();
     }
@@ -203,6 +225,11 @@ pub fn tick(from_user: bool) {
     let used = slot.slice.fetch_add(1, Ordering::Relaxed) as u32 + 1;
     if !from_user {
         return;
+    }
+    // Its process was killed from another CPU while it ran in user mode.
+    if current.process().is_dead() {
+        drop(current);
+        exit_current();
     }
     let preempt = STATE.lock().policy.as_ref().is_some_and(|p| p.should_preempt(cpu, current.priority(), used));
     if preempt {
@@ -244,17 +271,20 @@ fn reschedule() {
         }
         Some(next) => {
             let save = prev.context_slot();
-            drop(prev);
-            switch_to(next, save);
+            switch_to(next, save, Some(prev));
         }
         None => {
             let save = prev.context_slot();
-            drop(prev);
+            *slot.leaving.lock() = Some(prev);
             *slot.current.lock() = None;
+            // The idle loop runs on the kernel's own tables: the space just
+            // left may be freed (its process ended) while this CPU idles.
+            crate::memory::activate_kernel_space();
             SWITCHES.fetch_add(1, Ordering::Relaxed);
             // SAFETY: the idle context was saved by switch_from_idle on this
             // CPU's boot stack, which stays mapped.
             unsafe { context::switch(save, slot.idle_rsp.load(Ordering::Relaxed)) };
+            finish_switch();
         }
     }
     reap();
@@ -263,14 +293,23 @@ fn reschedule() {
 fn switch_from_idle(next: Arc<Thread>) {
     let slot = &CPUS[cpu()];
     let save = slot.idle_rsp.as_ptr();
-    switch_to(next, save);
+    switch_to(next, save, None);
     reap();
 }
 
-/// Installs `next` as current (kernel stack, address space) and switches.
-fn switch_to(next: Arc<Thread>, save: *mut u64) {
+/// Installs `next` as current (kernel stack, address space) and switches;
+/// `prev` is the thread being left (None: the idle loop).
+///
+/// Contract: interrupts off. Waits while another CPU is still leaving
+/// `next`'s stack (a thread woken before its old CPU finished switching).
+fn switch_to(next: Arc<Thread>, save: *mut u64, prev: Option<Arc<Thread>>) {
+    while next.on_cpu.swap(true, Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
     let slot = &CPUS[cpu()];
+    *slot.leaving.lock() = prev;
     next.set_state(ThreadState::Running);
+    next.set_last_cpu(cpu());
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(next.kernel_stack_top());
     next.process().space().activate();
@@ -279,19 +318,24 @@ fn switch_to(next: Arc<Thread>, save: *mut u64) {
     SWITCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: `load` is a context saved by a previous switch or prepared for
     // a new thread; its kernel stack is mapped while the thread lives, and
-    // `save` points into the previous thread (kept alive by its handles,
-    // its queue entry or the reap slot) or this CPU's idle slot.
+    // `save` points into the previous thread (kept alive by the `leaving`
+    // slot until finish_switch) or this CPU's idle slot.
     unsafe { context::switch(save, load) };
+    finish_switch();
+}
+
+/// Completes a switch on the new stack: the thread this CPU left may now
+/// be run elsewhere. Called after every switch, and first thing by a new
+/// thread (context.rs).
+pub fn finish_switch() {
+    let left = CPUS[cpu()].leaving.lock().take();
+    if let Some(thread) = left {
+        thread.on_cpu.store(false, Ordering::Release);
+    }
 }
 
 /// Frees a thread that exited on this CPU, now that we are off its stack.
 fn reap() {
     let dead = CPUS[cpu()].reap.lock().take();
     drop(dead);
-}
-
-/// Runnable threads on this CPU's queue.
-pub fn queued_here() -> usize {
-    let cpu = cpu();
-    STATE.lock().policy.as_ref().map_or(0, |p| p.queued(cpu))
 }

@@ -13,7 +13,7 @@ use mantra_kernel::mm::paging::{AddressSpace, DirectMap, PageFlags, PageSize, Ph
 use mantra_kernel::sync::SpinLock;
 use mantra_kernel::vmo::{Mapping, Mappings, PageList, PAGE_SIZE};
 
-use crate::arch::x86_64::cpu;
+use crate::arch::x86_64::{cpu, smp};
 use crate::memory;
 use crate::object::next_koid;
 
@@ -141,10 +141,12 @@ impl Space {
             let removed = inner.mappings.remove_range(addr, len)?;
             for m in &removed {
                 for page in (m.start..m.end()).step_by(PAGE_SIZE as usize) {
-                    if inner.tables.unmap(VirtAddr::new(page)).is_ok() {
-                        cpu::invlpg(page);
-                    }
+                    let _ = inner.tables.unmap(VirtAddr::new(page));
                 }
+                // Every CPU may cache these translations (threads of this
+                // space run anywhere): flush them all before the frames can
+                // be reused.
+                smp::shootdown(m.start..m.end());
             }
             removed
         };
@@ -157,10 +159,9 @@ impl Space {
         let mut inner = self.inner.lock();
         for (start, len) in inner.mappings.protect(addr, len, flags)? {
             for page in (start..start + len).step_by(PAGE_SIZE as usize) {
-                if inner.tables.protect(VirtAddr::new(page), page_flags(flags)).is_ok() {
-                    cpu::invlpg(page);
-                }
+                let _ = inner.tables.protect(VirtAddr::new(page), page_flags(flags));
             }
+            smp::shootdown(start..start + len);
         }
         Ok(())
     }
@@ -189,11 +190,6 @@ impl Space {
             }
             Err(_) => false,
         }
-    }
-
-    /// Mappings, for diagnostics.
-    pub fn mapping_count(&self) -> usize {
-        self.inner.lock().mappings.len()
     }
 }
 

@@ -39,13 +39,17 @@ pub struct Thread {
     priority: AtomicU32,
     /// u64::MAX: any CPU.
     affinity: AtomicU64,
+    /// The CPU it last ran on: wake-ups queue it there (warm caches, and a
+    /// thread keeps to its CPU unless the scheduler steals it).
+    last_cpu: AtomicU64,
     kstack_slot: u64,
     /// Saved kernel RSP while switched out.
     context: UnsafeCell<u64>,
-    /// Result handed over by whoever woke the thread (e.g. a timeout).
-    pub wake_reason: AtomicU64,
     pub signals: SpinLock<SignalState<crate::object::Sink>>,
     started: AtomicBool,
+    /// A CPU runs on (or is still leaving) this thread's kernel stack: no
+    /// other CPU may switch to it until the flag drops (see sched).
+    pub on_cpu: AtomicBool,
 }
 
 // SAFETY: `context` is only written by the CPU switching the thread out and
@@ -85,11 +89,12 @@ impl Thread {
             state: AtomicU8::new(ThreadState::Created as u8),
             priority: AtomicU32::new(Priority::Normal as u32),
             affinity: AtomicU64::new(u64::MAX),
+            last_cpu: AtomicU64::new(u64::MAX),
             kstack_slot: slot,
             context: UnsafeCell::new(0),
-            wake_reason: AtomicU64::new(0),
             signals: SpinLock::new(SignalState::new(0)),
             started: AtomicBool::new(false),
+            on_cpu: AtomicBool::new(false),
         });
         process.threads.lock().push(thread.clone());
         Ok(thread)
@@ -145,6 +150,13 @@ impl Thread {
     pub fn set_priority(&self, priority: Priority, cpu: Option<usize>) {
         self.priority.store(priority as u32, Ordering::Relaxed);
         self.affinity.store(cpu.map_or(u64::MAX, |c| c as u64), Ordering::Relaxed);
+    }
+    pub fn last_cpu(&self) -> Option<usize> {
+        let c = self.last_cpu.load(Ordering::Relaxed);
+        (c != u64::MAX).then_some(c as usize)
+    }
+    pub fn set_last_cpu(&self, cpu: usize) {
+        self.last_cpu.store(cpu as u64, Ordering::Relaxed);
     }
     pub fn affinity(&self) -> Option<usize> {
         let a = self.affinity.load(Ordering::Relaxed);

@@ -66,10 +66,6 @@ impl<T: Copy> UserSlice<T> {
         Self { addr, len, _type: PhantomData }
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     fn checked(&self) -> Result<u64, Error> {
         let bytes = (self.len as u64).checked_mul(size_of::<T>() as u64).ok_or(Error::BadPointer)?;
         usermem::check(self.addr, bytes, align_of::<T>() as u64).map(|r| r.start)

@@ -44,33 +44,8 @@ fn measure(n: usize, mut body: impl FnMut()) -> u64 {
     median(&mut samples)
 }
 
-// An echo server: receives a message on the channel in RDI (blocking) and
-// writes 8 bytes back, forever. Position-independent; runs in its own
-// process with only that channel.
+// A thread that yields forever (the other side of the switch benchmark).
 core::arch::global_asm!(
-    ".global bench_echo_start",
-    ".global bench_echo_end",
-    "bench_echo_start:",
-    "mov r12, rdi",
-    "2:",
-    "mov eax, {receive}",
-    "mov rdi, r12",
-    "lea rsi, [rsp - 64]",
-    "mov edx, 64",
-    "xor r10d, r10d",
-    "xor r8d, r8d",
-    "lea r9, [rsp - 128]",
-    "syscall",
-    "mov eax, {write}",
-    "mov rdi, r12",
-    "lea rsi, [rsp - 64]",
-    "mov edx, 8",
-    "xor r10d, r10d",
-    "xor r8d, r8d",
-    "syscall",
-    "jmp 2b",
-    "bench_echo_end:",
-    // A thread that yields forever (the other side of the switch benchmark).
     ".global bench_yield_start",
     ".global bench_yield_end",
     "bench_yield_start:",
@@ -78,14 +53,10 @@ core::arch::global_asm!(
     "syscall",
     "jmp bench_yield_start",
     "bench_yield_end:",
-    receive = const nr::CHANNEL_RECEIVE,
-    write = const nr::CHANNEL_WRITE,
     yield_ = const nr::THREAD_YIELD,
 );
 
 extern "C" {
-    static bench_echo_start: u8;
-    static bench_echo_end: u8;
     static bench_yield_start: u8;
     static bench_yield_end: u8;
 }
@@ -124,9 +95,7 @@ fn main(startup: Startup) -> Result<(), Error> {
 
     // Call/reply with an echo server in another process and address space.
     let (client, server_end) = sys::channel_create(me)?;
-    // SAFETY: the labels are defined in the global_asm above.
-    let echo = code(unsafe { core::ptr::addr_of!(bench_echo_start) }, unsafe { core::ptr::addr_of!(bench_echo_end) });
-    let server = mantra_rt::process::spawn_raw(b"bench-echo", echo, Some(server_end))?;
+    let server = mantra_rt::process::spawn_raw(b"bench-echo", mantra_rt::process::echo_server_code(), Some(server_end))?;
     let request = [7u8; 8];
     let mut reply = [0u8; 64];
     let args = CallArgs {
@@ -164,8 +133,21 @@ fn main(startup: Startup) -> Result<(), Error> {
     let round_trip = measure(n, sys::thread_yield);
     report("context_switch", round_trip / 2, overhead / 2, n);
 
-    info!("bench: ipc_call_roundtrip_cross_core n/a (threads run on the boot CPU only; see the issue note)");
-    for child in [&server, &other] {
+    // The same call to an echo server pinned to CPU 1 (this thread stays on
+    // the CPU it runs on). Under -icount both CPUs' instructions count, in
+    // sequence.
+    let (far_client, far_end) = sys::channel_create(me)?;
+    let far = mantra_rt::process::spawn_raw(b"bench-echo-far", mantra_rt::process::echo_server_code(), Some(far_end))?;
+    if sys::thread_set_priority(far.thread, mantra_abi::Priority::Normal, Some(1)).is_ok() {
+        let cross = measure(n, || {
+            // SAFETY: as for the same-core call.
+            let _ = unsafe { sys::channel_call(far_client, &args, sys::NO_DEADLINE) };
+        });
+        report("ipc_call_roundtrip_cross_core", cross, overhead, n);
+    } else {
+        info!("bench: ipc_call_roundtrip_cross_core n/a (one CPU: boot with two or more)");
+    }
+    for child in [&server, &other, &far] {
         let _ = sys::process_kill(child.process);
     }
     info!("bench: done");

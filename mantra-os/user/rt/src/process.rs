@@ -81,3 +81,49 @@ pub fn spawn_raw(name: &[u8], code: &[u8], give: Option<Handle>) -> Result<RawCh
     sys::thread_start(thread, RAW_CODE_ADDR, RAW_STACK_ADDR + RAW_STACK_SIZE, arg, 0)?;
     Ok(RawChild { process, space, thread, code: text, stack })
 }
+
+// An echo server for raw child processes: receives a message on the channel
+// in RDI (blocking) and writes its first 8 bytes back, forever.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".global mantra_rt_echo_start",
+    ".global mantra_rt_echo_end",
+    "mantra_rt_echo_start:",
+    "mov r12, rdi",
+    "2:",
+    "mov eax, {receive}",
+    "mov rdi, r12",
+    "lea rsi, [rsp - 64]",
+    "mov edx, 64",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "lea r9, [rsp - 128]",
+    "syscall",
+    "mov eax, {write}",
+    "mov rdi, r12",
+    "lea rsi, [rsp - 64]",
+    "mov edx, 8",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "syscall",
+    "jmp 2b",
+    "mantra_rt_echo_end:",
+    receive = const mantra_abi::nr::CHANNEL_RECEIVE,
+    write = const mantra_abi::nr::CHANNEL_WRITE,
+);
+
+/// Position-independent code of an echo server, for [`spawn_raw`]: give it
+/// a channel end; every message gets its first 8 bytes back.
+#[cfg(target_os = "none")]
+pub fn echo_server_code() -> &'static [u8] {
+    extern "C" {
+        static mantra_rt_echo_start: u8;
+        static mantra_rt_echo_end: u8;
+    }
+    // SAFETY: both labels delimit the server's code in this program's text.
+    unsafe {
+        let start = core::ptr::addr_of!(mantra_rt_echo_start);
+        let end = core::ptr::addr_of!(mantra_rt_echo_end);
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}

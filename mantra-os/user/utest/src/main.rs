@@ -462,6 +462,64 @@ fn zero_capability_process() -> TestResult {
     }
 }
 
+/// Echo servers in four processes, each pinned to its own CPU when there
+/// are that many (`--smp 4`), answer interleaved calls from this thread:
+/// every reply must be the request it answers — nothing lost, duplicated or
+/// crossed — and nothing may be left over afterwards.
+fn smp_message_exchange() -> TestResult {
+    const SERVERS: usize = 4;
+    const ROUNDS: u32 = 100;
+    let mut clients = Vec::new();
+    let mut children = Vec::new();
+    let mut cpus_used = 0;
+    for i in 0..SERVERS {
+        let (client, server_end) = ok("channel_create", sys::channel_create(self_process()))?;
+        let child = ok("spawn echo", mantra_rt::process::spawn_raw(b"echo", mantra_rt::process::echo_server_code(), Some(server_end)))?;
+        // Pin to CPU i; a CPU that is not online refuses (InvalidArgs).
+        if sys::thread_set_priority(child.thread, mantra_abi::Priority::Normal, Some(i as u64)).is_ok() {
+            cpus_used += 1;
+        }
+        clients.push(client);
+        children.push(child);
+    }
+    let mut reply = [0u8; 8];
+    for round in 0..ROUNDS {
+        for (i, &client) in clients.iter().enumerate() {
+            let request = (u64::from(round) << 8 | i as u64).to_le_bytes();
+            let args = CallArgs {
+                write_bytes: request.as_ptr() as u64,
+                write_len: 8,
+                read_bytes: reply.as_mut_ptr() as u64,
+                read_capacity: 8,
+                ..CallArgs::default()
+            };
+            // SAFETY: args describes the two live 8-byte buffers above.
+            let sizes = unsafe { sys::channel_call(client, &args, sys::clock_get() + 5_000_000_000) }
+                .map_err(|e| format!("call {round} to server {i}: {}", e.name()))?;
+            if sizes.bytes != 8 || reply != request {
+                return Err(format!("server {i} answered {:?} to {:?} in round {round}", &reply, &request));
+            }
+        }
+    }
+    let mut bytes = [0u8; 8];
+    let mut handles = [Handle::INVALID; 1];
+    let mut sizes = ReadSizes::default();
+    for (i, &client) in clients.iter().enumerate() {
+        expect(&format!("leftover reply from server {i}"), sys::channel_read(client, &mut bytes, &mut handles, &mut sizes).map(|()| 0), Error::ShouldWait)?;
+    }
+    for child in &children {
+        let _ = sys::process_kill(child.process);
+        for h in [child.process, child.space, child.thread, child.code, child.stack] {
+            let _ = sys::handle_close(h);
+        }
+    }
+    for client in clients {
+        let _ = sys::handle_close(client);
+    }
+    info!("utest:   {} calls to {SERVERS} servers pinned to {cpus_used} CPU(s)", ROUNDS as usize * SERVERS);
+    Ok(())
+}
+
 fn main(startup: Startup) -> i64 {
     let count: u64 = startup.arg_value("fuzz").and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let seed: u64 = startup.arg_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5EED);
@@ -476,6 +534,7 @@ fn main(startup: Startup) -> i64 {
         ("memory_objects_commit_lazily", memory_objects_commit_lazily),
         ("call_without_reply_times_out", call_without_reply_times_out),
         ("zero_capability_process", zero_capability_process),
+        ("smp_message_exchange", smp_message_exchange),
     ];
     let mut failed = 0;
     for (name, test) in tests {

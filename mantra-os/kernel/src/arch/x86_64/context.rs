@@ -39,12 +39,25 @@ global_asm!(
     "ret",
 );
 
+// First run of a new thread: finish the scheduler's switch bookkeeping,
+// then enter user mode through the common trap return.
+global_asm!(
+    "mantra_thread_first_run:",
+    "call {finish}",
+    "jmp mantra_trap_return",
+    finish = sym first_run_finish,
+);
+
+extern "C" fn first_run_finish() {
+    crate::sched::finish_switch();
+}
+
 extern "C" {
+    fn mantra_thread_first_run();
     fn mantra_switch(save_rsp: *mut u64, load_rsp: u64);
     fn mantra_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
     fn mantra_copy_user_insn();
     fn mantra_copy_user_fixup();
-    fn mantra_trap_return();
 }
 
 /// Switches kernel stacks: saves the current context into `*save_rsp` and
@@ -87,7 +100,7 @@ pub unsafe fn prepare_user_entry(stack_top: u64, entry: u64, user_stack: u64, ar
         // Below the frame: the return address mantra_switch's `ret` takes,
         // and six zeroed callee-saved registers it pops first.
         let ret = (frame_ptr as *mut u64).sub(1);
-        ret.write(mantra_trap_return as *const () as u64);
+        ret.write(mantra_thread_first_run as *const () as u64);
         let regs = ret.sub(6);
         for i in 0..6 {
             regs.add(i).write(0);

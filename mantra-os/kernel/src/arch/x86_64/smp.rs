@@ -46,7 +46,9 @@
 //! [`start_aps`] in CR0/CR4/EFER/PAT/XCR0/STAR/LSTAR/CSTAR/SFMASK is copied
 //! to the APs; later changes must be made on each CPU (e.g. in AP_MAIN).
 //! The reschedule IPI handler ([`handle_ipi`], `VECTOR_RESCHEDULE`) only
-//! counts today: the scheduler's "need resched" flag is set there.
+//! counts today: the scheduler's "need resched" flag is set there. An idle
+//! loop that calls [`run_idle_work`] before it halts lets the self-test run
+//! work on that CPU (the concurrent-shootdown check).
 //!
 //! # Cross-CPU requests and TLB shootdown
 //! Each CPU has one outgoing request slot (what to flush, what to call) and
@@ -55,9 +57,10 @@
 //! waits until every target acknowledged. Targets serve all pending requests
 //! in the IPI handler (flush, call, acknowledge); the last one to acknowledge
 //! wakes the sender with a reschedule IPI, so a waiting sender halts instead
-//! of spinning. While it waits, a sender also serves its own inbox, so two
-//! CPUs shooting down at the same time (or a sender whose interrupts are
-//! off) never deadlock. An IPI still unanswered after 10 ms is sent again
+//! of spinning (a sender called with interrupts masked, which may hold locks
+//! an interrupt handler takes, polls instead). While it waits, a sender also
+//! serves its own inbox, so two CPUs shooting down at the same time (or a
+//! sender whose interrupts are off) never deadlock. An IPI still unanswered after 10 ms is sent again
 //! (lost or stuck IPIs), and a wait beyond 1 s is reported on the console.
 //! Contract for callers: not from an interrupt handler, and not while holding
 //! a lock that another CPU may spin on with interrupts disabled.
@@ -145,8 +148,10 @@ struct Cpu {
     acks: AtomicUsize,
     /// A request is being posted from this CPU (catches nesting).
     posting: AtomicBool,
-    /// Work the default idle loop runs in thread context (self-test).
+    /// Work queued for this CPU's idle loop (self-test), see `run_idle_work`.
     idle_work: SpinLock<Option<fn(usize)>>,
+    /// This CPU's idle loop calls `run_idle_work`.
+    serves_idle_work: AtomicBool,
 }
 
 impl Cpu {
@@ -162,6 +167,7 @@ impl Cpu {
             acks: AtomicUsize::new(0),
             posting: AtomicBool::new(false),
             idle_work: SpinLock::new(None),
+            serves_idle_work: AtomicBool::new(false),
         }
     }
 }
@@ -177,13 +183,11 @@ static EXPECTED: AtomicUsize = AtomicUsize::new(0);
 /// What each AP runs once online, with interrupts disabled (see the module
 /// documentation). Read by each AP as it comes online.
 static AP_MAIN: SpinLock<fn(usize) -> !> = SpinLock::new(ap_idle);
-static CUSTOM_AP_MAIN: AtomicBool = AtomicBool::new(false);
 
 /// Replaces what APs run once online (the scheduler's per-CPU loop).
 /// Takes effect for APs started afterwards: call it before [`start_aps`].
 pub fn set_ap_main(main: fn(usize) -> !) {
     *AP_MAIN.lock() = main;
-    CUSTOM_AP_MAIN.store(true, Ordering::Relaxed);
 }
 
 /// Why a cross-CPU operation failed.
@@ -517,11 +521,15 @@ fn tsc_rate() -> u64 {
 
 /// Waits until `done()` or until `timeout_tsc` TSC ticks passed, halting
 /// between checks (the timer or an IPI wakes us), so a waiting CPU never
-/// spins; only with interrupts disabled by the caller does it poll.
-/// Returns whether `done()` held.
+/// spins. Returns whether `done()` held.
+///
+/// Like the idle loop, it opens interrupts inside each halt (STI;HLT) and
+/// masks them again to check, whatever the caller's state (restored on
+/// return): only for callers that hold no lock an interrupt handler takes
+/// (boot, the self-test). The CPU's LAPIC timer must run.
 fn wait_until(timeout_tsc: u64, mut done: impl FnMut() -> bool) -> bool {
     let start = cpu::rdtsc();
-    let masked = InterruptsOff::new();
+    let _masked = InterruptsOff::new();
     loop {
         if done() {
             return true;
@@ -529,13 +537,9 @@ fn wait_until(timeout_tsc: u64, mut done: impl FnMut() -> bool) -> bool {
         if cpu::rdtsc().wrapping_sub(start) >= timeout_tsc {
             return done();
         }
-        if masked.were_enabled() {
-            // STI;HLT, then check again with interrupts off.
-            Machine::wait_for_interrupt();
-            cpu::disable_interrupts();
-        } else {
-            core::hint::spin_loop();
-        }
+        // STI;HLT, then check again with interrupts off.
+        Machine::wait_for_interrupt();
+        cpu::disable_interrupts();
     }
 }
 
@@ -996,28 +1000,50 @@ fn mirror_boot_cpu(mirror: &Mirror) {
 }
 
 /// The default [`AP_MAIN`]: halt until an interrupt, forever; between
-/// halts run work queued with `run_on_idle` (used by the self-test).
+/// halts run work queued for this CPU (`run_idle_work`).
 pub fn ap_idle(index: usize) -> ! {
     loop {
         cpu::disable_interrupts();
-        let work = CPUS[index].idle_work.lock().take();
-        match work {
-            Some(f) => {
-                // SAFETY: this AP loaded the IDT and set up its LAPIC.
-                unsafe { cpu::enable_interrupts() };
-                f(index);
-            }
+        if !run_idle_work(index) {
             // STI;HLT: a wake-up IPI arriving after the check is taken
             // right after STI and ends the halt.
-            None => Machine::wait_for_interrupt(),
+            Machine::wait_for_interrupt();
         }
     }
 }
 
-/// Queues `f` for the default idle loop of AP `index` (thread context,
-/// interrupts on) and wakes it.
+/// Runs the work queued for CPU `index`'s idle loop, if any; returns
+/// whether there was some. Idle loops call it before they halt, holding no
+/// lock (the scheduler's idle loop too, so the self-test's
+/// concurrent-shootdown part can run on every CPU); the work runs in thread
+/// context with interrupts enabled, as in the halt that would follow.
+pub fn run_idle_work(index: usize) -> bool {
+    let cpu = &CPUS[index];
+    cpu.serves_idle_work.store(true, Ordering::Relaxed);
+    let work = cpu.idle_work.lock().take();
+    if let Some(f) = work {
+        with_interrupts(|| f(index));
+    }
+    work.is_some()
+}
+
+/// Runs `f` with interrupts enabled, then restores the previous state. Only
+/// for callers that hold no lock an interrupt handler takes (idle loops,
+/// the self-test), as around a halt.
+fn with_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let masked = InterruptsOff::new();
+    // SAFETY: the CPU is online (IDT and LAPIC set up) and the caller holds
+    // no lock an interrupt handler takes (this function's contract).
+    unsafe { cpu::enable_interrupts() };
+    let result = f();
+    cpu::disable_interrupts();
+    drop(masked);
+    result
+}
+
+/// Queues `f` for the idle loop of AP `index` and wakes it.
 fn run_on_idle(index: usize, f: fn(usize)) -> Result<(), SmpError> {
-    if index == 0 || !is_online(index) || CUSTOM_AP_MAIN.load(Ordering::Relaxed) {
+    if index == 0 || !is_online(index) || !CPUS[index].serves_idle_work.load(Ordering::Relaxed) {
         return Err(SmpError::NotOnline(index));
     }
     *CPUS[index].idle_work.lock() = Some(f);
@@ -1045,7 +1071,7 @@ fn record_apic_id(index: usize) {
     RAN_ON[index].store(apic::id(), Ordering::Release);
 }
 
-fn storm(_index: usize) {
+fn storm(index: usize) {
     let addr = PROBE_ADDR.load(Ordering::Acquire);
     for round in 0..STORM_ROUNDS {
         if round % 2 == 0 {
@@ -1055,6 +1081,10 @@ fn storm(_index: usize) {
         }
     }
     STORM_DONE.fetch_add(1, Ordering::AcqRel);
+    if index != 0 {
+        // The boot CPU halts until everybody is done: wake it.
+        let _ = send_reschedule(0);
+    }
 }
 
 /// Checks SMP on the running machine: every enabled CPU of the MADT is
@@ -1146,14 +1176,18 @@ fn exchange_test() -> Result<(), String> {
     );
 
     // Every CPU shoots down at the same time, STORM_ROUNDS times each.
-    if cpus.len() > 1 && !CUSTOM_AP_MAIN.load(Ordering::Relaxed) {
+    let idle_loops_serve = cpus.iter().filter(|&&c| c != me).all(|&c| CPUS[c].serves_idle_work.load(Ordering::Relaxed));
+    if cpus.len() > 1 && !idle_loops_serve {
+        kprintln!("ktest:   concurrent shootdowns skipped: the APs' idle loops do not call smp::run_idle_work");
+    }
+    if cpus.len() > 1 && idle_loops_serve {
         STORM_DONE.store(0, Ordering::Release);
         let before: u64 = cpus.iter().map(|&c| ipi_counts(c).requests_served).sum();
         for &c in cpus.iter().filter(|&&c| c != me) {
             run_on_idle(c, storm).map_err(|e| format!("cannot start the storm on cpu {c}: {e}"))?;
         }
         let start = cpu::rdtsc();
-        storm(me);
+        with_interrupts(|| storm(me));
         let all = cpus.len();
         let finished = wait_until(5 * second, || STORM_DONE.load(Ordering::Acquire) == all);
         let served: u64 = cpus.iter().map(|&c| ipi_counts(c).requests_served).sum::<u64>() - before;
