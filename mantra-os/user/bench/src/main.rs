@@ -70,6 +70,17 @@ fn code(start: *const u8, end: *const u8) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
 }
 
+/// The call both round-trip benchmarks make: 8 bytes out, the echo back.
+fn call_args(request: &[u8; 8], reply: &mut [u8; 64]) -> CallArgs {
+    CallArgs {
+        write_bytes: request.as_ptr() as u64,
+        write_len: 8,
+        read_bytes: reply.as_mut_ptr() as u64,
+        read_capacity: 64,
+        ..CallArgs::default()
+    }
+}
+
 fn report(name: &str, median: u64, overhead: u64, n: usize) {
     info!("bench: {name} {} ({n} iterations)", median.saturating_sub(overhead));
 }
@@ -105,16 +116,7 @@ fn main(startup: Startup) -> Result<(), Error> {
     let server = mantra_rt::process::spawn_raw(b"bench-echo", mantra_rt::process::echo_server_code(), Some(server_end))?;
     let request = [7u8; 8];
     let mut reply = [0u8; 64];
-    let args = CallArgs {
-        write_bytes: request.as_ptr() as u64,
-        write_len: 8,
-        write_handle_count: 0,
-        write_handles: 0,
-        read_bytes: reply.as_mut_ptr() as u64,
-        read_capacity: 64,
-        read_handle_capacity: 0,
-        read_handles: 0,
-    };
+    let args = call_args(&request, &mut reply);
     let call = measure(n, || {
         // SAFETY: args points at live buffers of the stated sizes.
         let _ = unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) };
@@ -155,16 +157,7 @@ fn main(startup: Startup) -> Result<(), Error> {
 fn cross_core(me: Handle, n: usize, overhead: u64) -> Result<(), Error> {
     let request = [7u8; 8];
     let mut reply = [0u8; 64];
-    let args = CallArgs {
-        write_bytes: request.as_ptr() as u64,
-        write_len: 8,
-        write_handle_count: 0,
-        write_handles: 0,
-        read_bytes: reply.as_mut_ptr() as u64,
-        read_capacity: 64,
-        read_handle_capacity: 0,
-        read_handles: 0,
-    };
+    let args = call_args(&request, &mut reply);
     let (far_client, far_end) = sys::channel_create(me)?;
     let far = mantra_rt::process::spawn_raw(b"bench-echo-far", mantra_rt::process::echo_server_code(), Some(far_end))?;
     if sys::thread_set_priority(far.thread, mantra_abi::Priority::Normal, Some(1)).is_ok() {
