@@ -172,6 +172,41 @@ pub mod rights {
     pub const BASIC: u32 = DUPLICATE | TRANSFER | READ | WRITE | WAIT | REVOKE;
 }
 
+/// Severity of a log record (LOG_WRITE's `level`), most severe first.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
+impl LogLevel {
+    pub const fn from_u8(value: u8) -> Option<LogLevel> {
+        Some(match value {
+            1 => LogLevel::Error,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Info,
+            4 => LogLevel::Debug,
+            5 => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+
+    /// The name MantraLogd prints: `error`, `warn`, `info`, `debug`, `trace`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
 /// Kinds of kernel objects.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,27 +6,7 @@ use core::fmt::{self, Write};
 use crate::arch::{Arch, Machine};
 use mantra_kernel::sync::SpinLock;
 
-/// Log levels, most severe first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error = 1,
-    Warn = 2,
-    Info = 3,
-    Debug = 4,
-    Trace = 5,
-}
-
-impl Level {
-    fn tag(self) -> &'static str {
-        match self {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-            Level::Trace => "trace",
-        }
-    }
-}
+pub use mantra_abi::LogLevel as Level;
 
 /// The most verbose level printed (Kconfig LOG_LEVEL_* choice).
 pub const MAX_LEVEL: Level = if mantra_config::LOG_LEVEL_TRACE {
@@ -74,7 +54,7 @@ pub fn print(args: fmt::Arguments<'_>) {
 pub fn log(level: Level, args: fmt::Arguments<'_>) {
     if level <= MAX_LEVEL {
         let _line = LINE_LOCK.lock();
-        let _ = write!(ConsoleWriter, "[{}] ", level.tag());
+        let _ = write!(ConsoleWriter, "[{}] ", level.name());
         let _ = ConsoleWriter.write_fmt(args);
         let _ = ConsoleWriter.write_str("\n");
         drop(_line);

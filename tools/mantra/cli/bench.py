@@ -66,7 +66,7 @@ def bench(
         logs.append(ws.relative(run.log))
         if not run.matched:
             raise MantraError(f"the {mode} benchmark run did not finish", f"see the console log {logs[-1]}")
-        # The local run's cross-core placeholder gives way to the real figure.
+        # The local run's cross-core "n/a" line gives way to the two-CPU run's figure.
         console += "\n".join(line for line in run.console_text.splitlines()
                              if not (mode == "local" and "ipc_call_roundtrip_cross_core n/a" in line)) + "\n"
     figures = parse(console)

@@ -32,39 +32,8 @@ pub const MAX_RECORD: usize = HEADER_LEN + MAX_TEXT;
 /// before the record is dropped.
 const FULL_RETRIES: u32 = 64;
 
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error = 1,
-    Warn = 2,
-    Info = 3,
-    Debug = 4,
-    Trace = 5,
-}
-
-impl Level {
-    pub const fn from_u8(value: u8) -> Option<Level> {
-        Some(match value {
-            1 => Level::Error,
-            2 => Level::Warn,
-            3 => Level::Info,
-            4 => Level::Debug,
-            5 => Level::Trace,
-            _ => return None,
-        })
-    }
-
-    /// The name MantraLogd prints: `error`, `warn`, `info`, `debug`, `trace`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-            Level::Trace => "trace",
-        }
-    }
-}
+/// Record levels: the ABI's (LOG_WRITE takes the same numbers).
+pub use mantra_abi::LogLevel as Level;
 
 /// A decoded record; `text` borrows from the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
