@@ -10,6 +10,7 @@ from mantra.cli.fuzz import _EXIT_LINE, _FUZZ_LINE
 CONSOLE = """\
 [bench] info: bench: rdtsc_pair 3 (subtracted from every figure)
 [bench] info: bench: null_syscall 221 (2000 iterations)
+[bench] info: bench: syscall_dispatch 240 (2000 iterations)
 [bench] info: bench: channel_write_read 3957 (2000 iterations)
 [bench] info: bench: ipc_call_roundtrip 8733 (2000 iterations)
 [bench] info: bench: port_wait_wakeup 11994 (2000 iterations)

@@ -600,8 +600,18 @@ pub mod nr {
     /// Errors: none.
     pub const CLOCK_GET: u64 = 33;
 
+    /// Sends a reply and receives the next message (server side of CHANNEL_CALL, seL4's ReplyRecv).
+    /// When a caller is blocked on the peer, switches directly to it and back (fast path).
+    /// When the reply cannot be sent, nothing is received.
+    ///
+    /// Arguments: `channel`, `args` (CallArgs: write = the reply, read = the next request), `sizes` (out: ReadSizes).
+    /// Rights: READ and WRITE.
+    /// Returns: 0 (a message was received).
+    /// Errors: as CHANNEL_WRITE and CHANNEL_RECEIVE.
+    pub const CHANNEL_REPLY_RECEIVE: u64 = 34;
+
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
-    pub const COUNT: u64 = 34;
+    pub const COUNT: u64 = 35;
 }
 
 #[cfg(test)]

@@ -19,6 +19,20 @@ use crate::object::{self, next_koid, Object, Sink};
 use crate::sched;
 use crate::task::{Thread, ThreadState};
 
+/// A receive a parked thread waits to complete (`Thread::wait`): the
+/// endpoint and the caller's buffers, as CHANNEL_RECEIVE took them.
+pub struct ReceiveWait {
+    pub endpoint: Arc<Endpoint>,
+    pub bytes: u64,
+    pub capacity: usize,
+    pub handles: u64,
+    pub handle_capacity: usize,
+    /// User address of the ReadSizes to fill.
+    pub sizes: u64,
+    /// ns of CLOCK_GET; u64::MAX: none.
+    pub deadline: u64,
+}
+
 /// A message in flight.
 pub struct Message {
     pub bytes: Vec<u8>,
@@ -35,29 +49,34 @@ struct EndpointState {
 /// One end of a channel.
 pub struct Endpoint {
     pub koid: u64,
-    peer: SpinLock<Weak<Endpoint>>,
+    /// The other end; set once, when the pair is made.
+    peer: Weak<Endpoint>,
     state: SpinLock<EndpointState>,
     pub signals: SpinLock<SignalState<Sink>>,
 }
 
 impl Endpoint {
     pub fn pair() -> (Arc<Endpoint>, Arc<Endpoint>) {
-        let make = || {
-            Arc::new(Endpoint {
-                koid: next_koid(),
-                peer: SpinLock::new(Weak::new()),
-                state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: VecDeque::new() }),
-                signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
-            })
+        let make = |peer: Weak<Endpoint>| Endpoint {
+            koid: next_koid(),
+            peer,
+            state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: VecDeque::new() }),
+            signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
         };
-        let (a, b) = (make(), make());
-        *a.peer.lock() = Arc::downgrade(&b);
-        *b.peer.lock() = Arc::downgrade(&a);
-        (a, b)
+        // Each end points at the other from the start: `b` is made inside
+        // the construction of `a`, from `a`'s weak reference.
+        let mut second = None;
+        let first = Arc::new_cyclic(|weak_first| {
+            let b = Arc::new(make(weak_first.clone()));
+            let a = make(Arc::downgrade(&b));
+            second = Some(b);
+            a
+        });
+        (first, second.expect("made with the first end"))
     }
 
     pub fn peer(&self) -> Option<Arc<Endpoint>> {
-        self.peer.lock().upgrade()
+        self.peer.upgrade()
     }
 
     /// Queues `message` on the peer. On error the message comes back so its
@@ -76,7 +95,13 @@ impl Endpoint {
                 return Err((Error::ShouldWait, message));
             }
             state.queue.push_back(message);
-            state.receivers.pop_front()
+            // Receivers of killed processes never read: skip them.
+            loop {
+                match state.receivers.pop_front() {
+                    Some(t) if t.state() == ThreadState::Dead => continue,
+                    other => break other,
+                }
+            }
         };
         object::raise(&self.signals, signals::READABLE);
         if let Some(thread) = receiver {
@@ -115,22 +140,70 @@ impl Endpoint {
         }
     }
 
-    /// Registers the current thread as a receiver and blocks until a
-    /// message arrives, the peer goes away or `deadline` (ns) passes, unless
-    /// a message is already there or the peer is gone.
-    pub fn wait_readable(&self, thread: &Arc<Thread>, deadline: u64) {
-        {
-            let mut state = self.state.lock();
-            if !state.queue.is_empty() || state.peer_closed {
-                return;
-            }
-            thread.set_state(ThreadState::Blocked);
-            state.receivers.push_back(thread.clone());
+    /// Registers `thread` (the caller, about to park) as a receiver unless
+    /// a message is already there or the peer is gone (then false: retry
+    /// the read). Sets the thread Blocked under the endpoint's lock, so a
+    /// writer that finds it here always wakes it.
+    pub fn park_receiver(&self, thread: &Arc<Thread>) -> bool {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() || state.peer_closed {
+            return false;
         }
-        add_timeout(deadline, thread);
-        sched::block();
-        // Woken by the deadline (or spuriously): leave the receiver list.
+        thread.set_state(ThreadState::Blocked);
+        state.receivers.push_back(thread.clone());
+        true
+    }
+
+    /// Forgets a receiver that woke for another reason (its deadline).
+    pub fn remove_receiver(&self, thread: &Arc<Thread>) {
         self.state.lock().receivers.retain(|t| !Arc::ptr_eq(t, thread));
+    }
+
+    /// IPC fast path: takes the receiver a message of `len` bytes (no
+    /// handles) can be handed to directly: the queue is empty, nobody
+    /// observes this end's signals, and the first receiver is parked with
+    /// room for it. The caller then owns the receiver's wake-up, and its
+    /// kernel stack (`on_cpu` is set for the caller).
+    pub fn claim_parked_receiver(&self, len: usize) -> Option<Arc<Thread>> {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() {
+            return None;
+        }
+        let receiver = state.receivers.front()?;
+        if receiver.on_cpu.swap(true, Ordering::Acquire) {
+            return None; // running, or its CPU is still switching away from it
+        }
+        // SAFETY: we hold its on_cpu flag, and it is Blocked (checked first).
+        let fits = receiver.state() == ThreadState::Blocked
+            && receiver.parked.load(Ordering::Acquire)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity >= len)
+            && self.signals.lock().observer_count() == 0;
+        if !fits {
+            receiver.on_cpu.store(false, Ordering::Release);
+            return None;
+        }
+        state.receivers.pop_front()
+    }
+
+    /// Gives back a receiver taken by `claim_parked_receiver` and not used:
+    /// first in line again, or woken when a message came in meanwhile.
+    pub fn return_receiver(&self, thread: Arc<Thread>) {
+        thread.on_cpu.store(false, Ordering::Release);
+        let mut state = self.state.lock();
+        if state.queue.is_empty() && !state.peer_closed {
+            state.receivers.push_front(thread);
+        } else {
+            drop(state);
+            sched::wake(&thread, true);
+        }
+    }
+
+    /// Queues a message the fast path could not deliver (the receiver's
+    /// buffer was bad) at the front, over the queue limit if need be: it was
+    /// sent while the queue was empty, and is never lost.
+    pub fn requeue_front(&self, message: Message) {
+        self.state.lock().queue.push_front(message);
+        object::raise(&self.signals, signals::READABLE);
     }
 
     fn peer_gone(&self) {
@@ -236,7 +309,7 @@ impl Timer {
 /// Threads sleeping until a deadline (port_wait, channel_call).
 static TIMEOUTS: SpinLock<Vec<(u64, Weak<Thread>)>> = SpinLock::new(Vec::new());
 
-fn add_timeout(deadline: u64, thread: &Arc<Thread>) {
+pub fn add_timeout(deadline: u64, thread: &Arc<Thread>) {
     if deadline != u64::MAX {
         TIMEOUTS.lock().push((deadline, Arc::downgrade(thread)));
     }

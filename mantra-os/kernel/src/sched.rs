@@ -36,6 +36,8 @@ pub trait Policy: Send {
     fn should_preempt(&self, cpu: usize, class: Priority, slice_used: u32) -> bool;
     /// Runnable threads queued on `cpu`.
     fn queued(&self, cpu: usize) -> usize;
+    /// The highest class with a thread queued on `cpu`.
+    fn highest_queued(&self, cpu: usize) -> Option<Priority>;
 }
 
 /// Per-CPU queues, one per priority class; real-time preempts at once,
@@ -51,7 +53,8 @@ impl PriorityRoundRobin {
     }
 
     fn best_class(&self, cpu: usize) -> Option<usize> {
-        (0..CLASSES).rev().find(|&c| !self.queues[cpu][c].is_empty())
+        let queues = self.queues.get(cpu)?;
+        (0..CLASSES).rev().find(|&c| !queues[c].is_empty())
     }
 }
 
@@ -103,6 +106,10 @@ impl Policy for PriorityRoundRobin {
     fn queued(&self, cpu: usize) -> usize {
         self.queues.get(cpu).map_or(0, |q| q.iter().map(VecDeque::len).sum())
     }
+
+    fn highest_queued(&self, cpu: usize) -> Option<Priority> {
+        self.best_class(cpu).map(|c| [Priority::Idle, Priority::Normal, Priority::Interactive, Priority::RealTime][c])
+    }
 }
 
 struct State {
@@ -111,26 +118,54 @@ struct State {
 
 static STATE: SpinLock<State> = SpinLock::new(State { policy: None });
 
+/// A field of a CPU's slot that only that CPU touches, with interrupts
+/// off (as all kernel code runs, but the idle halt, which holds no access
+/// across it): no lock needed.
+struct CpuCell<T>(core::cell::UnsafeCell<T>);
+
+// SAFETY: each CpuCell is only accessed by the CPU owning its slot (see
+// the type's contract), so no two CPUs ever share access.
+unsafe impl<T: Send> Sync for CpuCell<T> {}
+
+impl<T> CpuCell<T> {
+    const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` on the value. Contract: called on the owning CPU only, and
+    /// `f` does not reach this cell again.
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // SAFETY: only the owning CPU, with interrupts off, accesses the
+        // cell, and not reentrantly (contract above): the access is exclusive.
+        f(unsafe { &mut *self.0.get() })
+    }
+}
+
 /// What each CPU is running. `None` = the idle loop on the CPU's boot stack.
 struct CpuSlot {
-    current: SpinLock<Option<Arc<Thread>>>,
+    current: CpuCell<Option<Arc<Thread>>>,
     /// Saved RSP of the idle context while a thread runs.
     idle_rsp: AtomicU64,
     /// Ticks the current thread has run since it was picked.
     slice: AtomicU64,
     /// A thread that exited on this CPU, freed after the switch away.
-    reap: SpinLock<Option<Arc<Thread>>>,
+    reap: CpuCell<Option<Arc<Thread>>>,
     /// The thread this CPU is switching away from: its `on_cpu` flag drops
     /// once the switch is complete (in `finish_switch`, on the new stack).
-    leaving: SpinLock<Option<Arc<Thread>>>,
+    leaving: CpuCell<Option<Arc<Thread>>>,
+    /// The highest priority class queued on this CPU + 1 (0: none), kept by
+    /// every queue change under the scheduler lock, read without it by the
+    /// IPC fast path.
+    highest_queued: core::sync::atomic::AtomicU32,
 }
 
 const EMPTY_SLOT: CpuSlot = CpuSlot {
-    current: SpinLock::new(None),
+    current: CpuCell::new(None),
     idle_rsp: AtomicU64::new(0),
     slice: AtomicU64::new(0),
-    reap: SpinLock::new(None),
-    leaving: SpinLock::new(None),
+    reap: CpuCell::new(None),
+    leaving: CpuCell::new(None),
+    highest_queued: core::sync::atomic::AtomicU32::new(0),
 };
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
@@ -151,7 +186,7 @@ fn cpu() -> usize {
 
 /// The thread running on this CPU (None in the idle loop).
 pub fn current() -> Option<Arc<Thread>> {
-    CPUS[cpu()].current.lock().clone()
+    CPUS[cpu()].current.with(|c| c.clone())
 }
 
 /// Makes a thread runnable. `front`: run it next (IPI wake-ups switch
@@ -159,7 +194,11 @@ pub fn current() -> Option<Arc<Thread>> {
 pub fn make_runnable(thread: Arc<Thread>, front: bool) {
     thread.set_state(ThreadState::Runnable);
     let here = cpu();
-    let target = STATE.lock().policy.as_mut().map(|policy| policy.enqueue(here, thread, front));
+    let target = STATE.lock().policy.as_mut().map(|policy| {
+        let target = policy.enqueue(here, thread, front);
+        note_queue(policy.as_ref(), target);
+        target
+    });
     // Another CPU's queue: wake it from its halt now, not at its next tick.
     if let Some(cpu) = target.filter(|&cpu| cpu != here) {
         let _ = crate::arch::x86_64::smp::send_reschedule(cpu);
@@ -207,12 +246,29 @@ fn pick() -> Option<Arc<Thread>> {
     let cpu = cpu();
     let mut state = STATE.lock();
     let policy = state.policy.as_mut()?;
-    loop {
-        let thread = policy.pick(cpu)?;
-        if thread.state() != ThreadState::Dead {
-            return Some(thread);
+    let steals = policy.queued(cpu) == 0;
+    let picked = loop {
+        match policy.pick(cpu) {
+            Some(thread) if thread.state() == ThreadState::Dead => continue,
+            other => break other,
         }
+    };
+    if steals {
+        // Whichever CPU lost a thread: refresh them all (steals are rare).
+        for other in 0..MAX_CPUS {
+            note_queue(policy.as_ref(), other);
+        }
+    } else {
+        note_queue(policy.as_ref(), cpu);
     }
+    picked
+}
+
+/// Records `cpu`'s highest queued class for `may_hand_off`.
+/// Contract: the scheduler lock is held (the caller has `policy` from it).
+fn note_queue(policy: &dyn Policy, cpu: usize) {
+    let highest = policy.highest_queued(cpu).map_or(0, |class| class as u32 + 1);
+    CPUS[cpu].highest_queued.store(highest, Ordering::Release);
 }
 
 /// Called on every timer tick with interrupts off: preempts the current
@@ -221,7 +277,7 @@ fn pick() -> Option<Arc<Thread>> {
 pub fn tick(from_user: bool) {
     let cpu = cpu();
     let slot = &CPUS[cpu];
-    let Some(current) = slot.current.lock().clone() else { return };
+    let Some(current) = slot.current.with(|c| c.clone()) else { return };
     let used = slot.slice.fetch_add(1, Ordering::Relaxed) as u32 + 1;
     if !from_user {
         return;
@@ -250,11 +306,57 @@ pub fn block() {
     reschedule();
 }
 
+/// Parks the current thread: it registered as a receiver (state Blocked)
+/// and holds nothing on its kernel stack but its TrapFrame, so it is never
+/// switched back into this call: the scheduler resumes it through
+/// `syscall::resume_parked`, or the IPC fast path completes its receive.
+/// Returns only when the thread was woken before it could leave the CPU;
+/// the caller then completes the receive itself.
+pub fn park_current() {
+    if let Some(current) = current() {
+        current.parked.store(true, Ordering::Release);
+    }
+    reschedule();
+}
+
+/// IPC fast path: whether this CPU may switch from the current thread
+/// straight to `target` (a woken receiver) instead of queueing it: the
+/// target is pinned to or last ran on this CPU (a direct switch never
+/// migrates a thread: a call to a server on another CPU wakes it there) and
+/// no queued thread outranks it.
+pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
+    let cpu = cpu();
+    let home = target.affinity().or(target.last_cpu());
+    if home.is_some_and(|home| home != cpu) || target.priority() < current.priority() {
+        return false;
+    }
+    CPUS[cpu].highest_queued.load(Ordering::Acquire) <= target.priority() as u32 + 1
+}
+
+/// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)
+/// this CPU's current thread, in place of the current one, which the
+/// caller has parked. Returns the thread left; the caller must not touch
+/// its stack after `finish_switch` (see `context::enter_frame`).
+///
+/// Contract: interrupts off; touches CR3 (loads the target's space).
+pub fn hand_off(target: Arc<Thread>) {
+    let cpu = cpu();
+    let slot = &CPUS[cpu];
+    target.set_state(ThreadState::Running);
+    target.set_last_cpu(cpu);
+    slot.slice.store(0, Ordering::Relaxed);
+    percpu::current().set_kernel_stack(target.kernel_stack_top());
+    target.process().space().activate();
+    let left = slot.current.with(|c| c.replace(target));
+    slot.leaving.with(|l| *l = left);
+    SWITCHES.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Ends the current thread: never returns.
 pub fn exit_current() -> ! {
     let current = current().expect("exit from a thread");
     current.set_state(ThreadState::Dead);
-    *CPUS[cpu()].reap.lock() = Some(current);
+    CPUS[cpu()].reap.with(|r| *r = Some(current));
     reschedule();
     unreachable!("a dead thread was scheduled");
 }
@@ -264,9 +366,10 @@ pub fn exit_current() -> ! {
 fn reschedule() {
     let cpu = cpu();
     let slot = &CPUS[cpu];
-    let prev = slot.current.lock().clone().expect("reschedule from a thread");
+    let prev = slot.current.with(|c| c.clone()).expect("reschedule from a thread");
     match pick() {
         Some(next) if Arc::ptr_eq(&next, &prev) => {
+            next.parked.store(false, Ordering::Relaxed);
             next.set_state(ThreadState::Running);
         }
         Some(next) => {
@@ -275,8 +378,8 @@ fn reschedule() {
         }
         None => {
             let save = prev.context_slot();
-            *slot.leaving.lock() = Some(prev);
-            *slot.current.lock() = None;
+            slot.leaving.with(|l| *l = Some(prev));
+            slot.current.with(|c| *c = None);
             // The idle loop runs on the kernel's own tables: the space just
             // left may be freed (its process ended) while this CPU idles.
             crate::memory::activate_kernel_space();
@@ -307,14 +410,20 @@ fn switch_to(next: Arc<Thread>, save: *mut u64, prev: Option<Arc<Thread>>) {
         core::hint::spin_loop();
     }
     let slot = &CPUS[cpu()];
-    *slot.leaving.lock() = prev;
+    slot.leaving.with(|l| *l = prev);
     next.set_state(ThreadState::Running);
     next.set_last_cpu(cpu());
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(next.kernel_stack_top());
     next.process().space().activate();
-    let load = next.context();
-    *slot.current.lock() = Some(next);
+    let load = if next.parked.swap(false, Ordering::Acquire) {
+        // SAFETY: a parked thread's stack holds only its TrapFrame, and no
+        // CPU runs on it (we hold its on_cpu flag).
+        unsafe { context::prepare_parked_resume(next.kernel_stack_top()) }
+    } else {
+        next.context()
+    };
+    slot.current.with(|c| *c = Some(next));
     SWITCHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: `load` is a context saved by a previous switch or prepared for
     // a new thread; its kernel stack is mapped while the thread lives, and
@@ -328,7 +437,7 @@ fn switch_to(next: Arc<Thread>, save: *mut u64, prev: Option<Arc<Thread>>) {
 /// be run elsewhere. Called after every switch, and first thing by a new
 /// thread (context.rs).
 pub fn finish_switch() {
-    let left = CPUS[cpu()].leaving.lock().take();
+    let left = CPUS[cpu()].leaving.with(Option::take);
     if let Some(thread) = left {
         thread.on_cpu.store(false, Ordering::Release);
     }
@@ -336,6 +445,6 @@ pub fn finish_switch() {
 
 /// Frees a thread that exited on this CPU, now that we are off its stack.
 fn reap() {
-    let dead = CPUS[cpu()].reap.lock().take();
+    let dead = CPUS[cpu()].reap.with(Option::take);
     drop(dead);
 }

@@ -19,7 +19,7 @@ use mantra_abi::{
 use mantra_kernel::cap::Capability;
 
 use crate::arch::x86_64::TrapFrame;
-use crate::ipc::{self, Endpoint, Message, Port, Timer};
+use crate::ipc::{self, Endpoint, Message, Port, ReceiveWait, Timer};
 use crate::klog::{Log, MAX_RECORD};
 use crate::object::Object;
 use crate::sched;
@@ -29,11 +29,15 @@ use crate::uaccess::{UserPtr, UserSlice};
 
 /// Syscalls handled (all CPUs), for statistics.
 pub static COUNT: AtomicU64 = AtomicU64::new(0);
+/// Calls the IPC fast path completed (fastpath.rs).
+pub static COUNT_FAST: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread and its process.
-struct Ctx {
+pub(crate) struct Ctx {
     thread: Arc<Thread>,
     process: Arc<Process>,
+    /// The call registered the thread as a receiver: it parks on the way out.
+    parked: core::cell::Cell<bool>,
 }
 
 type Args = [u64; 6];
@@ -41,24 +45,63 @@ type Args = [u64; 6];
 /// Entry from the SYSCALL shim: RAX number, args RDI RSI RDX R10 R8 R9.
 pub fn dispatch(frame: &mut TrapFrame) {
     COUNT.fetch_add(1, Ordering::Relaxed);
+    if frame.rax == nr::CHANNEL_CALL || frame.rax == nr::CHANNEL_REPLY_RECEIVE {
+        // Returns only when the fast path does not apply.
+        crate::fastpath::try_ipc(frame);
+    }
     let Some(thread) = sched::current() else {
         frame.rax = encode(Err(Error::BadState));
         return;
     };
     let process = thread.process().clone();
-    let ctx = Ctx { thread, process };
+    let ctx = Ctx { thread, process, parked: core::cell::Cell::new(false) };
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9];
     let result = handle(&ctx, frame.rax, args);
     frame.rax = encode(result);
-    // Revoked capabilities found during the call are released here, outside
-    // the table's lock (dropping one may close a channel end).
+    if finish(ctx) {
+        park(frame);
+    }
+}
+
+/// The end of every syscall: releases capabilities found revoked during
+/// the call (outside the table's lock: dropping one may close a channel
+/// end); a thread whose process was killed meanwhile (by itself or
+/// another) leaves instead of returning to user mode. True when the thread
+/// registered as a receiver and must park.
+fn finish(ctx: Ctx) -> bool {
     let reaped = ctx.process.handles.lock().take_reaped();
     drop(reaped);
-    // A process killed while this thread was in the kernel (by itself or
-    // another) does not return to user mode.
     if ctx.process.is_dead() {
         drop(ctx);
         sched::exit_current();
+    }
+    ctx.parked.get()
+}
+
+/// Parks the current thread (registered as a receiver, holding nothing)
+/// and, if it was woken before it could leave the CPU, completes the
+/// receive at once.
+fn park(frame: &mut TrapFrame) {
+    sched::park_current();
+    resume_parked(frame);
+}
+
+/// Completes the receive a parked thread waited for, once it runs again:
+/// called by the scheduler's resume path (context.rs) on the thread's own
+/// stack and address space, with its TrapFrame; sets the syscall result.
+/// Parks again when there is still nothing to receive (a spurious wake-up).
+pub fn resume_parked(frame: &mut TrapFrame) {
+    let Some(thread) = sched::current() else { return };
+    // SAFETY: `thread` is the running thread.
+    let wait = unsafe { thread.wait() }.take();
+    let Some(wait) = wait else { return };
+    wait.endpoint.remove_receiver(&thread);
+    let process = thread.process().clone();
+    let ctx = Ctx { thread, process, parked: core::cell::Cell::new(false) };
+    let result = if ctx.process.is_dead() { Err(Error::BadState) } else { receive(&ctx, wait, true) };
+    frame.rax = encode(result);
+    if finish(ctx) {
+        park(frame);
     }
 }
 
@@ -92,6 +135,7 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
         nr::CHANNEL_READ => channel_read(ctx, a, false),
         nr::CHANNEL_CALL => channel_call(ctx, a),
         nr::CHANNEL_RECEIVE => channel_read(ctx, a, true),
+        nr::CHANNEL_REPLY_RECEIVE => channel_reply_receive(ctx, a),
         nr::PORT_CREATE => port_create(ctx, a),
         nr::PORT_WAIT => port_wait(ctx, a),
         nr::OBJECT_WAIT_ASYNC => object_wait_async(ctx, a),
@@ -105,7 +149,7 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
     }
 }
 
-fn handle_arg(raw: u64) -> Handle {
+pub(crate) fn handle_arg(raw: u64) -> Handle {
     // Values above u32 cannot name a handle; map them to the invalid one.
     Handle(u32::try_from(raw).unwrap_or(0))
 }
@@ -433,36 +477,29 @@ fn channel_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     Ok(0)
 }
 
-/// Delivers a received message into the caller's buffers and table.
-fn receive_into(
-    ctx: &Ctx,
-    channel: &Arc<Endpoint>,
-    bytes: u64,
-    capacity: u64,
-    handles: u64,
-    handle_capacity: u64,
-    sizes: u64,
-    block: bool,
-    deadline: u64,
-) -> Result<u64, Error> {
-    let capacity = usize::try_from(capacity).map_err(|_| Error::InvalidArgs)?;
-    let handle_capacity = usize::try_from(handle_capacity).map_err(|_| Error::InvalidArgs)?;
-    let sizes = UserPtr::<ReadSizes>::new(sizes);
-    let out_bytes = UserSlice::<u8>::new(bytes, capacity);
-    let out_handles = UserSlice::<Handle>::new(handles, handle_capacity);
+/// The receive of CHANNEL_READ/RECEIVE/CALL/REPLY_RECEIVE: delivers the
+/// oldest message into the caller's buffers and table. With `block` and
+/// nothing queued, registers the thread as a parked receiver (the wait is
+/// kept in the thread; `ctx.parked` tells the dispatcher) and returns 0.
+fn receive(ctx: &Ctx, wait: ReceiveWait, block: bool) -> Result<u64, Error> {
+    let sizes = UserPtr::<ReadSizes>::new(wait.sizes);
+    let out_bytes = UserSlice::<u8>::new(wait.bytes, wait.capacity);
+    let out_handles = UserSlice::<Handle>::new(wait.handles, wait.handle_capacity);
     sizes.write(&ReadSizes::default())?;
+    let channel = wait.endpoint.clone();
+    let mut wait = Some(wait);
     loop {
         // Prove the buffers writable for this message before taking it, so
         // a bad pointer never loses a message (the kernel is not preempted
         // between this check and the read below).
         if let Ok((bytes, count)) = channel.peek_sizes() {
-            if bytes <= capacity && count <= handle_capacity {
+            if bytes <= out_bytes.len() && count <= out_handles.len() {
                 out_bytes.write_from(&alloc::vec![0u8; bytes])?;
                 out_handles.write_from(&alloc::vec![Handle::INVALID; count])?;
             }
         }
         let mut needed = (0, 0);
-        match channel.read(capacity, handle_capacity, &mut needed) {
+        match channel.read(out_bytes.len(), out_handles.len(), &mut needed) {
             Ok(message) => {
                 let Message { bytes, handles: caps } = message;
                 let count = caps.len();
@@ -483,49 +520,82 @@ fn receive_into(
                 return Err(Error::BufferTooSmall);
             }
             Err(Error::ShouldWait) if block => {
+                let deadline = wait.as_ref().map_or(u64::MAX, |w| w.deadline);
                 if ipc::clock_ns() >= deadline {
                     return Err(Error::TimedOut);
                 }
-                channel.wait_readable(&ctx.thread, deadline);
-                if ctx.process.is_dead() {
-                    return Err(Error::BadState);
+                // The wait is in place before the thread is on the list: a
+                // fast-path sender reads it as soon as it finds the thread.
+                // SAFETY: ctx.thread is the running thread.
+                *unsafe { ctx.thread.wait() } = wait.take();
+                if channel.park_receiver(&ctx.thread) {
+                    ipc::add_timeout(deadline, &ctx.thread);
+                    ctx.parked.set(true);
+                    return Ok(0);
                 }
+                // SAFETY: as above. A message came in: read it.
+                wait = unsafe { ctx.thread.wait() }.take();
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
-    let channel = ctx.get(a[0], rights::READ, extract!(Channel))?;
-    receive_into(ctx, &channel, a[1], a[2], a[3], a[4], a[5], block, u64::MAX)
+fn read_wait(channel: Arc<Endpoint>, a: Args, deadline: u64) -> Result<ReceiveWait, Error> {
+    Ok(ReceiveWait {
+        endpoint: channel,
+        bytes: a[1],
+        capacity: usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?,
+        handles: a[3],
+        handle_capacity: usize::try_from(a[4]).map_err(|_| Error::InvalidArgs)?,
+        sizes: a[5],
+        deadline,
+    })
 }
 
-fn channel_call(ctx: &Ctx, a: Args) -> Result<u64, Error> {
-    let channel = ctx.get(a[0], rights::READ | rights::WRITE, extract!(Channel))?;
-    let args: CallArgs = UserPtr::<CallArgs>::new(a[1]).read()?;
+fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ, extract!(Channel))?;
+    receive(ctx, read_wait(channel, a, u64::MAX)?, block)
+}
+
+/// The receive half of CHANNEL_CALL and CHANNEL_REPLY_RECEIVE.
+fn call_wait(channel: Arc<Endpoint>, args: &CallArgs, sizes: u64, deadline: u64) -> ReceiveWait {
+    ReceiveWait {
+        endpoint: channel,
+        bytes: args.read_bytes,
+        capacity: args.read_capacity as usize,
+        handles: args.read_handles,
+        handle_capacity: args.read_handle_capacity as usize,
+        sizes,
+        deadline,
+    }
+}
+
+/// Sends the write half of `args` on `channel`.
+fn send_call_message(ctx: &Ctx, channel: &Arc<Endpoint>, args: &CallArgs) -> Result<(), Error> {
     let (message, ticket) = take_message(
         ctx,
-        &channel,
+        channel,
         args.write_bytes,
         u64::from(args.write_len),
         args.write_handles,
         u64::from(args.write_handle_count),
     )?;
-    send(ctx, &channel, message, ticket)?;
-    // The server was woken at the front of the run queue: blocking here
-    // switches straight to it; its reply wakes us the same way.
-    receive_into(
-        ctx,
-        &channel,
-        args.read_bytes,
-        u64::from(args.read_capacity),
-        args.read_handles,
-        u64::from(args.read_handle_capacity),
-        a[2],
-        true,
-        a[3],
-    )
+    send(ctx, channel, message, ticket)
+}
+
+fn channel_call(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ | rights::WRITE, extract!(Channel))?;
+    let args: CallArgs = UserPtr::<CallArgs>::new(a[1]).read()?;
+    send_call_message(ctx, &channel, &args)?;
+    receive(ctx, call_wait(channel, &args, a[2], a[3]), true)
+}
+
+fn channel_reply_receive(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ | rights::WRITE, extract!(Channel))?;
+    let args: CallArgs = UserPtr::<CallArgs>::new(a[1]).read()?;
+    send_call_message(ctx, &channel, &args)?;
+    receive(ctx, call_wait(channel, &args, a[2], u64::MAX), true)
 }
 
 fn port_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {

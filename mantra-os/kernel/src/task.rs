@@ -50,6 +50,13 @@ pub struct Thread {
     /// A CPU runs on (or is still leaving) this thread's kernel stack: no
     /// other CPU may switch to it until the flag drops (see sched).
     pub on_cpu: AtomicBool,
+    /// Switched out at the user boundary: its kernel stack holds nothing but
+    /// its TrapFrame, and `wait` says what it waits for. The scheduler
+    /// resumes it through `syscall::resume_parked`; the IPC fast path may
+    /// instead complete its receive and return straight to user mode.
+    pub parked: AtomicBool,
+    /// The receive a parked thread waits to complete (see `wait`).
+    wait: UnsafeCell<Option<crate::ipc::ReceiveWait>>,
 }
 
 // SAFETY: `context` is only written by the CPU switching the thread out and
@@ -95,6 +102,8 @@ impl Thread {
             signals: SpinLock::new(SignalState::new(0)),
             started: AtomicBool::new(false),
             on_cpu: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            wait: UnsafeCell::new(None),
         });
         process.threads.lock().push(thread.clone());
         Ok(thread)
@@ -114,11 +123,27 @@ impl Thread {
         Ok(())
     }
 
+    /// The receive the thread waits to complete while parked.
+    ///
+    /// # Safety
+    /// Only the thread itself (running, in the kernel) or a CPU that holds
+    /// its `on_cpu` flag while it is Blocked (the IPC fast path, after
+    /// claiming it from a wait list) may call this: they exclude each other.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn wait(&self) -> &mut Option<crate::ipc::ReceiveWait> {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { &mut *self.wait.get() }
+    }
+
     pub fn process(&self) -> &Arc<Process> {
         &self.process
     }
     pub fn kernel_stack_top(&self) -> u64 {
         layout::stack_top(self.kstack_slot)
+    }
+    /// Where the thread's user registers are saved while it is in the kernel.
+    pub fn trap_frame(&self) -> *mut crate::arch::x86_64::TrapFrame {
+        (self.kernel_stack_top() - core::mem::size_of::<crate::arch::x86_64::TrapFrame>() as u64) as *mut _
     }
     pub fn context(&self) -> u64 {
         // SAFETY: read by the scheduler while the thread is switched out.
@@ -179,6 +204,8 @@ pub struct Process {
     threads: SpinLock<Vec<Arc<Thread>>>,
     /// Set once: the exit code (faults: -(1000 + vector)).
     exit_code: SpinLock<Option<i64>>,
+    /// `exit_code` is set (read without the lock on hot paths).
+    dead: AtomicBool,
     pub signals: SpinLock<SignalState<crate::object::Sink>>,
 }
 
@@ -192,6 +219,7 @@ impl Process {
             handles: SpinLock::new(HandleTable::new()),
             threads: SpinLock::new(Vec::new()),
             exit_code: SpinLock::new(None),
+            dead: AtomicBool::new(false),
             signals: SpinLock::new(SignalState::new(0)),
         }))
     }
@@ -219,6 +247,7 @@ impl Process {
                 return;
             }
             *exit = Some(code);
+            self.dead.store(true, Ordering::Release);
         }
         let threads: Vec<Arc<Thread>> = core::mem::take(&mut *self.threads.lock());
         for thread in &threads {
@@ -242,6 +271,6 @@ impl Process {
     }
 
     pub fn is_dead(&self) -> bool {
-        self.exit_code.lock().is_some()
+        self.dead.load(Ordering::Acquire)
     }
 }

@@ -66,6 +66,10 @@ impl<T: Copy> UserSlice<T> {
         Self { addr, len, _type: PhantomData }
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     fn checked(&self) -> Result<u64, Error> {
         let bytes = (self.len as u64).checked_mul(size_of::<T>() as u64).ok_or(Error::BadPointer)?;
         usermem::check(self.addr, bytes, align_of::<T>() as u64).map(|r| r.start)
@@ -84,6 +88,21 @@ impl<T: Copy> UserSlice<T> {
             // SAFETY: the copy initialised len elements of plain data.
             unsafe { out.set_len(self.len) };
             Ok(out)
+        } else {
+            Err(Error::BadPointer)
+        }
+    }
+
+    /// Copies the user data into `out`, which must be exactly `len` long
+    /// (no allocation: the IPC fast path's small messages).
+    pub fn read_into(&self, out: &mut [T]) -> Result<(), Error> {
+        if out.len() != self.len {
+            return Err(Error::InvalidArgs);
+        }
+        let addr = self.checked()?;
+        // SAFETY: checked user range; `out` holds len plain-data elements.
+        if unsafe { context::copy_user(out.as_mut_ptr().cast(), addr as *const u8, core::mem::size_of_val(out)) } {
+            Ok(())
         } else {
             Err(Error::BadPointer)
         }

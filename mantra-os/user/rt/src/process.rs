@@ -82,15 +82,25 @@ pub fn spawn_raw(name: &[u8], code: &[u8], give: Option<Handle>) -> Result<RawCh
     Ok(RawChild { process, space, thread, code: text, stack })
 }
 
-// An echo server for raw child processes: receives a message on the channel
-// in RDI (blocking) and writes its first 8 bytes back, forever.
+// An echo server for raw child processes, written as a server loop of
+// seL4 shape: one CHANNEL_RECEIVE, then CHANNEL_REPLY_RECEIVE (the first 8
+// bytes of each request back as the reply, and the next request) forever.
+// Exits when the client's end is closed. Buffers live below the stack
+// pointer: request at rsp-64, sizes at rsp-128, CallArgs at rsp-192.
 #[cfg(target_os = "none")]
 core::arch::global_asm!(
     ".global mantra_rt_echo_start",
     ".global mantra_rt_echo_end",
     "mantra_rt_echo_start:",
     "mov r12, rdi",
-    "2:",
+    "lea rax, [rsp - 64]",
+    "mov [rsp - 192], rax",             // write_bytes
+    "mov qword ptr [rsp - 184], 8",     // write_len 8, write_handle_count 0
+    "mov qword ptr [rsp - 176], 0",     // write_handles
+    "mov [rsp - 168], rax",             // read_bytes
+    "mov qword ptr [rsp - 160], 64",    // read_capacity 64, read_handle_capacity 0
+    "mov qword ptr [rsp - 152], 0",     // read_handles
+    "1:",
     "mov eax, {receive}",
     "mov rdi, r12",
     "lea rsi, [rsp - 64]",
@@ -99,17 +109,28 @@ core::arch::global_asm!(
     "xor r8d, r8d",
     "lea r9, [rsp - 128]",
     "syscall",
-    "mov eax, {write}",
+    "test rax, rax",
+    "js 3f",
+    "2:",
+    "mov eax, {reply_receive}",
     "mov rdi, r12",
-    "lea rsi, [rsp - 64]",
-    "mov edx, 8",
-    "xor r10d, r10d",
-    "xor r8d, r8d",
+    "lea rsi, [rsp - 192]",
+    "lea rdx, [rsp - 128]",
     "syscall",
-    "jmp 2b",
+    "test rax, rax",
+    "jns 2b",
+    "3:",
+    "cmp rax, -{peer_closed}",
+    "jne 1b",
+    "xor edi, edi",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
     "mantra_rt_echo_end:",
     receive = const mantra_abi::nr::CHANNEL_RECEIVE,
-    write = const mantra_abi::nr::CHANNEL_WRITE,
+    reply_receive = const mantra_abi::nr::CHANNEL_REPLY_RECEIVE,
+    exit = const mantra_abi::nr::PROCESS_EXIT,
+    peer_closed = const mantra_abi::Error::PeerClosed as i64,
 );
 
 /// Position-independent code of an echo server, for [`spawn_raw`]: give it

@@ -255,6 +255,22 @@ pub unsafe fn channel_call(channel: Handle, args: &CallArgs, deadline: u64) -> R
     Ok(sizes)
 }
 
+/// `CHANNEL_REPLY_RECEIVE`: sends the reply the write half of `args`
+/// describes, then blocks for the next request (the read half): a server
+/// loop's one syscall per request.
+///
+/// # Safety
+///
+/// As [`channel_call`]: the pointers in `args` must describe valid buffers.
+pub unsafe fn channel_reply_receive(channel: Handle, args: &CallArgs) -> Result<ReadSizes, Error> {
+    let mut sizes = ReadSizes::default();
+    unit(call(
+        nr::CHANNEL_REPLY_RECEIVE,
+        [h(channel), args as *const CallArgs as u64, &mut sizes as *mut ReadSizes as u64, 0, 0, 0],
+    ))?;
+    Ok(sizes)
+}
+
 /// `CHANNEL_RECEIVE`: as [`channel_read`], but blocks until a message arrives.
 pub fn channel_receive(
     channel: Handle,
@@ -361,6 +377,7 @@ const WRAPPED: [u64; nr::COUNT as usize] = [
     nr::LOG_WRITE,
     nr::LOG_READ,
     nr::CLOCK_GET,
+    nr::CHANNEL_REPLY_RECEIVE,
 ];
 
 #[cfg(test)]

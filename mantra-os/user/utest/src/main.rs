@@ -313,7 +313,15 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
     // Give up the address space: random VMAR_* calls must not be able to
     // unmap this process's own memory (the heap cannot grow from here on).
     ok("close space", sys::handle_close(mantra_rt::process::space()))?;
-    let skipped = [nr::PROCESS_EXIT, nr::THREAD_EXIT, nr::CHANNEL_RECEIVE, nr::CHANNEL_CALL, nr::PROCESS_KILL, nr::THREAD_START];
+    let skipped = [
+        nr::PROCESS_EXIT,
+        nr::THREAD_EXIT,
+        nr::CHANNEL_RECEIVE,
+        nr::CHANNEL_CALL,
+        nr::CHANNEL_REPLY_RECEIVE,
+        nr::PROCESS_KILL,
+        nr::THREAD_START,
+    ];
     let mut errors = [0u64; 16];
     let mut done = 0u64;
     while done < count {

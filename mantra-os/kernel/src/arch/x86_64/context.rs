@@ -21,11 +21,19 @@ global_asm!(
 // mantra_copy_user(dst, src, len) -> 0, or 1 when a fault was not resolvable
 // (the page-fault handler moves RIP to the fixup). SMAP is lifted only for
 // the copy itself.
+// Whole words first: a REP iteration is one guest instruction under
+// -icount, so word copies make small IPC messages cheap.
 global_asm!(
     ".global mantra_copy_user",
     "mantra_copy_user:",
     "stac",
     "mov rcx, rdx",
+    "shr rcx, 3",
+    ".global mantra_copy_user_words_insn",
+    "mantra_copy_user_words_insn:",
+    "rep movsq",
+    "mov ecx, edx",
+    "and ecx, 7",
     ".global mantra_copy_user_insn",
     "mantra_copy_user_insn:",
     "rep movsb",
@@ -52,8 +60,39 @@ extern "C" fn first_run_finish() {
     crate::sched::finish_switch();
 }
 
+// Resumption of a parked thread by the scheduler (see
+// `prepare_parked_resume`): finish the switch, complete the receive the
+// thread waits for, return to user mode.
+global_asm!(
+    "mantra_parked_resume:",
+    "call {finish}",
+    "mov rdi, rsp",
+    "call {resume}",
+    "jmp mantra_trap_return",
+    finish = sym first_run_finish,
+    resume = sym parked_resume,
+);
+
+extern "C" fn parked_resume(frame: &mut TrapFrame) {
+    crate::syscall::resume_parked(frame);
+}
+
+// mantra_enter_frame(frame): the IPC fast path's exit. Moves onto the
+// thread whose TrapFrame is at `frame` (top of its kernel stack), lets the
+// thread just left go (finish_switch), and returns to user mode.
+global_asm!(
+    "mantra_enter_frame:",
+    "mov rsp, rdi",
+    "call {finish}",
+    "jmp mantra_trap_return",
+    finish = sym first_run_finish,
+);
+
 extern "C" {
     fn mantra_thread_first_run();
+    fn mantra_parked_resume();
+    fn mantra_enter_frame(frame: *mut TrapFrame) -> !;
+    fn mantra_copy_user_words_insn();
     fn mantra_switch(save_rsp: *mut u64, load_rsp: u64);
     fn mantra_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
     fn mantra_copy_user_insn();
@@ -109,6 +148,40 @@ pub unsafe fn prepare_user_entry(stack_top: u64, entry: u64, user_stack: u64, ar
     }
 }
 
+/// Builds the context a parked thread is resumed from: below its
+/// TrapFrame, six zeroed callee-saved registers and the return address of
+/// `mantra_parked_resume`. Returns the context RSP to switch to.
+///
+/// # Safety
+/// The thread must be parked (its stack holds nothing live below the
+/// frame) and no CPU may run on its stack.
+pub unsafe fn prepare_parked_resume(stack_top: u64) -> u64 {
+    let frame_ptr = (stack_top - core::mem::size_of::<TrapFrame>() as u64) as *mut u64;
+    // SAFETY: guaranteed by the caller: the words below the frame are free.
+    unsafe {
+        let ret = frame_ptr.sub(1);
+        ret.write(mantra_parked_resume as *const () as u64);
+        let regs = ret.sub(6);
+        for i in 0..6 {
+            regs.add(i).write(0);
+        }
+        regs as u64
+    }
+}
+
+/// Leaves the current kernel stack for the thread whose TrapFrame is at
+/// `frame` and returns to its user mode; the thread left is released by
+/// `sched::finish_switch` once off its stack.
+///
+/// # Safety
+/// `frame` must be the TrapFrame at the top of the kernel stack of this
+/// CPU's (new) current thread, which holds nothing else live; the caller
+/// must hold nothing that needs dropping (this never returns).
+pub unsafe fn enter_frame(frame: *mut TrapFrame) -> ! {
+    // SAFETY: guaranteed by the caller.
+    unsafe { mantra_enter_frame(frame) }
+}
+
 /// Copies `len` bytes between user and kernel memory (one side must be a
 /// range the caller validated as user space). Returns false when a page
 /// could not be made present (the copy stopped part-way).
@@ -125,7 +198,7 @@ pub unsafe fn copy_user(dst: *mut u8, src: *const u8, len: usize) -> bool {
 /// When a kernel-mode fault happened inside the user copy, makes it fail
 /// instead (returns true when the frame was redirected).
 pub fn fixup_user_copy(frame: &mut TrapFrame) -> bool {
-    if frame.rip == mantra_copy_user_insn as *const () as u64 {
+    if in_user_copy_insn(frame.rip) {
         frame.rip = mantra_copy_user_fixup as *const () as u64;
         true
     } else {
@@ -135,5 +208,9 @@ pub fn fixup_user_copy(frame: &mut TrapFrame) -> bool {
 
 /// True when `frame` is a kernel-mode fault inside the user copy.
 pub fn in_user_copy(frame: &TrapFrame) -> bool {
-    !frame.from_user() && frame.rip == mantra_copy_user_insn as *const () as u64
+    !frame.from_user() && in_user_copy_insn(frame.rip)
+}
+
+fn in_user_copy_insn(rip: u64) -> bool {
+    rip == mantra_copy_user_insn as *const () as u64 || rip == mantra_copy_user_words_insn as *const () as u64
 }

@@ -2,6 +2,10 @@
 //! same [`TrapFrame`](super::TrapFrame) an interrupt would (vector =
 //! `SYSCALL_MARKER`) and joins the common trap path, so syscalls, faults and
 //! context switches all see one frame layout and leave through IRETQ.
+//!
+//! A number outside the syscall table is refused right here, with
+//! BAD_SYSCALL, before the general registers are saved: nothing in the
+//! kernel runs for it (and it clobbers no register but RAX, RCX, R11).
 
 use core::arch::global_asm;
 
@@ -32,7 +36,16 @@ global_asm!(
     "push rcx",
     "push 0",
     "push {marker}",
+    "cmp rax, {count}",
+    "jae 2f",
     "jmp mantra_trap_save",
+    "2:",
+    "mov rax, -{bad_syscall}",
+    "add rsp, 16",
+    "swapgs",
+    "iretq",
+    count = const mantra_abi::nr::COUNT,
+    bad_syscall = const mantra_abi::Error::BadSyscall as i64,
     user_rsp = const OFFSET_USER_RSP,
     kernel_rsp = const OFFSET_KERNEL_RSP,
     user_ss = const (USER_DATA_BASE | 3) as u64,
