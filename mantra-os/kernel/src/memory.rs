@@ -15,14 +15,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use mantra_bootinfo::{BootInfo, MemoryKind, SEG_W, SEG_X};
 use mantra_kernel::acpi::PhysRead;
 use mantra_kernel::mm::frame::{FrameAllocator, FrameError};
-use mantra_kernel::mm::heap::{HeapStats, LockedHeap};
+use mantra_kernel::mm::heap::{Heap, HeapStats, LockedHeap};
 use mantra_kernel::mm::paging::{AddressSpace, DirectMap, FrameAlloc, MapError, PageFlags, PageSize, PhysAddr, VirtAddr};
 use mantra_kernel::sync::SpinLock;
 
 use crate::arch::x86_64::{cpu, layout};
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: LockedHeap = LockedHeap::new(SpinLock::new(Heap::new()));
 
 static FRAMES: SpinLock<FrameAllocator> = SpinLock::new(FrameAllocator::new());
 static KERNEL_SPACE: SpinLock<Option<AddressSpace<DirectMap>>> = SpinLock::new(None);
