@@ -41,7 +41,7 @@ def sign(
     manifest = result.manifest
     out.print(f"signed {image}: {MANIFEST_PATH} ({len(result.envelope)} bytes), key {result.key.id.hex()}, "
               f"{manifest.product} {manifest.version} for {manifest.board}, security counter "
-              f"{manifest.security_counter}, {len(manifest.components)} components", markup=False)
+              f"{manifest.security_counter}, {len(manifest.components)} components", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
