@@ -31,6 +31,7 @@ MAX_STR = 255
 MAX_COMPONENTS = 16
 MAX_TOOLCHAIN = 16
 MAX_REVOKED = 1024
+MAX_ENVELOPE = 64 * 1024  # MantraBoot refuses a bigger MANTRA/MANIFEST.SIG before reading it
 
 ENVELOPE_MAGIC = b"MTRA-ENV"
 KEY_RECORD_MAGIC = b"MTRA-KEY"
@@ -385,6 +386,8 @@ class Envelope:
         framing is checked here: a verifier checks each body's signature
         before it decodes the body (`key()`, `revocation_list()`, `image_manifest()`)."""
         reader = _Reader(data, "envelope")
+        if len(data) > MAX_ENVELOPE:
+            raise reader.fail(f"{len(data)} bytes, at most {MAX_ENVELOPE}")
         magic, version, count, total = reader.unpack(ENVELOPE_HEADER, "envelope header")
         _check_magic(reader, magic, ENVELOPE_MAGIC, version)
         if count != len(SectionTag):

@@ -237,6 +237,8 @@ def test_envelope_framing_is_strict() -> None:
         Envelope.decode(data[:20] + struct.pack("<I", 100_000) + data[24:])
     with pytest.raises(DecodeError, match="too short"):
         Envelope.decode(data[:20] + struct.pack("<I", 64) + data[24:])
+    with pytest.raises(DecodeError, match="at most 65536"):
+        Envelope.decode(data + bytes(65536))
 
 
 def test_encoding_is_canonical() -> None:

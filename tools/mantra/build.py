@@ -242,7 +242,7 @@ def product_keys(workspace: Workspace, product: str, keys: Path | None) -> signi
         try:
             signing_keys.init_keyset(directory, signing_keys.DEV_PASSPHRASE,
                                      validity_days=signing_keys.DEV_VALIDITY_DAYS, development=True)
-        except MantraError:
+        except (MantraError, OSError):
             if not (directory / signing_keys.ROOT_PUB).is_file():  # not made by a concurrent build
                 raise
         err.print(f"[yellow]warning:[/] development keys generated in {workspace.relative(directory)}; "
