@@ -53,7 +53,7 @@ class Verified:
 def _valid(public_key: bytes, signed: Signed) -> bool:
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signed.signature, signed.body)
-    except InvalidSignature:
+    except (InvalidSignature, ValueError):
         return False
     return True
 
@@ -78,9 +78,6 @@ def verify_image(image: Path, root_public: bytes, *, min_counter: int | None = N
                  report: Callable[[str], None] = lambda line: None) -> Verified:
     """Checks `image` against the root public key; `report` receives one line
     per check passed. Raises VerifyFailure when the image is refused."""
-    now = int(time.time()) if now is None else now
-    root_id = key_id(root_public)
-
     # The image and its envelope.
     try:
         files = open_esp(image)
@@ -93,6 +90,47 @@ def verify_image(image: Path, root_public: bytes, *, min_counter: int | None = N
         raise VerifyFailure(f"no signed manifest: {MANIFEST_PATH} is not on the ESP (sign the image with "
                             "./mantra sign IMAGE --keys DIR)")
     raw = files.read(stored[MANIFEST_PATH])
+    verified = check_envelope(raw, root_public, min_counter=min_counter, min_revocations=min_revocations,
+                              board=board, now=now, report=report)
+    manifest = verified.manifest
+
+    # Every component, and nothing else MantraBoot or the firmware would load.
+    failures = []
+    for component in manifest.components:
+        path = stored.get(component.path.upper())
+        if path is None:
+            failures.append(f"component {component.path}: missing from the ESP")
+            continue
+        data = files.read(path)
+        if len(data) != component.size:
+            failures.append(f"component {component.path}: size mismatch (expected {component.size} bytes, "
+                            f"got {len(data)})")
+            continue
+        digest = hashlib.sha256(data).digest()
+        if digest != component.sha256:
+            failures.append(f"component {component.path}: sha256 mismatch (expected {component.sha256.hex()}, "
+                            f"got {digest.hex()})")
+            continue
+        report(f"component {component.path}: {component.kind.label}, {component.size} bytes, sha256 ok")
+    listed = {c.path.upper() for c in manifest.components} | {MANIFEST_PATH}
+    for upper, path in sorted(stored.items()):
+        if upper not in listed:
+            kind = kind_of(path)
+            what = f"a {kind.label} MantraBoot would load" if kind not in (None, ComponentKind.BOOTLOADER) else "a file"
+            failures.append(f"ESP file {path} is not in the manifest ({what} that nothing verifies)")
+    if failures:
+        raise VerifyFailure(*failures)
+    return verified
+
+
+def check_envelope(raw: bytes, root_public: bytes, *, min_counter: int | None = None,
+                   min_revocations: int | None = None, board: str | None = None, now: int | None = None,
+                   report: Callable[[str], None] = lambda line: None) -> Verified:
+    """Steps 2 to 8 of docs/signing.md's verification on the envelope's
+    bytes alone: framing, key record, revocation list, manifest signature,
+    validity, security counter and board. The components are the caller's."""
+    now = int(time.time()) if now is None else now
+    root_id = key_id(root_public)
     try:
         envelope = Envelope.decode(raw)
     except DecodeError as exc:
@@ -179,32 +217,5 @@ def verify_image(image: Path, root_public: bytes, *, min_counter: int | None = N
     if board is not None and manifest.board != board:
         raise VerifyFailure(f"board: the image is for {manifest.board}, expected {board}")
     report(f"board: {manifest.board}" + ("" if board is not None else " (not checked: --board BOARD)"))
-
-    # Every component, and nothing else MantraBoot or the firmware would load.
-    failures = []
-    for component in manifest.components:
-        path = stored.get(component.path.upper())
-        if path is None:
-            failures.append(f"component {component.path}: missing from the ESP")
-            continue
-        data = files.read(path)
-        if len(data) != component.size:
-            failures.append(f"component {component.path}: size mismatch (expected {component.size} bytes, "
-                            f"got {len(data)})")
-            continue
-        digest = hashlib.sha256(data).digest()
-        if digest != component.sha256:
-            failures.append(f"component {component.path}: sha256 mismatch (expected {component.sha256.hex()}, "
-                            f"got {digest.hex()})")
-            continue
-        report(f"component {component.path}: {component.kind.label}, {component.size} bytes, sha256 ok")
-    listed = {c.path.upper() for c in manifest.components} | {MANIFEST_PATH}
-    for upper, path in sorted(stored.items()):
-        if upper not in listed:
-            kind = kind_of(path)
-            what = f"a {kind.label} MantraBoot would load" if kind not in (None, ComponentKind.BOOTLOADER) else "a file"
-            failures.append(f"ESP file {path} is not in the manifest ({what} that nothing verifies)")
-    if failures:
-        raise VerifyFailure(*failures)
     return Verified(envelope, record, revocations, manifest)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mantra.signing import pcr
 from mantra.signing.encoding import (
@@ -21,6 +22,7 @@ from mantra.signing.encoding import (
     key_id,
 )
 from mantra.signing.keys import raw_public
+from mantra.signing.verify import VerifyFailure, check_envelope
 from support import ROOT
 
 VECTOR = ROOT / "tests" / "data" / "signing-vector.sig"
@@ -59,3 +61,15 @@ def test_vector_is_pinned() -> None:
     assert VECTOR.read_bytes() == envelope
     body = Envelope.decode(envelope).manifest.body
     assert {n: v.hex() for n, v in pcr.expected_pcrs(body).items()} == {8: PCR8, 9: PCR9}
+
+
+def test_vector_verifies_and_every_flipped_byte_is_refused() -> None:
+    public, envelope = make_vector()
+    verified = check_envelope(envelope, public, min_counter=5, min_revocations=2, board="qemu-x86_64",
+                              now=1_750_000_000)
+    assert verified.manifest.security_counter == 5 and verified.revocations.revoked == (bytes([0xAA]) * 16,)
+    for at in range(len(envelope)):
+        for bit in (0x01, 0x80):
+            changed = envelope[:at] + bytes([envelope[at] ^ bit]) + envelope[at + 1:]
+            with pytest.raises(VerifyFailure):
+                check_envelope(changed, public)
