@@ -2,11 +2,16 @@
 measures through EFI_TCG2_PROTOCOL.HashLogExtendEvent (SHA-256 bank), in
 this order, after the image verified:
 
-| PCR | who | what (event type EV_IPL, 0x0000000D) |
-| --- | --- | --- |
-| 0-7 | firmware | TCG PC Client: 0 firmware code, 1 firmware config, 2 option ROMs, 3 their config, 4 boot manager code (MantraBoot's PE image, Authenticode hash) and EV_EFI_ACTION events, 5 GPT and boot variables, 7 Secure Boot policy |
-| 8 | MantraBoot | one event: the signed manifest, digest SHA-256 of the manifest body (exactly the bytes its signature covers); event data `manifest` |
-| 9 | MantraBoot | one event per component MantraBoot loads (every kind but the bootloader), in manifest order: digest SHA-256 of the file, i.e. the manifest's `sha256`; event data the component's path |
+- PCR 0-7, the firmware (TCG PC Client profile): 0 firmware code, 1 its
+  configuration, 2 option ROMs, 3 their configuration, 4 boot manager code
+  (MantraBoot's PE image, Authenticode hash), 5 GPT and boot variables,
+  7 Secure Boot policy;
+- PCR 8, MantraBoot: one event, the signed manifest: digest SHA-256 of the
+  manifest body (exactly the bytes its signature covers), event type EV_IPL
+  (0x0000000D), event data `manifest`;
+- PCR 9, MantraBoot: one event per component it loads (every kind but the
+  bootloader), in manifest order: digest SHA-256 of the file (the manifest's
+  `sha256`), EV_IPL, event data the component's path.
 
 HashLogExtendEvent hashes the buffer it is given (the manifest body, each
 file as loaded) and extends: PCR := SHA-256(PCR || digest), from 32 zero
@@ -27,6 +32,18 @@ PCR_COMPONENTS = 9
 EV_IPL = 0x0000000D
 DIGEST_SIZE = 32
 RESET_VALUE = bytes(DIGEST_SIZE)
+# What each PCR holds, for `mantra attest` to print next to a mismatch.
+PCR_TABLE: dict[int, str] = {
+    0: "firmware code (UEFI)",
+    1: "firmware configuration",
+    2: "option ROMs",
+    3: "option ROM configuration",
+    4: "boot manager code: MantraBoot's PE image (Authenticode hash)",
+    5: "GPT and boot variables",
+    7: "Secure Boot policy",
+    PCR_MANIFEST: "MantraBoot: the signed manifest (SHA-256 of the manifest body)",
+    PCR_COMPONENTS: "MantraBoot: each component it loads, in manifest order (SHA-256 of the file)",
+}
 
 
 @dataclass(frozen=True)

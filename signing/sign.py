@@ -49,7 +49,8 @@ class ImageInfo:
             raise MantraError(f"no manifest.json beside {image} (board, product, version and provenance come from it)",
                               "sign an image as ./mantra build wrote it, in its build directory") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise MantraError(f"{path} is not a manifest.json of ./mantra build: {exc!r}", "rebuild the image") from None
+            raise MantraError(f"{path} is not a manifest.json of ./mantra build: {exc!r}",
+                              "rebuild the image") from None
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ def sign_image(image: Path, keyset: KeySet, passphrase: str, *, info: ImageInfo 
     for component in found:
         built = info.built_components.get(component.path)
         if built is not None and built != component.sha256.hex():
-            raise MantraError(f"{component.path} on the ESP is not what the build wrote (sha256 {component.sha256.hex()}"
-                              f", manifest.json says {built})", "rebuild the image before signing it")
+            raise MantraError(f"{component.path} on the ESP is not what the build wrote (sha256 "
+                              f"{component.sha256.hex()}, manifest.json says {built})",
+                              "rebuild the image before signing it")
     missing = sorted(set(info.built_components) - {c.path for c in found})
     if missing:
         raise MantraError(f"{image}: the ESP lacks {', '.join(missing)}, which manifest.json lists",

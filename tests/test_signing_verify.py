@@ -73,7 +73,8 @@ def unsigned(default_image: BuildResult, tmp_path_factory: pytest.TempPathFactor
         sources[path].write_bytes(files[path])
     esp.write_esp(work / "esp.img", ESP_MIB, sources)
     specs = [gpt.PartitionSpec("esp", gpt.ESP_TYPE, ESP_MIB * MIB, work / "esp.img"),
-             gpt.PartitionSpec("slot-a", gpt.MANTRA_SLOT_TYPE, MIB), gpt.PartitionSpec("slot-b", gpt.MANTRA_SLOT_TYPE, MIB)]
+             gpt.PartitionSpec("slot-a", gpt.MANTRA_SLOT_TYPE, MIB),
+             gpt.PartitionSpec("slot-b", gpt.MANTRA_SLOT_TYPE, MIB)]
     gpt.write_image(work / "image.img", specs, align=MIB, disk_guid=uuid.UUID(int=1))
     shutil.copy(default_image.manifest, work / "manifest.json")
     return work / "image.img"
