@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import time
 import tomllib
 import uuid
@@ -34,7 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
-from mantra import kconfig, userland
+from mantra import kconfig, proc, userland
 from mantra.board import Board, load_board
 from mantra.console import err, step
 from mantra.errors import MantraError
@@ -184,35 +183,32 @@ def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: u
     return gpt.write_image(image_dir / "image.img", specs, align=board.disk.align_mib * mib, disk_guid=disk_guid)
 
 
+def _output(cmd: list[str], what: str) -> str | None:
+    """The stdout of `cmd`, or None when it cannot run or fails (provenance
+    is best effort: a missing git is no reason to fail a build)."""
+    try:
+        result = proc.run(cmd, what=what, hint="", capture=True, check=False)
+    except MantraError:
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
 @functools.cache
 def _rustc_version(rustc: str) -> str:
-    try:
-        result = subprocess.run([rustc, "--version"], capture_output=True, text=True, timeout=60,
-                                stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+    return (_output([rustc, "--version"], "rustc --version") or "").strip() or "unknown"
 
 
 def source_revision(workspace: Workspace) -> str:
     """The git commit of the checkout, with "-dirty" when tracked files have
     changed since; "unknown" outside a git checkout."""
-    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
-        try:
-            return subprocess.run(["git", "-C", str(workspace.root), *args], capture_output=True, text=True,
-                                  timeout=60, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.SubprocessError):
-            return None
+    def git(*args: str) -> str | None:
+        return _output(["git", "-C", str(workspace.root), *args], f"git {args[0]}")
 
-    head = git("rev-parse", "--show-toplevel", "HEAD")
-    if head is None or head.returncode != 0:
-        return "unknown"
-    toplevel, revision = head.stdout.split()[:2]
-    if Path(toplevel).resolve() != workspace.root:
-        return "unknown"  # a folder inside some other repository
+    head = (git("rev-parse", "--show-toplevel", "HEAD") or "").split()
+    if len(head) != 2 or Path(head[0]).resolve() != workspace.root:
+        return "unknown"  # no git, or a folder inside some other repository
     status = git("status", "--porcelain", "--untracked-files=no")
-    dirty = status is not None and status.returncode == 0 and bool(status.stdout.strip())
-    return revision + ("-dirty" if dirty else "")
+    return head[1] + ("-dirty" if status and status.strip() else "")
 
 
 def provenance(workspace: Workspace, toolchain: RustToolchain) -> dict[str, object]:
