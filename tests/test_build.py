@@ -100,7 +100,7 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
     disk = read_gpt(result.image)
     esp = disk.partitions[0]
     files = read_esp(result.image, esp.first_lba * 512, tmp_path)
-    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF"]
+    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
     for component in manifest["components"]:
         data = files[component["path"]]
         assert (len(data), hashlib.sha256(data).hexdigest()) == (component["size"], component["sha256"])

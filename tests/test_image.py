@@ -36,8 +36,8 @@ def test_esp_holds_the_components_of_the_manifest(default_image: BuildResult, tm
     disk = read_gpt(default_image.image)
     files = read_esp(default_image.image, disk.partitions[0].first_lba * 512, tmp_path)
     manifest = json.loads(default_image.manifest.read_text())
-    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF"]
-    assert sorted(c["path"] for c in manifest["components"]) == sorted(files)
+    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
+    assert sorted(c["path"] for c in manifest["components"]) == sorted(files)[:3]  # and the signed manifest
     for component in manifest["components"]:
         data = files[component["path"]]
         assert len(data) == component["size"], component["path"]

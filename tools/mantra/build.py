@@ -8,36 +8,49 @@
    (mantra-os/user/, same bare-metal target; see mantra.userland).
 3. Pack the boot filesystem (the product's product.toml, the resolved
    .config and, with user services, `init.manifest` and the programs), the
-   ESP (FAT32) and the GPT disk image with the ESP and the empty A/B slots,
-   and write manifest.json listing every component.
+   ESP (FAT32) and the GPT disk image with the ESP and the empty A/B slots.
+4. Sign it (mantra.signing): MANTRA/MANIFEST.SIG on the ESP, with the
+   product's key set (--keys, MANTRA_KEYS, or development keys made on first
+   use in build/keys/<product>), and write manifest.json listing every
+   component, the build provenance and the signature.
 
-cargo is incremental; step 3 is skipped when the hashes of everything that
-goes into the image are those of the last packing.
+cargo is incremental; steps 3 and 4 are skipped when the hashes of
+everything that goes into the image (and the signing key) are those of the
+last packing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import platform
+import time
 import tomllib
 import uuid
 from dataclasses import asdict, dataclass, replace
+from importlib import metadata
 from pathlib import Path
 
-from mantra import kconfig, userland
+from mantra import kconfig, proc, userland
 from mantra.board import Board, load_board
-from mantra.console import step
+from mantra.console import err, step
 from mantra.errors import MantraError
 from mantra.image import bootfs, esp, gpt
 from mantra.kconfig import ResolvedConfig
 from mantra.product import Product, init_manifest, load_product
+from mantra.signing import keys as signing_keys
+from mantra.signing.sign import ImageInfo, SignResult, sign_image, usable_key
 from mantra.toolchain import RustToolchain
 from mantra.workspace import BuildPaths, Workspace
 
 # Paths on the ESP (MantraBoot's is EFI/BOOT/<board's efi_boot_file>).
-KERNEL_PATH = "MANTRA/KERNEL.ELF"
-BOOTFS_PATH = "MANTRA/BOOTFS.IMG"
-CMDLINE_PATH = "MANTRA/CMDLINE.TXT"
+KERNEL_PATH = esp.KERNEL_PATH
+BOOTFS_PATH = esp.BOOTFS_PATH
+CMDLINE_PATH = esp.CMDLINE_PATH
+# Where a build's key set comes from when --keys is not given.
+KEYS_ENV = "MANTRA_KEYS"
 
 # Names of the files in the boot filesystem.
 BOOTFS_PRODUCT = "product.toml"
@@ -73,6 +86,8 @@ class BuildResult:
     manifest: Path
     components: tuple[Component, ...]
     packed: bool  # False when the image was already up to date
+    signed_by: str = ""  # hex id of the signing key
+    keys: Path | None = None  # the key set that signed the image
 
 
 def _sha256(data: bytes) -> str:
@@ -168,10 +183,74 @@ def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: u
     return gpt.write_image(image_dir / "image.img", specs, align=board.disk.align_mib * mib, disk_guid=disk_guid)
 
 
+def _output(cmd: list[str], what: str) -> str | None:
+    """The stdout of `cmd`, or None when it cannot run or fails (provenance
+    is best effort: a missing git is no reason to fail a build)."""
+    try:
+        result = proc.run(cmd, what=what, hint="", capture=True, check=False)
+    except MantraError:
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+@functools.cache
+def _rustc_version(rustc: str) -> str:
+    return (_output([rustc, "--version"], "rustc --version") or "").strip() or "unknown"
+
+
+def source_revision(workspace: Workspace) -> str:
+    """The git commit of the checkout, with "-dirty" when tracked files have
+    changed since; "unknown" outside a git checkout."""
+    def git(*args: str) -> str | None:
+        return _output(["git", "-C", str(workspace.root), *args], f"git {args[0]}")
+
+    head = (git("rev-parse", "--show-toplevel", "HEAD") or "").split()
+    if len(head) != 2 or Path(head[0]).resolve() != workspace.root:
+        return "unknown"  # no git, or a folder inside some other repository
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return head[1] + ("-dirty" if status and status.strip() else "")
+
+
+def provenance(workspace: Workspace, toolchain: RustToolchain) -> dict[str, object]:
+    """What built the image: the source revision and the tools' versions."""
+    try:
+        mantra_version = metadata.version("mantra")
+    except metadata.PackageNotFoundError:
+        mantra_version = "unknown"
+    return {
+        "source_revision": source_revision(workspace),
+        "toolchain": {
+            "rustc": _rustc_version(toolchain.rustc),
+            "python": platform.python_version(),
+            "mantra": mantra_version,
+        },
+    }
+
+
+def product_keys(workspace: Workspace, product: str, keys: Path | None) -> signing_keys.KeySet:
+    """The key set a build signs with: `keys`, else $MANTRA_KEYS, else the
+    development keys in build/keys/<product>, made on first use (with a warning)."""
+    chosen = keys or (Path(os.environ[KEYS_ENV]) if os.environ.get(KEYS_ENV) else None)
+    if chosen is not None:
+        return signing_keys.load_keyset(chosen.resolve())
+    directory = workspace.root / "build" / "keys" / product
+    if not (directory / signing_keys.ROOT_PUB).is_file():
+        try:
+            signing_keys.init_keyset(directory, signing_keys.DEV_PASSPHRASE,
+                                     validity_days=signing_keys.DEV_VALIDITY_DAYS, development=True)
+        except (MantraError, OSError):
+            if not (directory / signing_keys.ROOT_PUB).is_file():  # not made by a concurrent build
+                raise
+        err.print(f"[yellow]warning:[/] development keys generated in {workspace.relative(directory)}; "
+                  "do not ship images signed with them", soft_wrap=True)
+    return signing_keys.load_keyset(directory)
+
+
 def build(workspace: Workspace, board_name: str, product_name: str, *, release: bool = False,
           ktest: bool = False, service_args: dict[str, tuple[str, ...]] | None = None,
-          variant: str | None = None) -> BuildResult:
-    """Builds build/<board>/<product>/image.img (ktest/image.img with `ktest`).
+          variant: str | None = None, keys: Path | None = None) -> BuildResult:
+    """Builds build/<board>/<product>/image.img (ktest/image.img with `ktest`)
+    and signs it with the key set `keys` (see product_keys).
 
     `service_args` replaces the startup arguments of the named services, and
     `variant` puts the image in build/<board>/<product>/<variant>/ (used by
@@ -189,6 +268,7 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     config, outputs = kconfig.configure(workspace, board, product)
     paths = workspace.build_paths(board.name, product.name)
     programs = userland.programs_for(workspace, product)  # checks the programs before compiling anything
+    keyset = product_keys(workspace, product.name, keys)
     boot, kernel = _compile(workspace, board, paths, release=release, ktest=ktest)
     program_files = _compile_programs(workspace, board, paths, programs, release=release)
 
@@ -224,10 +304,18 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
         "profile": "release" if release else "debug",
         "services": [asdict(service) for service in product.services],
         "config": {"path": workspace.relative(outputs.dotconfig), "sha256": outputs.sha256()},
+        "security_counter": product.security_counter,
+        "provenance": provenance(workspace, RustToolchain.locate()),
         "disk": asdict(board.disk),
         "components": [asdict(c) for c in components],
         "bootfs": [{"name": name, "size": len(data), "sha256": _sha256(data)} for name, data in bootfs_files],
     }
+    key = usable_key(keyset, int(time.time()))
+    revocations, _ = keyset.revocations()
+    manifest["signing"] = {"keys": workspace.relative(keyset.dir), "development": keyset.development,
+                           "root_key_id": keyset.root_id.hex(), "key_id": key.id.hex(),
+                           "key_record_sha256": _sha256(key.signed.encode()),
+                           "revocations_sha256": _sha256(revocations.encode())}
     image = image_dir / "image.img"
     manifest_path = image_dir / "manifest.json"
     # Everything that goes into the image, hashed: unchanged means nothing to repack.
@@ -235,10 +323,14 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     stamp = image_dir / "image.inputs"
     if image.is_file() and manifest_path.is_file() and stamp.is_file() and stamp.read_text() == inputs:
         step(f"Image up to date: {workspace.relative(image)}")
-        return BuildResult(board, product, config, image, manifest_path, components, packed=False)
+        return BuildResult(board, product, config, image, manifest_path, components, packed=False,
+                           signed_by=key.id.hex(), keys=keyset.dir)
 
     disk_guid = uuid.uuid5(_GUID_NAMESPACE, f"{board.name}/{product.name}/{variant}")
+    stamp.unlink(missing_ok=True)  # an interrupted pack or sign must not look up to date
     partitions = _pack(image_dir, board, esp_files, disk_guid)
+    signed = _sign(workspace, image, keyset, manifest)
+    manifest["signing"]["manifest_sig_sha256"] = _sha256(signed.envelope)
     manifest["image"] = {"path": image.name, "size": image.stat().st_size, "sha256": _file_sha256(image)}
     manifest["partitions"] = [
         {"name": p.name, "type_guid": str(p.type_guid), "guid": str(p.unique_guid), "first_lba": p.first_lba,
@@ -247,4 +339,20 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     ]
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     stamp.write_text(inputs)
-    return BuildResult(board, product, config, image, manifest_path, components, packed=True)
+    return BuildResult(board, product, config, image, manifest_path, components, packed=True,
+                       signed_by=signed.key.id.hex(), keys=keyset.dir)
+
+
+def _sign(workspace: Workspace, image: Path, keyset: signing_keys.KeySet, manifest: dict) -> SignResult:
+    """Signs the freshly packed `image` from the build's own `manifest`."""
+    kind = "development keys" if keyset.development else "keys"
+    step(f"Signing the image with the {kind} in {workspace.relative(keyset.dir)}")
+    provenance_data = manifest["provenance"]
+    info = ImageInfo(
+        board=manifest["board"], product=manifest["product"], version=manifest["version"],
+        security_counter=manifest["security_counter"], config_sha256=bytes.fromhex(manifest["config"]["sha256"]),
+        source_revision=provenance_data["source_revision"],
+        toolchain=tuple(sorted(provenance_data["toolchain"].items())),
+        built_components={c["path"]: c["sha256"] for c in manifest["components"]})
+    passphrase = signing_keys.passphrase_for(keyset.dir)
+    return sign_image(image, keyset, passphrase, info=info)

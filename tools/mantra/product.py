@@ -90,6 +90,10 @@ class Product:
     # Kernel command line for MANTRA/CMDLINE.TXT; None: MantraBoot uses CONFIG_BOOT_CMDLINE.
     cmdline: str | None
     supervisor: Supervisor = Supervisor()
+    # The rollback index its images carry (`security_counter` in product.toml,
+    # default 0): raise it when a release fixes a vulnerability, so MantraBoot
+    # refuses the older images.
+    security_counter: int = 0
 
     @property
     def fragment(self) -> Path:
@@ -230,6 +234,7 @@ def load_product(workspace: Workspace, name: str) -> Product:
         services=tuple(services),
         cmdline=data.string("cmdline", default=None),
         supervisor=_supervisor(data),
+        security_counter=data.integer("security_counter", default=0),
     )
     if not product.fragment.is_file():
         raise MantraError(f"product {name} has no prj.conf",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +22,14 @@ KtestOption = Annotated[
     bool, typer.Option("--ktest", help="The in-guest kernel test image (MantraCore with --features ktest).")
 ]
 
-__all__ = ["BoardOption", "ProductOption", "ReleaseOption", "KtestOption", "DEFAULT_BOARD", "DEFAULT_PRODUCT",
+KeysOption = Annotated[
+    Path | None,
+    typer.Option("--keys", metavar="DIR", envvar="MANTRA_KEYS", file_okay=False,
+                 help="The product's key set (./mantra keys init DIR). Default for builds: development keys "
+                      "in build/keys/PRODUCT, made on first use."),
+]
+
+__all__ = ["BoardOption", "KeysOption", "ProductOption", "ReleaseOption", "KtestOption", "DEFAULT_BOARD", "DEFAULT_PRODUCT",
            "workspace"]
 
 

@@ -44,3 +44,54 @@ def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
     for name, source in files.items():
         proc.run([mcopy, "-i", path, source, f"::/{name}"],
                  env=env, capture=True, what=f"mcopy of {name} to the ESP", hint=_MTOOLS_HINT)
+
+
+# Paths of the files MantraBoot loads (the bootloader itself is
+# EFI/BOOT/<board's efi_boot_file>), and of the signed manifest beside them.
+KERNEL_PATH = "MANTRA/KERNEL.ELF"
+BOOTFS_PATH = "MANTRA/BOOTFS.IMG"
+CMDLINE_PATH = "MANTRA/CMDLINE.TXT"
+MANIFEST_PATH = "MANTRA/MANIFEST.SIG"
+BOOTLOADER_DIR = "EFI/BOOT"
+
+
+def _fat(image: Path, offset: int) -> str:
+    """mtools' name of the FAT file system at byte `offset` of `image`."""
+    return f"{image}@@{offset}"
+
+
+def list_files(image: Path, offset: int) -> list[str]:
+    """Every file (not directory) of the FAT file system at `offset` in
+    `image`, as '/'-separated paths, sorted."""
+    mdir = proc.require_tool("mdir", "mtools")
+    listing = proc.run([mdir, "-/", "-b", "-i", _fat(image, offset), "::"],
+                       env={"MTOOLS_SKIP_CHECK": "1"}, capture=True, what="mdir of the ESP",
+                       hint="is this a MantraOS disk image? (its ESP must be FAT)")
+    files = []
+    for line in listing.stdout.splitlines():
+        path = line.strip().removeprefix("::/")
+        if path and not path.endswith("/"):
+            files.append(path)
+    return sorted(files)
+
+
+def read_file(image: Path, offset: int, path: str, scratch: Path) -> bytes:
+    """The content of `path` on the FAT file system at `offset` in `image`
+    (copied out through `scratch`, a directory of the caller's)."""
+    mcopy = proc.require_tool("mcopy", "mtools")
+    target = scratch / path.replace("/", "_")
+    proc.run([mcopy, "-n", "-i", _fat(image, offset), f"::/{path}", target],
+             env={"MTOOLS_SKIP_CHECK": "1"}, capture=True, what=f"mcopy of {path} from the ESP", hint=_MTOOLS_HINT)
+    try:
+        return target.read_bytes()
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def write_file(image: Path, offset: int, path: str, source: Path) -> None:
+    """Writes `source` as `path` (replacing it if present) in the FAT file
+    system at `offset` in `image`, with the fixed file time of write_esp."""
+    mcopy = proc.require_tool("mcopy", "mtools")
+    env = {"SOURCE_DATE_EPOCH": FILE_TIME, "MTOOLS_SKIP_CHECK": "1"}
+    proc.run([mcopy, "-o", "-i", _fat(image, offset), source, f"::/{path}"],
+             env=env, capture=True, what=f"mcopy of {path} to the ESP", hint=_MTOOLS_HINT)

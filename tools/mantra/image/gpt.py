@@ -164,3 +164,56 @@ def write_image(path: Path, specs: Sequence[PartitionSpec], *, align: int, disk_
         disk.write(backup)
     os.replace(partial, path)
     return partitions
+
+
+class GptError(ValueError):
+    """A disk image whose GPT is missing, damaged or cut short."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    """What read_image found: the size the GPT describes and the partitions."""
+
+    size: int  # bytes, up to and including the backup header
+    partitions: list[Partition]
+
+    def find(self, type_guid: uuid.UUID) -> list[Partition]:
+        return [p for p in self.partitions if p.type_guid == type_guid]
+
+
+def read_image(path: Path) -> Disk:
+    """Reads the primary GPT of the disk image `path`: header and entry
+    array CRCs, and that the file holds every partition and the backup
+    header (a truncated image is a GptError saying so)."""
+    with path.open("rb") as disk:
+        file_size = disk.seek(0, os.SEEK_END)
+        disk.seek(SECTOR)
+        raw = disk.read(SECTOR)
+        if len(raw) < HEADER_SIZE:
+            raise GptError(f"image truncated: {file_size} bytes, too short for a GPT header")
+        fields = _HEADER.unpack(raw[:HEADER_SIZE])
+        (signature, revision, size, crc, _, current, backup, first_usable, last_usable, _, entries_lba,
+         count, entry_size, entries_crc) = fields
+        if signature != SIGNATURE or size != HEADER_SIZE or current != 1:
+            raise GptError("no GPT: LBA 1 does not hold a GPT header")
+        if zlib.crc32(raw[:16] + b"\0\0\0\0" + raw[20:HEADER_SIZE]) != crc:
+            raise GptError("GPT header CRC mismatch (the header was changed or damaged)")
+        if entry_size != ENTRY_SIZE or not 0 < count <= ENTRY_COUNT:
+            raise GptError(f"unsupported GPT entry array ({count} entries of {entry_size} bytes)")
+        expected = (backup + 1) * SECTOR
+        if file_size < expected:
+            raise GptError(f"image truncated: the GPT says the disk is {expected} bytes, the file has {file_size}")
+        disk.seek(entries_lba * SECTOR)
+        entries = disk.read(count * entry_size)
+    if zlib.crc32(entries) != entries_crc:
+        raise GptError("GPT partition entry array CRC mismatch (the table was changed or damaged)")
+    partitions = []
+    for index in range(count):
+        type_le, unique_le, first, last, _, name = _ENTRY.unpack(entries[index * ENTRY_SIZE : (index + 1) * ENTRY_SIZE])
+        if type_le == bytes(16):
+            continue
+        if not first_usable <= first <= last <= last_usable:
+            raise GptError(f"GPT partition {index} (LBAs {first}..{last}) lies outside the usable area")
+        partitions.append(Partition(name.decode("utf-16-le").rstrip("\0"), uuid.UUID(bytes_le=type_le),
+                                    uuid.UUID(bytes_le=unique_le), first, last))
+    return Disk(expected, partitions)
