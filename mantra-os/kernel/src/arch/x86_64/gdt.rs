@@ -52,6 +52,23 @@ const fn segment(access: u64, flags: u64) -> u64 {
 }
 
 impl CpuTables {
+    /// Initialises tables in zeroed memory without building the (48 KiB)
+    /// value on the stack: only the GDT and TSS are written; the IST stacks
+    /// stay as the zeroed memory has them.
+    ///
+    /// # Safety
+    /// `this` must point to writable, zeroed memory of `CpuTables`' layout.
+    pub unsafe fn init_zeroed(this: *mut Self) {
+        // Evaluated at compile time: only the small fields reach the binary.
+        const GDT: [u64; 7] = CpuTables::new().gdt;
+        const TSS: Tss = CpuTables::new().tss;
+        // SAFETY: guaranteed by the caller; the fields are small, plain data.
+        unsafe {
+            core::ptr::addr_of_mut!((*this).gdt).write(GDT);
+            core::ptr::addr_of_mut!((*this).tss).write(TSS);
+        }
+    }
+
     pub const fn new() -> Self {
         Self {
             gdt: [

@@ -5,7 +5,6 @@
 //! scratch for the user RSP). User mode runs with GS base = 0 and the kernel's
 //! value in KERNEL_GS_BASE; entries from user mode SWAPGS.
 
-use alloc::boxed::Box;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::cpu;
@@ -74,11 +73,25 @@ pub fn init_bsp() {
 }
 
 /// Sets up the per-CPU area of an application processor, on that CPU.
+///
+/// The area (48 KiB, mostly IST stacks) is built in place in zeroed heap
+/// memory: a `PerCpu` value would not fit the AP's small boot stack.
 pub fn init_ap(index: usize, apic_id: u32) -> &'static mut PerCpu {
-    let area = Box::leak(Box::new(PerCpu::new(index, apic_id)));
-    let ptr: *mut PerCpu = area;
-    // SAFETY: a fresh, leaked area, activated once on the CPU that calls this.
-    unsafe { (*ptr).activate() };
+    let layout = core::alloc::Layout::new::<PerCpu>();
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<PerCpu>();
+    if ptr.is_null() {
+        alloc::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: a fresh zeroed allocation of PerCpu's layout, never freed
+    // (leaked): all-zero is a valid value for every field but the tables,
+    // which init_zeroed completes; activated once on the CPU that calls this.
+    unsafe {
+        core::ptr::addr_of_mut!((*ptr).index).write(index);
+        core::ptr::addr_of_mut!((*ptr).apic_id).write(apic_id);
+        CpuTables::init_zeroed(core::ptr::addr_of_mut!((*ptr).tables));
+        (*ptr).activate();
+    }
     // SAFETY: as above; the reference is this CPU's only handle on it.
     unsafe { &mut *ptr }
 }
