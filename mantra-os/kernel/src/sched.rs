@@ -253,12 +253,12 @@ fn pick() -> Option<Arc<Thread>> {
             other => break other,
         }
     };
-    if steals {
-        // Whichever CPU lost a thread: refresh them all (steals are rare).
-        for other in 0..MAX_CPUS {
+    if steals && picked.is_some() {
+        // Some other CPU lost a thread: refresh them all (steals are rare).
+        for other in 0..crate::arch::x86_64::percpu::online().min(MAX_CPUS) {
             note_queue(policy.as_ref(), other);
         }
-    } else {
+    } else if !steals {
         note_queue(policy.as_ref(), cpu);
     }
     picked
