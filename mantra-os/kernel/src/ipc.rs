@@ -173,6 +173,12 @@ impl Port {
         }
     }
 
+    /// Takes queued packets without blocking (kernel tests: no thread).
+    #[cfg(feature = "ktest")]
+    pub fn take_packets(&self, out: &mut [PortPacket]) -> usize {
+        self.queue.lock().pop_many(out)
+    }
+
     /// Takes queued packets, blocking until there are some or `deadline`
     /// (ns) passes.
     pub fn wait(&self, deadline: u64, out: &mut [PortPacket]) -> Result<usize, Error> {

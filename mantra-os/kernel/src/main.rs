@@ -12,6 +12,7 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod interrupt;
 mod ipc;
 mod klog;
 mod memory;

@@ -5,6 +5,7 @@ pub mod apic;
 pub mod context;
 pub mod cpu;
 pub mod gdt;
+pub mod ioapic;
 pub mod layout;
 pub mod percpu;
 #[cfg(feature = "ktest")]
@@ -166,6 +167,7 @@ pub(crate) fn trap(frame: &mut TrapFrame) {
         }
         v if v == u64::from(traps::VECTOR_SPURIOUS) => {}
         v if smp::is_ipi_vector(v) => smp::handle_ipi(v as u8),
+        v if crate::interrupt::is_device_vector(v) => crate::interrupt::on_vector(v as u8),
         32..=47 => {} // spurious legacy-PIC IRQ: the PICs are masked, no EOI
         v if v < 32 => exception(frame),
         v => crate::kwarn!("unexpected interrupt vector {v}"),
