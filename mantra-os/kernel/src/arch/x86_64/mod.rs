@@ -157,12 +157,9 @@ pub(crate) fn trap(frame: &mut TrapFrame) {
         v if v == u64::from(traps::VECTOR_TIMER) => {
             TICKS.fetch_add(1, Ordering::Relaxed);
             apic::end_of_interrupt();
-            // The timer wheel is global and wakes threads onto the run queue
-            // of the CPU running it: only the boot CPU runs it (APs run the
-            // smp idle loop until the scheduler takes them over).
-            if percpu::current().index == 0 {
-                crate::ipc::on_tick();
-            }
+            // Deadlines are global; whichever CPU ticks first runs them
+            // (wake-ups go to each thread's own CPU, see sched::wake).
+            crate::ipc::on_tick();
             crate::sched::tick(frame.from_user());
         }
         v if v == u64::from(traps::VECTOR_SPURIOUS) => {}
