@@ -394,6 +394,10 @@ fn wait_for_packets(port: &Port, ticks: u64) -> Vec<PortPacket> {
 /// the object masks the line and frees its GSI and vector.
 fn rtc_interrupt_reaches_its_port() -> TestResult {
     const KEY: u64 = 0x1_2345;
+    // Kernel code runs with interrupts off (earlier tests' halts leave them
+    // on): the interrupt path takes the port's and the I/O APIC's locks,
+    // so only the halts in wait_for_packets may let it in.
+    cpu::disable_interrupts();
     let gsi = ioapic::isa_gsi(RTC_ISA_IRQ);
     let irq = Interrupt::new_physical(gsi, None).map_err(|e| format!("create for GSI {gsi}: {}", e.name()))?;
     check(Interrupt::new_physical(gsi, None).err() == Some(Error::BadState), || "a second object for the GSI".to_string())?;

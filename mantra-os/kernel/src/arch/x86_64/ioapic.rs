@@ -74,7 +74,7 @@ static ROUTING: SpinLock<Routing> = SpinLock::new(Routing { chips: Vec::new(), o
 /// boot CPU, before interrupts are enabled.
 pub fn init(madt: &Madt, boot_apic_id: u32) {
     let mut routing = ROUTING.lock();
-    routing.destination = boot_apic_id as u8;
+    routing.destination = boot_apic_id as u8; // xAPIC ids fit in 8 bits (apic::MAX_XAPIC_ID)
     routing.overrides = madt.overrides.clone();
     for io in &madt.io_apics {
         let mut chip = Chip { base: memory::phys_to_virt(io.address), span: Span { gsi_base: io.gsi_base, pins: 0 } };
