@@ -97,7 +97,7 @@ def test_defaults_of_a_user_service(scratch: Workspace) -> None:
          "dependency cycle a -> b -> c -> a"),
         (LOGD + user("a", after=["a"]), "", "service 'a' depends on itself"),
         (LOGD + user("demo", caps=["root"]), "",
-         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn)"),
+         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn, irq)"),
         (LOGD + user("demo", restart="sometimes"), "",
          "service 'demo': restart 'sometimes' is not one of always, on-failure, never"),
         (LOGD + user("demo", restrat="never"), "", "service 'demo': unknown key `service[2].restrat`"),

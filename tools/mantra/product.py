@@ -49,6 +49,7 @@ CAPABILITIES = {
     "klog": "the kernel log with READ: drain kernel records",
     "logctl": "serve logs: the control channel over which init hands out log channels (the log server)",
     "spawn": "SPAWN on the service's own process handle: create child processes",
+    "irq": "the interrupt resource with CREATE|DUPLICATE|TRANSFER: create physical interrupt objects (INTERRUPT_CREATE)",
 }
 LOG_SERVER_CAP = "logctl"
 MAX_NAME = 32

@@ -160,7 +160,8 @@ pub mod rights {
     pub const WAIT: u32 = 1 << 6;
     /// Control the object: start/kill threads and processes, set timers.
     pub const MANAGE: u32 = 1 << 7;
-    /// Create objects charged to this process (process handles only).
+    /// Create objects charged to this process (process handles), or
+    /// physical interrupts (the interrupt resource).
     pub const CREATE: u32 = 1 << 8;
     /// Create child processes (process handles only).
     pub const SPAWN: u32 = 1 << 9;
@@ -220,6 +221,8 @@ pub enum ObjectKind {
     Timer = 7,
     Interrupt = 8,
     Log = 9,
+    /// Authority over hardware: the interrupt resource (INTERRUPT_CREATE).
+    Resource = 10,
 }
 
 impl ObjectKind {
@@ -234,6 +237,7 @@ impl ObjectKind {
             7 => Self::Timer,
             8 => Self::Interrupt,
             9 => Self::Log,
+            10 => Self::Resource,
             _ => return None,
         })
     }
@@ -247,7 +251,24 @@ pub mod signals {
     /// Process or thread terminated.
     pub const TERMINATED: u32 = 1 << 3;
     pub const TIMER_FIRED: u32 = 1 << 4;
+    /// An interrupt fired and was not acknowledged yet (INTERRUPT_ACK).
     pub const INTERRUPT: u32 = 1 << 5;
+}
+
+/// Arguments of `interrupt_create`.
+pub mod interrupt {
+    /// The `gsi` of a virtual interrupt (no hardware; INTERRUPT_TRIGGER fires it).
+    pub const VIRTUAL: u64 = u64::MAX;
+
+    /// `flags`: a physical line's trigger mode and polarity. The default is
+    /// what the firmware says: an ACPI interrupt source override naming the
+    /// GSI, else ISA's edge/active-high below GSI 16 and PCI's
+    /// level/active-low from 16 on.
+    pub const MODE_DEFAULT: u32 = 0;
+    pub const MODE_EDGE_HIGH: u32 = 1;
+    pub const MODE_EDGE_LOW: u32 = 2;
+    pub const MODE_LEVEL_HIGH: u32 = 3;
+    pub const MODE_LEVEL_LOW: u32 = 4;
 }
 
 /// Mapping flags for `vmar_map` / `vmar_protect`.
@@ -568,12 +589,14 @@ pub mod nr {
     /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
     pub const TIMER_SET: u64 = 29;
 
-    /// Acknowledges an interrupt so it can fire again.
+    /// Acknowledges a fired interrupt so it can fire again: clears INTERRUPT,
+    /// reserves room on the bound port for the next packet and unmasks a
+    /// physical line.
     ///
     /// Arguments: `interrupt`.
     /// Rights: WRITE.
     /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (not fired since the last acknowledgement), NO_RESOURCES (the bound port is full: read packets and retry; the interrupt stays pending).
     pub const INTERRUPT_ACK: u64 = 30;
 
     /// Appends a record to a log.
@@ -610,8 +633,42 @@ pub mod nr {
     /// Errors: as CHANNEL_WRITE and CHANNEL_RECEIVE.
     pub const CHANNEL_REPLY_RECEIVE: u64 = 34;
 
+    /// Creates an interrupt object. A physical one is the global system
+    /// interrupt `gsi`, routed through the I/O APIC to the boot CPU; its line
+    /// is masked until INTERRUPT_BIND, and again from each firing until
+    /// INTERRUPT_ACK (so a level-triggered line cannot storm). A virtual one
+    /// (`gsi` = interrupt::VIRTUAL) has no hardware: INTERRUPT_TRIGGER fires
+    /// it. A firing raises INTERRUPT and, once bound, queues one packet.
+    ///
+    /// Arguments: `resource_or_process` (the interrupt resource for a physical interrupt; a process, charged, for a virtual one), `gsi` (interrupt::VIRTUAL: virtual), `flags` (physical: interrupt::MODE_*; virtual: 0).
+    /// Rights: CREATE on `resource_or_process`.
+    /// Returns: the interrupt handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE (not the interrupt resource for a physical interrupt, not a process for a virtual one), ACCESS_DENIED, INVALID_ARGS (unknown flags), OUT_OF_RANGE (no I/O APIC serves `gsi`), BAD_STATE (another interrupt object holds `gsi`), NO_RESOURCES (no free interrupt vector, or the handle table is full).
+    pub const INTERRUPT_CREATE: u64 = 35;
+
+    /// Binds an interrupt to a port: each firing queues one packet `{key,
+    /// INTERRUPT}` there. Room for the packet is reserved in advance, so
+    /// none is lost. A pending interrupt queues its packet at once; a
+    /// physical line is unmasked.
+    ///
+    /// Arguments: `interrupt`, `port`, `key`.
+    /// Rights: READ on `interrupt`; WRITE on `port`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (already bound), NO_RESOURCES (the port is full).
+    pub const INTERRUPT_BIND: u64 = 36;
+
+    /// Fires a virtual interrupt: raises INTERRUPT and queues the bound
+    /// port's packet. Triggers while it is pending (fired, not acknowledged)
+    /// merge into that firing: no second packet.
+    ///
+    /// Arguments: `interrupt`.
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NOT_SUPPORTED (a physical interrupt: its device fires it).
+    pub const INTERRUPT_TRIGGER: u64 = 37;
+
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
-    pub const COUNT: u64 = 35;
+    pub const COUNT: u64 = 38;
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use mantra_bootinfo::{BootInfo, MemoryKind};
 use mantra_kernel::sync::Once;
 
-use crate::arch::x86_64::{self as cpu_arch, apic, cpu, layout, traps};
+use crate::arch::x86_64::{self as cpu_arch, apic, cpu, ioapic, layout, traps};
 use crate::arch::{Arch, Machine};
 use crate::memory;
 use crate::{kerror, kinfo, kprintln, kwarn};
@@ -163,6 +163,9 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
         madt.io_apics.len(),
         madt.io_apics.first().map(|io| IoApicNote(io.address, io.gsi_base)).unwrap_or(IoApicNote(0, 0))
     );
+    ioapic::init(&madt, apic::id());
+    let (chips, gsis) = ioapic::summary();
+    kinfo!("interrupts: {chips} I/O APIC(s) serving {gsis} GSIs, all masked until bound");
     if cpus > mantra_config::MAX_CPUS as usize {
         kwarn!("{cpus} CPUs present, MAX_CPUS is {}: the rest stay offline", mantra_config::MAX_CPUS);
     }

@@ -246,6 +246,12 @@ impl Port {
         }
     }
 
+    /// Takes queued packets without blocking (kernel tests: no thread).
+    #[cfg(feature = "ktest")]
+    pub fn take_packets(&self, out: &mut [PortPacket]) -> usize {
+        self.queue.lock().pop_many(out)
+    }
+
     /// Takes queued packets, blocking until there are some or `deadline`
     /// (ns) passes.
     pub fn wait(&self, deadline: u64, out: &mut [PortPacket]) -> Result<usize, Error> {
@@ -315,9 +321,14 @@ pub fn add_timeout(deadline: u64, thread: &Arc<Thread>) {
     }
 }
 
-/// Called on every timer tick: fires due timers and wakes threads whose
-/// deadline passed.
+/// Held by the CPU running the deadlines; another CPU ticking meanwhile
+/// skips them (they are not due twice).
+static DEADLINES_RUNNING: SpinLock<()> = SpinLock::new(());
+
+/// Called on every CPU's timer tick (interrupts off): fires due timers and
+/// wakes threads whose deadline passed, unless another CPU is doing so.
 pub fn on_tick() {
+    let Some(_running) = DEADLINES_RUNNING.try_lock() else { return };
     let now = clock_ns();
     let mut due: Vec<Arc<Timer>> = Vec::new();
     ARMED_TIMERS.lock().retain(|weak| {

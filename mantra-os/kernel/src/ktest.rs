@@ -7,14 +7,19 @@
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use alloc::format;
 use core::sync::atomic::Ordering;
 
+use mantra_abi::{signals, Error, PortPacket};
+use mantra_kernel::irq::LineMode;
 use mantra_kernel::sync::SpinLock;
 
 use crate::arch::x86_64::recover::{self, JumpBuffer};
-use crate::arch::x86_64::{self as cpu_arch, cpu, layout, Fault, FaultRecovery, TrapFrame};
+use crate::arch::x86_64::{self as cpu_arch, apic, cpu, ioapic, layout, Fault, FaultRecovery, TrapFrame};
+use crate::interrupt::{self, Interrupt};
+use crate::ipc::Port;
 use crate::arch::{Arch, Machine};
 use crate::{kprintln, memory};
 
@@ -33,6 +38,7 @@ const TESTS: &[(&str, fn() -> TestResult)] = &[
     ("frame_exhaustion_handled", frame_exhaustion_handled),
     ("timer_ticks", timer_ticks),
     ("kernel_image_in_memory_map", kernel_image_in_memory_map),
+    ("rtc_interrupt_reaches_its_port", rtc_interrupt_reaches_its_port),
     ("smp", cpu_arch::smp::self_test),
 ];
 
@@ -335,4 +341,106 @@ fn kernel_image_in_memory_map() -> TestResult {
         }
     }
     check(!info.kernel_segments().is_empty(), || "no kernel segments in BootInfo".to_string())
+}
+
+/// The CMOS RTC (ISA IRQ 8): register index and data ports, and its
+/// registers A (rate), B (enables) and C (flags; reading acknowledges).
+const CMOS_INDEX: u16 = 0x70;
+const CMOS_DATA: u16 = 0x71;
+const CMOS_NMI_OFF: u8 = 0x80;
+const RTC_A: u8 = 0x0A;
+const RTC_B: u8 = 0x0B;
+const RTC_C: u8 = 0x0C;
+const RTC_B_PERIODIC: u8 = 0x40;
+/// Rate 6: 1024 periodic interrupts per second.
+const RTC_RATE_1024_HZ: u8 = 6;
+const RTC_ISA_IRQ: u8 = 8;
+
+fn cmos_read(reg: u8) -> u8 {
+    // SAFETY: the CMOS index/data ports; the kernel test owns the RTC.
+    unsafe {
+        cpu::outb(CMOS_INDEX, CMOS_NMI_OFF | reg);
+        cpu::inb(CMOS_DATA)
+    }
+}
+
+fn cmos_write(reg: u8, value: u8) {
+    // SAFETY: as in cmos_read.
+    unsafe {
+        cpu::outb(CMOS_INDEX, CMOS_NMI_OFF | reg);
+        cpu::outb(CMOS_DATA, value);
+    }
+}
+
+/// Halts (interrupts on) until `port` holds a packet or `ticks` timer
+/// ticks passed; returns the packets taken. Interrupts are off again on
+/// return (the port's lock is shared with the interrupt path).
+fn wait_for_packets(port: &Port, ticks: u64) -> Vec<PortPacket> {
+    let mut out = [PortPacket::default(); 8];
+    let end = cpu_arch::TICKS.load(Ordering::Relaxed) + ticks;
+    loop {
+        let n = port.take_packets(&mut out);
+        if n > 0 || cpu_arch::TICKS.load(Ordering::Relaxed) >= end {
+            return out[..n].to_vec();
+        }
+        Machine::wait_for_interrupt();
+        cpu::disable_interrupts();
+    }
+}
+
+/// End to end through the hardware: the RTC's periodic interrupt, routed
+/// through the I/O APIC to an interrupt object bound to a port, delivers
+/// exactly one packet per ACK; the line stays masked in between; closing
+/// the object masks the line and frees its GSI and vector.
+fn rtc_interrupt_reaches_its_port() -> TestResult {
+    const KEY: u64 = 0x1_2345;
+    // Kernel code runs with interrupts off (earlier tests' halts leave them
+    // on): the interrupt path takes the port's and the I/O APIC's locks,
+    // so only the halts in wait_for_packets may let it in.
+    cpu::disable_interrupts();
+    let gsi = ioapic::isa_gsi(RTC_ISA_IRQ);
+    let irq = Interrupt::new_physical(gsi, None).map_err(|e| format!("create for GSI {gsi}: {}", e.name()))?;
+    check(Interrupt::new_physical(gsi, None).err() == Some(Error::BadState), || "a second object for the GSI".to_string())?;
+    check(Interrupt::new_physical(1 << 20, None).err() == Some(Error::OutOfRange), || "GSI 2^20 accepted".to_string())?;
+    let entry = ioapic::entry(gsi).ok_or("no redirection entry")?;
+    check(
+        entry.masked && interrupt::is_device_vector(u64::from(entry.vector)) && entry.mode == LineMode::ISA && u32::from(entry.destination) == apic::id(),
+        || format!("GSI {gsi} routed as {entry:?} before bind"),
+    )?;
+    let port = Arc::new(Port::new());
+    irq.bind(port.clone(), KEY).map_err(|e| format!("bind: {}", e.name()))?;
+    check(irq.bind(port.clone(), KEY) == Err(Error::BadState), || "bound twice".to_string())?;
+    check(ioapic::entry(gsi).is_some_and(|e| !e.masked), || "line still masked after bind".to_string())?;
+
+    let (saved_a, saved_b) = (cmos_read(RTC_A), cmos_read(RTC_B));
+    cmos_write(RTC_A, (saved_a & 0xF0) | RTC_RATE_1024_HZ);
+    cmos_write(RTC_B, saved_b | RTC_B_PERIODIC);
+    cmos_read(RTC_C);
+    let result = (|| {
+        let first = wait_for_packets(&port, 50);
+        check(first.len() == 1 && first[0].key == KEY && first[0].observed == signals::INTERRUPT, || format!("first firing: {first:?}"))?;
+        check(irq.signals.lock().active() & signals::INTERRUPT != 0, || "INTERRUPT not raised".to_string())?;
+        check(ioapic::entry(gsi).is_some_and(|e| e.masked), || "line not masked after firing".to_string())?;
+        // The RTC raises again within a millisecond, but the line is masked.
+        cmos_read(RTC_C);
+        let masked = wait_for_packets(&port, 5);
+        check(masked.is_empty(), || format!("{} packets while masked", masked.len()))?;
+        irq.ack().map_err(|e| format!("ack: {}", e.name()))?;
+        check(irq.ack() == Err(Error::BadState), || "acked twice".to_string())?;
+        check(irq.signals.lock().active() & signals::INTERRUPT == 0, || "INTERRUPT not cleared by ack".to_string())?;
+        cmos_read(RTC_C);
+        let second = wait_for_packets(&port, 50);
+        check(second.len() == 1 && second[0].key == KEY, || format!("after ack: {second:?}"))
+    })();
+    cmos_write(RTC_B, saved_b & !RTC_B_PERIODIC);
+    cmos_write(RTC_A, saved_a);
+    cmos_read(RTC_C);
+    result?;
+
+    drop(irq);
+    check(ioapic::entry(gsi).is_some_and(|e| e.masked), || "line open after the object closed".to_string())?;
+    let again = Interrupt::new_physical(gsi, None).map_err(|e| format!("GSI not freed: {}", e.name()))?;
+    drop(again);
+    kprintln!("ktest:   RTC IRQ {RTC_ISA_IRQ} on GSI {gsi}, vector {:#x}: one packet per ack", entry.vector);
+    Ok(())
 }

@@ -8,6 +8,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod cap;
 pub mod handle;
+pub mod irq;
 pub mod mm;
 pub mod signal;
 pub mod sync;

@@ -13,6 +13,7 @@ mod arch;
 mod boot;
 mod console;
 mod fastpath;
+mod interrupt;
 mod ipc;
 mod klog;
 mod memory;

@@ -9,6 +9,7 @@ use mantra_abi::ObjectKind;
 use mantra_kernel::signal::SignalState;
 use mantra_kernel::sync::SpinLock;
 
+use crate::interrupt::{Interrupt, Resource};
 use crate::ipc::{Endpoint, Port, Timer};
 use crate::klog::Log;
 use crate::space::{Space, Vmo};
@@ -28,6 +29,8 @@ pub enum Object {
     Port(Arc<Port>),
     Timer(Arc<Timer>),
     Log(Arc<Log>),
+    Interrupt(Arc<Interrupt>),
+    Resource(Arc<Resource>),
 }
 
 impl Object {
@@ -41,6 +44,8 @@ impl Object {
             Object::Port(_) => ObjectKind::Port,
             Object::Timer(_) => ObjectKind::Timer,
             Object::Log(_) => ObjectKind::Log,
+            Object::Interrupt(_) => ObjectKind::Interrupt,
+            Object::Resource(_) => ObjectKind::Resource,
         }
     }
 
@@ -54,6 +59,8 @@ impl Object {
             Object::Port(o) => o.koid,
             Object::Timer(o) => o.koid,
             Object::Log(o) => o.koid,
+            Object::Interrupt(o) => o.koid,
+            Object::Resource(o) => o.koid,
         }
     }
 
@@ -64,6 +71,7 @@ impl Object {
             Object::Thread(o) => Some(&o.signals),
             Object::Channel(o) => Some(&o.signals),
             Object::Timer(o) => Some(&o.signals),
+            Object::Interrupt(o) => Some(&o.signals),
             _ => None,
         }
     }

@@ -13,12 +13,14 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mantra_abi::{
-    encode, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
+    encode, interrupt, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
     MAX_MESSAGE_HANDLES,
 };
 use mantra_kernel::cap::Capability;
+use mantra_kernel::irq::LineMode;
 
 use crate::arch::x86_64::TrapFrame;
+use crate::interrupt::{Interrupt, ResourceKind};
 use crate::ipc::{self, Endpoint, Message, Port, ReceiveWait, Timer};
 use crate::klog::{Log, MAX_RECORD};
 use crate::object::Object;
@@ -145,6 +147,9 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
         nr::LOG_WRITE => log_write(ctx, a),
         nr::LOG_READ => log_read(ctx, a),
         nr::CLOCK_GET => Ok(ipc::clock_ns()),
+        nr::INTERRUPT_CREATE => interrupt_create(ctx, a),
+        nr::INTERRUPT_BIND => interrupt_bind(ctx, a),
+        nr::INTERRUPT_TRIGGER => interrupt_trigger(ctx, a),
         _ => Err(Error::BadSyscall),
     }
 }
@@ -645,11 +650,42 @@ fn timer_set(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     Ok(0)
 }
 
+fn interrupt_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let interrupt = if a[1] == interrupt::VIRTUAL {
+        ctx.creator(a[0])?;
+        if a[2] != 0 {
+            return Err(Error::InvalidArgs);
+        }
+        Interrupt::new_virtual()
+    } else {
+        let resource = ctx.get(a[0], rights::CREATE, extract!(Resource))?;
+        if resource.kind != ResourceKind::Interrupts {
+            return Err(Error::WrongType);
+        }
+        let flags = u32::try_from(a[2]).map_err(|_| Error::InvalidArgs)?;
+        let mode = LineMode::from_flags(flags).map_err(|()| Error::InvalidArgs)?;
+        let gsi = u32::try_from(a[1]).map_err(|_| Error::OutOfRange)?;
+        Interrupt::new_physical(gsi, mode)?
+    };
+    // On failure the object drops here, which frees a physical route.
+    ctx.give(Object::Interrupt(interrupt), rights::BASIC).map(|h| u64::from(h.0))
+}
+
+fn interrupt_bind(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let interrupt = ctx.get(a[0], rights::READ, extract!(Interrupt))?;
+    let port = ctx.get(a[1], rights::WRITE, extract!(Port))?;
+    interrupt.bind(port, a[2])?;
+    Ok(0)
+}
+
 fn interrupt_ack(ctx: &Ctx, a: Args) -> Result<u64, Error> {
-    // No interrupt objects are minted yet (drivers come with MantraDevd):
-    // every handle is of another kind or invalid.
-    ctx.get(a[0], rights::WRITE, |_: &Object| None::<()>)?;
-    Err(Error::WrongType)
+    ctx.get(a[0], rights::WRITE, extract!(Interrupt))?.ack()?;
+    Ok(0)
+}
+
+fn interrupt_trigger(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.get(a[0], rights::WRITE, extract!(Interrupt))?.trigger()?;
+    Ok(0)
 }
 
 fn log_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {

@@ -14,6 +14,7 @@ use mantra_bootinfo::bootfs::BootFs;
 use mantra_kernel::cap::Capability;
 use mantra_kernel::vmo::PAGE_SIZE;
 
+use crate::interrupt::Resource;
 use crate::ipc::{Endpoint, Message};
 use crate::klog::Log;
 use crate::memory;
@@ -105,6 +106,7 @@ pub fn start_init() -> Result<Arc<Process>, BootError> {
         ("bootfs", Object::Vmo(bootfs), rights::READ | rights::MAP | rights::DUPLICATE | rights::TRANSFER),
         ("log", Object::Log(log.clone()), rights::WRITE | rights::DUPLICATE | rights::TRANSFER),
         ("klog", Object::Log(log), rights::READ | rights::DUPLICATE | rights::TRANSFER),
+        ("irq", Object::Resource(Arc::new(Resource::interrupts())), rights::CREATE | rights::DUPLICATE | rights::TRANSFER),
     ];
     let mut text = String::from("MANTRA-STARTUP 1\n");
     let mut caps = Vec::new();

@@ -1,5 +1,5 @@
 //! MantraInit: the first user process. The kernel starts it with `self`,
-//! `space`, `bootfs`, `log` and `klog` (contract/USERLAND.md). It reads
+//! `space`, `bootfs`, `log`, `klog` and `irq` (contract/USERLAND.md). It reads
 //! `init.manifest` from the boot filesystem, starts the services in
 //! dependency order (the log server first), giving each exactly the
 //! capabilities its manifest line grants, and supervises them: a port
@@ -83,6 +83,8 @@ struct Init {
     /// The kernel log (owned by the runtime's logger; duplicated for the log server).
     kernel_log: Option<Handle>,
     klog: Option<OwnedHandle>,
+    /// The interrupt resource (for services granted `irq`).
+    irq: Option<OwnedHandle>,
 }
 
 fn main(mut startup: Startup) -> Result<(), Error> {
@@ -119,6 +121,7 @@ fn main(mut startup: Startup) -> Result<(), Error> {
         logs: Logs { control: None, retained: (0..=count).map(|_| None).collect(), self_slot: count },
         kernel_log: mantra_rt::log::kernel_log(),
         klog: startup.take("klog"),
+        irq: startup.take("irq"),
     };
     init.start_all();
     init.supervise()
@@ -290,6 +293,10 @@ impl Init {
                     let klog = self.klog.as_ref().ok_or(Error::BadHandle)?;
                     let wanted = rights::READ | rights::WAIT | rights::TRANSFER;
                     message.handle("klog", dup_subset(klog.raw(), wanted)?).map_err(bad)?;
+                }
+                "irq" => {
+                    let irq = self.irq.as_ref().ok_or(Error::BadHandle)?;
+                    message.handle("irq", dup_subset(irq.raw(), rights::CREATE | rights::DUPLICATE | rights::TRANSFER)?).map_err(bad)?;
                 }
                 "logctl" => {
                     let (ours, server) = Channel::create(&self.me)?;

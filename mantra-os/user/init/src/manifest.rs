@@ -26,6 +26,7 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("klog", "the kernel log with READ: drain kernel records (LOG_READ)"),
     ("logctl", "serve logs: the control channel over which init hands out log channels (the log server)"),
     ("spawn", "SPAWN on the service's own process handle: create child processes"),
+    ("irq", "the interrupt resource with CREATE|DUPLICATE|TRANSFER: create physical interrupt objects (INTERRUPT_CREATE)"),
 ];
 
 /// Longest service name (the kernel's process-name limit).

@@ -2,9 +2,10 @@
 //!
 //! [`OwnedHandle`] closes its handle when dropped; the typed wrappers
 //! ([`Channel`], [`Port`], [`Vmo`], [`Process`], [`Thread`],
-//! [`AddressSpace`], [`Timer`], [`Log`]) each own one and offer the
-//! syscalls of their kind. Nothing checks the kind up front (the kernel does,
-//! returning `WrongType`); [`OwnedHandle::info`] asks when it matters.
+//! [`AddressSpace`], [`Timer`], [`Log`], [`Interrupt`], [`Resource`]) each
+//! own one and offer the syscalls of their kind. Nothing checks the kind up
+//! front (the kernel does, returning `WrongType`); [`OwnedHandle::info`]
+//! asks when it matters.
 //!
 //! Objects that need a process to charge (`Channel::create`, `Vmo::create`,
 //! ...) take one explicitly; [`crate::process::current`] is the calling
@@ -165,6 +166,14 @@ object!(
 object!(
     /// A log object (the kernel log / console sink).
     Log
+);
+object!(
+    /// An interrupt: a device line (GSI) or a virtual one.
+    Interrupt
+);
+object!(
+    /// Authority over hardware (the interrupt resource: `irq`).
+    Resource
 );
 
 /// A message read from a channel.
@@ -402,6 +411,34 @@ impl Timer {
 
     pub fn cancel(&self) -> Result<(), Error> {
         sys::timer_set(self.raw(), 0)
+    }
+}
+
+impl Interrupt {
+    /// A physical interrupt for `gsi` (`flags`: an `abi::interrupt::MODE_*`),
+    /// authorised by the interrupt resource.
+    pub fn create_physical(resource: &Resource, gsi: u32, flags: u32) -> Result<Interrupt, Error> {
+        sys::interrupt_create_physical(resource.raw(), gsi, flags).map(|h| Interrupt(OwnedHandle(h)))
+    }
+
+    /// A virtual interrupt charged to `process`.
+    pub fn create_virtual(process: &impl AsHandle) -> Result<Interrupt, Error> {
+        sys::interrupt_create_virtual(process.raw()).map(|h| Interrupt(OwnedHandle(h)))
+    }
+
+    /// Each firing queues one packet with `key` on `port`.
+    pub fn bind(&self, port: &Port, key: u64) -> Result<(), Error> {
+        sys::interrupt_bind(self.raw(), port.raw(), key)
+    }
+
+    /// Lets the interrupt fire again (unmasks a physical line).
+    pub fn ack(&self) -> Result<(), Error> {
+        sys::interrupt_ack(self.raw())
+    }
+
+    /// Fires a virtual interrupt.
+    pub fn trigger(&self) -> Result<(), Error> {
+        sys::interrupt_trigger(self.raw())
     }
 }
 

@@ -4,7 +4,7 @@
 //!   `Result<_, abi::Error>`;
 //! - [`handle`]: [`OwnedHandle`] (closes on drop) and the typed objects
 //!   [`Channel`], [`Port`], [`Vmo`], [`Process`], [`Thread`],
-//!   [`AddressSpace`], [`Timer`], [`Log`];
+//!   [`AddressSpace`], [`Timer`], [`Log`], [`Interrupt`], [`Resource`];
 //! - [`startup`]: the bootstrap message (`MANTRA-STARTUP 1`, see
 //!   contract/USERLAND.md) — parsed for the program, built by MantraInit;
 //! - [`heap`]: the allocator (a first-fit free list over memory objects
@@ -54,7 +54,9 @@ pub mod time;
 #[cfg(target_os = "none")]
 mod entry;
 
-pub use handle::{AddressSpace, AsHandle, Channel, Log, Message, OwnedHandle, Port, Process, Thread, Timer, Vmo};
+pub use handle::{
+    AddressSpace, AsHandle, Channel, Interrupt, Log, Message, OwnedHandle, Port, Process, Resource, Thread, Timer, Vmo,
+};
 pub use startup::Startup;
 
 /// Exit code of a process whose code panicked.

@@ -340,6 +340,28 @@ pub fn clock_get() -> u64 {
     call(nr::CLOCK_GET, [0; 6]).unwrap_or(0)
 }
 
+/// `INTERRUPT_CREATE` for GSI `gsi`: a physical interrupt, authorised by the
+/// interrupt `resource`; `flags` is one of [`abi::interrupt`]'s `MODE_*`.
+pub fn interrupt_create_physical(resource: Handle, gsi: u32, flags: u32) -> Result<Handle, Error> {
+    call(nr::INTERRUPT_CREATE, [h(resource), u64::from(gsi), u64::from(flags), 0, 0, 0]).map(handle_from)
+}
+
+/// `INTERRUPT_CREATE` with [`abi::interrupt::VIRTUAL`]: a virtual
+/// interrupt charged to `process`, fired by [`interrupt_trigger`].
+pub fn interrupt_create_virtual(process: Handle) -> Result<Handle, Error> {
+    call(nr::INTERRUPT_CREATE, [h(process), abi::interrupt::VIRTUAL, 0, 0, 0, 0]).map(handle_from)
+}
+
+/// `INTERRUPT_BIND`: each firing of `interrupt` queues one packet with `key` on `port`.
+pub fn interrupt_bind(interrupt: Handle, port: Handle, key: u64) -> Result<(), Error> {
+    unit(call(nr::INTERRUPT_BIND, [h(interrupt), h(port), key, 0, 0, 0]))
+}
+
+/// `INTERRUPT_TRIGGER`: fires a virtual interrupt.
+pub fn interrupt_trigger(interrupt: Handle) -> Result<(), Error> {
+    unit(call(nr::INTERRUPT_TRIGGER, [h(interrupt), 0, 0, 0, 0, 0]))
+}
+
 /// Every syscall number this module wraps, for the completeness test.
 #[cfg(test)]
 const WRAPPED: [u64; nr::COUNT as usize] = [
@@ -378,6 +400,9 @@ const WRAPPED: [u64; nr::COUNT as usize] = [
     nr::LOG_READ,
     nr::CLOCK_GET,
     nr::CHANNEL_REPLY_RECEIVE,
+    nr::INTERRUPT_CREATE,
+    nr::INTERRUPT_BIND,
+    nr::INTERRUPT_TRIGGER,
 ];
 
 #[cfg(test)]

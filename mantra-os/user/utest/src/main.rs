@@ -12,8 +12,9 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-use mantra_abi::{map, nr, rights, signals, CallArgs, Error, Handle, HandleInfo, PortPacket, ReadSizes};
+use mantra_abi::{interrupt, map, nr, rights, signals, CallArgs, Error, Handle, HandleInfo, ObjectKind, PortPacket, ReadSizes};
 use mantra_rt::{info, sys, Startup};
 
 mantra_rt::main!(main);
@@ -215,6 +216,194 @@ fn ports_and_timers_deliver() -> TestResult {
     Ok(())
 }
 
+/// Waits briefly for packets on `port`; returns those that came.
+fn packets(port: Handle, wait_ns: u64) -> Result<Vec<PortPacket>, String> {
+    let mut out = [PortPacket::default(); 64];
+    match sys::port_wait(port, sys::clock_get() + wait_ns, &mut out) {
+        Ok(n) => Ok(out[..n].to_vec()),
+        Err(Error::TimedOut) => Ok(Vec::new()),
+        Err(e) => Err(format!("port_wait: {}", e.name())),
+    }
+}
+
+/// Exactly one packet with `key` and INTERRUPT, and nothing after it.
+fn expect_one_interrupt(what: &str, port: Handle, key: u64) -> TestResult {
+    let mut got = packets(port, 1_000_000_000)?;
+    got.extend(packets(port, 5_000_000)?);
+    match got.as_slice() {
+        [p] if p.key == key && p.observed == signals::INTERRUPT => Ok(()),
+        other => Err(format!("{what}: expected one packet with key {key}, got {other:?}")),
+    }
+}
+
+/// A virtual interrupt bound to a port: one packet per firing; triggers
+/// while it is pending (not acknowledged) merge into it; ACK re-arms.
+/// Rights, kinds and the CREATE right on the process are enforced.
+fn virtual_interrupt_delivers_one_packet_per_firing() -> TestResult {
+    const KEY: u64 = 0xA11CE;
+    let irq = ok("create", sys::interrupt_create_virtual(self_process()))?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    let info = ok("info", sys::handle_info(irq))?;
+    if info.kind != ObjectKind::Interrupt as u32 || info.rights & (rights::READ | rights::WRITE | rights::WAIT) == 0 {
+        return Err(format!("interrupt handle info {info:?}"));
+    }
+    expect("ack before any firing", sys::interrupt_ack(irq).map(|()| 0), Error::BadState)?;
+    // Fired before it is bound: the packet comes at bind time.
+    ok("trigger unbound", sys::interrupt_trigger(irq))?;
+    ok("bind", sys::interrupt_bind(irq, port, KEY))?;
+    expect_one_interrupt("pending at bind", port, KEY)?;
+    expect("bind twice", sys::interrupt_bind(irq, port, KEY).map(|()| 0), Error::BadState)?;
+    for round in 0..3 {
+        ok("ack", sys::interrupt_ack(irq))?;
+        expect("ack twice", sys::interrupt_ack(irq).map(|()| 0), Error::BadState)?;
+        let early = packets(port, 5_000_000)?;
+        if !early.is_empty() {
+            return Err(format!("round {round}: packets without a firing: {early:?}"));
+        }
+        for _ in 0..3 {
+            ok("trigger", sys::interrupt_trigger(irq))?;
+        }
+        expect_one_interrupt(&format!("three triggers, round {round}"), port, KEY)?;
+    }
+    // The signal: an object_wait_async observer sees INTERRUPT too.
+    ok("ack", sys::interrupt_ack(irq))?;
+    ok("watch", sys::object_wait_async(irq, port, 7, signals::INTERRUPT))?;
+    ok("trigger", sys::interrupt_trigger(irq))?;
+    let mut keys: Vec<u64> = packets(port, 1_000_000_000)?.iter().map(|p| p.key).collect();
+    keys.extend(packets(port, 5_000_000)?.iter().map(|p| p.key));
+    keys.sort();
+    if keys != [7, KEY] {
+        return Err(format!("binding and observer packets: keys {keys:?}"));
+    }
+    // Rights and kinds.
+    let no_write = ok("duplicate", sys::handle_duplicate(irq, rights::READ))?;
+    expect("trigger without WRITE", raw(nr::INTERRUPT_TRIGGER, [u64::from(no_write.0), 0, 0, 0, 0, 0]), Error::AccessDenied)?;
+    expect("ack without WRITE", raw(nr::INTERRUPT_ACK, [u64::from(no_write.0), 0, 0, 0, 0, 0]), Error::AccessDenied)?;
+    let no_read = ok("duplicate", sys::handle_duplicate(irq, rights::WRITE))?;
+    let port2 = ok("port", sys::port_create(self_process()))?;
+    expect("bind without READ", raw(nr::INTERRUPT_BIND, [u64::from(no_read.0), u64::from(port2.0), 1, 0, 0, 0]), Error::AccessDenied)?;
+    expect("trigger a port", raw(nr::INTERRUPT_TRIGGER, [u64::from(port.0), 0, 0, 0, 0, 0]), Error::WrongType)?;
+    expect("bind to a non-port", raw(nr::INTERRUPT_BIND, [u64::from(irq.0), u64::from(irq.0), 1, 0, 0, 0]), Error::WrongType)?;
+    // A process handle without CREATE: a child's, reduced.
+    let (child, child_space) = ok("process_create", sys::process_create(self_process(), b"nocreate"))?;
+    let no_create = ok("duplicate child", sys::handle_duplicate(child, rights::READ))?;
+    expect("create without CREATE", raw(nr::INTERRUPT_CREATE, [u64::from(no_create.0), interrupt::VIRTUAL, 0, 0, 0, 0]), Error::AccessDenied)?;
+    ok("create charged to the child", sys::interrupt_create_virtual(child).and_then(sys::handle_close))?;
+    for h in [child, child_space] {
+        ok("close", sys::handle_close(h))?;
+    }
+    expect("virtual with flags", raw(nr::INTERRUPT_CREATE, [u64::from(self_process().0), interrupt::VIRTUAL, 1, 0, 0, 0]), Error::InvalidArgs)?;
+    for h in [irq, port, no_write, no_read, port2, no_create] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+/// A firing never loses its packet: when the bound port is full, ACK fails
+/// (the interrupt stays pending, no packet is queued) until there is room.
+fn interrupt_ack_waits_for_room_on_the_port() -> TestResult {
+    const KEY: u64 = 0xF00;
+    let irq = ok("create", sys::interrupt_create_virtual(self_process()))?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    let (a, b) = ok("channel", sys::channel_create(self_process()))?;
+    ok("bind", sys::interrupt_bind(irq, port, KEY))?;
+    ok("trigger", sys::interrupt_trigger(irq))?;
+    // Fill the port: a writable channel end fires each observer at once.
+    let mut filler = 0;
+    loop {
+        match sys::object_wait_async(a, port, 1, signals::WRITABLE) {
+            Ok(()) => filler += 1,
+            Err(Error::NoResources) => break,
+            Err(e) => return Err(format!("filling the port: {}", e.name())),
+        }
+        if filler > 4096 {
+            return Err("the port never filled".to_string());
+        }
+    }
+    expect("ack with a full port", sys::interrupt_ack(irq).map(|()| 0), Error::NoResources)?;
+    ok("trigger while pending", sys::interrupt_trigger(irq))?;
+    expect("ack still refused", sys::interrupt_ack(irq).map(|()| 0), Error::NoResources)?;
+    let mut interrupts = 0;
+    let mut total = 0;
+    loop {
+        let got = packets(port, 5_000_000)?;
+        if got.is_empty() {
+            break;
+        }
+        total += got.len();
+        interrupts += got.iter().filter(|p| p.key == KEY).count();
+    }
+    if interrupts != 1 || total != filler + 1 {
+        return Err(format!("{interrupts} interrupt packets, {total} packets for {filler} fillers"));
+    }
+    ok("ack after draining", sys::interrupt_ack(irq))?;
+    ok("trigger", sys::interrupt_trigger(irq))?;
+    expect_one_interrupt("after the port drained", port, KEY)?;
+    for h in [irq, port, a, b] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+/// The interrupt resource (`irq`) from the startup message; 0 without it.
+static IRQ_RESOURCE: AtomicU32 = AtomicU32::new(0);
+/// The CMOS RTC's line (ISA IRQ 8; QEMU q35 does not move it).
+const RTC_GSI: u32 = 8;
+
+/// Physical interrupts need the interrupt resource; with it, a real device
+/// line (the RTC's GSI) is created, bound and released, and every misuse is
+/// refused with an error.
+fn physical_interrupts_need_the_irq_resource() -> TestResult {
+    let resource = Handle(IRQ_RESOURCE.load(Ordering::Relaxed));
+    let info = ok("irq resource (manifests/utest grants `irq`)", sys::handle_info(resource))?;
+    if info.kind != ObjectKind::Resource as u32 {
+        return Err(format!("`irq` is of kind {}", info.kind));
+    }
+    let me = u64::from(self_process().0);
+    expect("physical with a process handle", raw(nr::INTERRUPT_CREATE, [me, u64::from(RTC_GSI), 0, 0, 0, 0]), Error::WrongType)?;
+    let no_create = ok("duplicate", sys::handle_duplicate(resource, rights::TRANSFER))?;
+    expect("resource without CREATE", raw(nr::INTERRUPT_CREATE, [u64::from(no_create.0), u64::from(RTC_GSI), 0, 0, 0, 0]), Error::AccessDenied)?;
+    let r = u64::from(resource.0);
+    expect("virtual with the resource", raw(nr::INTERRUPT_CREATE, [r, interrupt::VIRTUAL, 0, 0, 0, 0]), Error::WrongType)?;
+    expect("GSI beyond the I/O APICs", raw(nr::INTERRUPT_CREATE, [r, 100_000, 0, 0, 0, 0]), Error::OutOfRange)?;
+    expect("GSI above 32 bits", raw(nr::INTERRUPT_CREATE, [r, 1 << 40, 0, 0, 0, 0]), Error::OutOfRange)?;
+    expect("unknown mode", raw(nr::INTERRUPT_CREATE, [r, u64::from(RTC_GSI), 99, 0, 0, 0]), Error::InvalidArgs)?;
+    expect("flags above 32 bits", raw(nr::INTERRUPT_CREATE, [r, u64::from(RTC_GSI), 1 << 33, 0, 0, 0]), Error::InvalidArgs)?;
+
+    let rtc = ok("create for the RTC's GSI", sys::interrupt_create_physical(resource, RTC_GSI, interrupt::MODE_DEFAULT))?;
+    expect("the GSI twice", raw(nr::INTERRUPT_CREATE, [r, u64::from(RTC_GSI), 0, 0, 0, 0]), Error::BadState)?;
+    expect("trigger a physical interrupt", sys::interrupt_trigger(rtc).map(|()| 0), Error::NotSupported)?;
+    expect("ack before any firing", sys::interrupt_ack(rtc).map(|()| 0), Error::BadState)?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    ok("bind", sys::interrupt_bind(rtc, port, 8))?;
+    expect("bind twice", sys::interrupt_bind(rtc, port, 8).map(|()| 0), Error::BadState)?;
+    ok("close", sys::handle_close(rtc))?;
+    let rtc = ok("the GSI is free again after close", sys::interrupt_create_physical(resource, RTC_GSI, interrupt::MODE_EDGE_HIGH))?;
+    ok("close", sys::handle_close(rtc))?;
+
+    // Vectors run out (16 device vectors) before the GSIs do; created
+    // lines stay masked, nothing is bound.
+    let mut held = Vec::new();
+    let mut result = Ok(());
+    for gsi in 0..24u32 {
+        match sys::interrupt_create_physical(resource, gsi, interrupt::MODE_DEFAULT) {
+            Ok(h) => held.push(h),
+            Err(Error::NoResources) if held.len() == 16 => break,
+            Err(e) => {
+                result = Err(format!("GSI {gsi} with {} held: {}", held.len(), e.name()));
+                break;
+            }
+        }
+    }
+    if result.is_ok() && held.len() != 16 {
+        result = Err(format!("{} physical interrupts and no NO_RESOURCES", held.len()));
+    }
+    for h in held.into_iter().chain([port, no_create]) {
+        ok("close", sys::handle_close(h))?;
+    }
+    result
+}
+
 fn call_without_reply_times_out() -> TestResult {
     let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
     let request = [1u8; 8];
@@ -307,6 +496,7 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
         pool.push(u64::from(ok("port", sys::port_create(self_process()))?.0));
         pool.push(u64::from(ok("timer", sys::timer_create(self_process()))?.0));
         pool.push(u64::from(ok("vmo", sys::vmo_create(self_process(), 65536))?.0));
+        pool.push(u64::from(ok("interrupt", sys::interrupt_create_virtual(self_process()))?.0));
     }
     let mut scratch = alloc::vec![0u8; 256 * 1024];
     let scratch_ptr = scratch.as_mut_ptr() as u64;
@@ -528,7 +718,10 @@ fn smp_message_exchange() -> TestResult {
     Ok(())
 }
 
-fn main(startup: Startup) -> i64 {
+fn main(mut startup: Startup) -> i64 {
+    if let Some(resource) = startup.take("irq") {
+        IRQ_RESOURCE.store(resource.into_raw().0, Ordering::Relaxed);
+    }
     let count: u64 = startup.arg_value("fuzz").and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let seed: u64 = startup.arg_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5EED);
     let tests: &[(&str, fn() -> TestResult)] = &[
@@ -541,6 +734,9 @@ fn main(startup: Startup) -> i64 {
         ("ports_and_timers_deliver", ports_and_timers_deliver),
         ("memory_objects_commit_lazily", memory_objects_commit_lazily),
         ("call_without_reply_times_out", call_without_reply_times_out),
+        ("virtual_interrupt_delivers_one_packet_per_firing", virtual_interrupt_delivers_one_packet_per_firing),
+        ("interrupt_ack_waits_for_room_on_the_port", interrupt_ack_waits_for_room_on_the_port),
+        ("physical_interrupts_need_the_irq_resource", physical_interrupts_need_the_irq_resource),
         ("zero_capability_process", zero_capability_process),
         ("smp_message_exchange", smp_message_exchange),
     ];

@@ -5,6 +5,7 @@ pub mod apic;
 pub mod context;
 pub mod cpu;
 pub mod gdt;
+pub mod ioapic;
 pub mod layout;
 pub mod percpu;
 #[cfg(feature = "ktest")]
@@ -156,16 +157,14 @@ pub(crate) fn trap(frame: &mut TrapFrame) {
         v if v == u64::from(traps::VECTOR_TIMER) => {
             TICKS.fetch_add(1, Ordering::Relaxed);
             apic::end_of_interrupt();
-            // The timer wheel is global and wakes threads onto the run queue
-            // of the CPU running it: only the boot CPU runs it (APs run the
-            // smp idle loop until the scheduler takes them over).
-            if percpu::current().index == 0 {
-                crate::ipc::on_tick();
-            }
+            // Deadlines are global; whichever CPU ticks first runs them
+            // (wake-ups go to each thread's own CPU, see sched::wake).
+            crate::ipc::on_tick();
             crate::sched::tick(frame.from_user());
         }
         v if v == u64::from(traps::VECTOR_SPURIOUS) => {}
         v if smp::is_ipi_vector(v) => smp::handle_ipi(v as u8),
+        v if crate::interrupt::is_device_vector(v) => crate::interrupt::on_vector(v as u8),
         32..=47 => {} // spurious legacy-PIC IRQ: the PICs are masked, no EOI
         v if v < 32 => exception(frame),
         v => crate::kwarn!("unexpected interrupt vector {v}"),

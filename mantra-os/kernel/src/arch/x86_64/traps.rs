@@ -73,7 +73,9 @@ macro_rules! stubs {
 
 // Exceptions 0-31 (the CPU pushes an error code for 8, 10-14, 17, 21, 29, 30),
 // the legacy PIC range (spurious IRQs after masking), the timer, the IPIs
-// (smp::VECTOR_RESCHEDULE, smp::VECTOR_CALL), spurious.
+// (smp::VECTOR_RESCHEDULE, smp::VECTOR_CALL), the device interrupts routed
+// through the I/O APIC (interrupt::VECTOR_BASE.., VECTOR_COUNT of them),
+// spurious.
 stubs!(
     0 noerr, 1 noerr, 2 noerr, 3 noerr, 4 noerr, 5 noerr, 6 noerr, 7 noerr,
     8 err, 9 noerr, 10 err, 11 err, 12 err, 13 err, 14 err, 15 noerr,
@@ -81,7 +83,10 @@ stubs!(
     24 noerr, 25 noerr, 26 noerr, 27 noerr, 28 noerr, 29 err, 30 err, 31 noerr,
     32 noerr, 33 noerr, 34 noerr, 35 noerr, 36 noerr, 37 noerr, 38 noerr, 39 noerr,
     40 noerr, 41 noerr, 42 noerr, 43 noerr, 44 noerr, 45 noerr, 46 noerr, 47 noerr,
-    48 noerr, 64 noerr, 65 noerr, 255 noerr,
+    48 noerr, 64 noerr, 65 noerr,
+    80 noerr, 81 noerr, 82 noerr, 83 noerr, 84 noerr, 85 noerr, 86 noerr, 87 noerr,
+    88 noerr, 89 noerr, 90 noerr, 91 noerr, 92 noerr, 93 noerr, 94 noerr, 95 noerr,
+    255 noerr,
 );
 
 // The common path. Entries from user mode (CS RPL 3) swap GS to the
