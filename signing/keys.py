@@ -230,8 +230,11 @@ class KeySet:
         for path in sorted((self.dir / SIGNING_DIR).glob("*.rec")):
             signed = Signed.split(path.read_bytes())
             self._check_root_signature(signed, str(path))
-            keys.append(StoredKey(signed, KeyRecord.decode(signed.body)))
-        return sorted(keys, key=lambda k: (k.record.not_before, k.id))
+            keys.append((path.stat().st_mtime_ns, StoredKey(signed, KeyRecord.decode(signed.body))))
+        # Validity starts have a one-second resolution: keys issued in the
+        # same second are ordered by when their record was written.
+        keys.sort(key=lambda entry: (entry[1].record.not_before, entry[0], entry[1].id))
+        return [key for _, key in keys]
 
     def revocations(self) -> tuple[Signed, RevocationList]:
         path = self.dir / REVOCATIONS

@@ -13,6 +13,7 @@ CONSOLE = """\
 [bench] info: bench: syscall_dispatch 240 (2000 iterations)
 [bench] info: bench: channel_write_read 3957 (2000 iterations)
 [bench] info: bench: ipc_call_roundtrip 8733 (2000 iterations)
+[bench] info: bench: ipc_call_roundtrip_buffers 9001 (2000 iterations)
 [bench] info: bench: port_wait_wakeup 11994 (2000 iterations)
 [bench] info: bench: context_switch 640 (2000 iterations)
 [bench] info: bench: ipc_call_roundtrip_cross_core n/a (one CPU: boot with two or more)

@@ -292,6 +292,11 @@ pub enum Priority {
 
 /// Message limits.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest message of CHANNEL_CALL_SHORT / CHANNEL_REPLY_RECEIVE_SHORT: four
+/// registers of eight bytes.
+pub const SHORT_MESSAGE_BYTES: usize = 32;
+/// CHANNEL_REPLY_RECEIVE_SHORT's `len` that sends no reply (receive only).
+pub const SHORT_NO_REPLY: u64 = u64::MAX;
 pub const MAX_MESSAGE_HANDLES: usize = 64;
 /// Messages a channel endpoint queues before writes return `ShouldWait`.
 pub const CHANNEL_QUEUE_LIMIT: usize = 64;
@@ -667,8 +672,33 @@ pub mod nr {
     /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NOT_SUPPORTED (a physical interrupt: its device fires it).
     pub const INTERRUPT_TRIGGER: u64 = 37;
 
+    /// CHANNEL_CALL with a short message in registers: writes `len` bytes
+    /// (at most SHORT_MESSAGE_BYTES, no handles) taken from the words
+    /// `w0`..`w3` (little-endian), blocks for the reply and returns it in
+    /// RDX, R10, R8, R9 (bytes past its length are zero). No user memory is
+    /// touched: the seL4-style fast path hands the words straight to a
+    /// receiver parked on the peer and switches to it.
+    ///
+    /// Arguments: `channel`, `len` (bytes, <= SHORT_MESSAGE_BYTES), `w0`, `w1`, `w2`, `w3`.
+    /// Rights: READ and WRITE.
+    /// Returns: the reply's length in bytes (its words in RDX, R10, R8, R9).
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (`len` too big), SHOULD_WAIT (peer queue full), PEER_CLOSED, NO_MEMORY, BUFFER_TOO_SMALL (the reply is longer than SHORT_MESSAGE_BYTES or carries handles: it stays queued for CHANNEL_READ).
+    pub const CHANNEL_CALL_SHORT: u64 = 38;
+
+    /// CHANNEL_REPLY_RECEIVE with short messages in registers: sends the
+    /// reply of `len` bytes in `w0`..`w3` (`len` = SHORT_NO_REPLY: send
+    /// nothing, only receive), then blocks for the next message and returns
+    /// it in RDX, R10, R8, R9. When the reply cannot be sent, nothing is
+    /// received.
+    ///
+    /// Arguments: `channel`, `len` (bytes, <= SHORT_MESSAGE_BYTES, or SHORT_NO_REPLY), `w0`, `w1`, `w2`, `w3`.
+    /// Rights: READ and WRITE.
+    /// Returns: the received message's length in bytes (its words in RDX, R10, R8, R9).
+    /// Errors: as CHANNEL_CALL_SHORT.
+    pub const CHANNEL_REPLY_RECEIVE_SHORT: u64 = 39;
+
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
-    pub const COUNT: u64 = 38;
+    pub const COUNT: u64 = 40;
 }
 
 #[cfg(test)]

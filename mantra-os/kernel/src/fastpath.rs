@@ -1,10 +1,11 @@
-//! The IPC fast path (seL4's): CHANNEL_CALL and CHANNEL_REPLY_RECEIVE with
-//! a small message and no handles, when a receiver is parked on the peer
-//! end, hand the message straight into the receiver's buffer and switch to
-//! it on this CPU, parking the caller as the receiver of the answer. No
-//! queueing, no allocation, no trip through the run queue: the caller's
-//! kernel stack is abandoned (it holds nothing but its TrapFrame) and the
-//! receiver returns to user mode from its own TrapFrame.
+//! The IPC fast path (seL4's): CHANNEL_CALL, CHANNEL_REPLY_RECEIVE and their
+//! register forms (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT) with a
+//! small message and no handles, when a receiver is parked on the peer end,
+//! hand the message straight to the receiver (into its registers or its
+//! buffer) and switch to it on this CPU, parking the caller as the receiver
+//! of the answer. No queueing, no allocation, no trip through the run
+//! queue: the caller's kernel stack is abandoned (it holds nothing but its
+//! TrapFrame) and the receiver returns to user mode from its own TrapFrame.
 //!
 //! Every check happens before anything changes; when one fails the call
 //! takes the general path (syscall.rs), which has the same semantics.
@@ -13,7 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes};
+use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes, SHORT_MESSAGE_BYTES};
 
 use crate::arch::x86_64::{context, TrapFrame};
 use crate::ipc::{Message, ReceiveWait};
@@ -25,13 +26,40 @@ use crate::uaccess::{UserPtr, UserSlice};
 /// Largest message the fast path carries (it is copied through the stack).
 pub const FAST_MESSAGE_BYTES: usize = 64;
 
-/// Runs CHANNEL_CALL / CHANNEL_REPLY_RECEIVE through the fast path when it
-/// applies; never returns then. Returns (having changed nothing) when the
-/// general path must run the call.
+/// A message on its way through the fast path: whole words, so register
+/// messages move without byte shuffling.
+struct FastMessage {
+    len: usize,
+    words: [u64; FAST_MESSAGE_BYTES / 8],
+}
+
+impl FastMessage {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the words are plain memory of FAST_MESSAGE_BYTES bytes, u8
+        // has no alignment or validity requirement, and len <= that size.
+        unsafe { core::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, through the unique borrow.
+        unsafe { core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Short-message registers: the message (and, on return, the answer) is
+/// in RDX, R10, R8, R9, its length in RSI.
+fn short_words(frame: &TrapFrame) -> [u64; 4] {
+    [frame.rdx, frame.r10, frame.r8, frame.r9]
+}
+
+/// Runs a call/reply syscall through the fast path when it applies; never
+/// returns then. Returns (having changed nothing) when the general path
+/// must run the call.
 pub fn try_ipc(frame: &mut TrapFrame) {
-    // CHANNEL_CALL: channel, args, sizes, deadline (none: the fast path
-    // never waits with a timeout). CHANNEL_REPLY_RECEIVE: channel, args, sizes.
-    if frame.rax == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
+    let number = frame.rax;
+    let short = number == nr::CHANNEL_CALL_SHORT || number == nr::CHANNEL_REPLY_RECEIVE_SHORT;
+    // CHANNEL_CALL's deadline (R10): the fast path never waits with one.
+    if number == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
         return;
     }
     let Some(me) = sched::current() else { return };
@@ -44,18 +72,38 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         },
     );
     let Ok(endpoint) = endpoint else { return };
-    let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
-    let len = args.write_len as usize;
-    if args.write_handle_count != 0 || len > FAST_MESSAGE_BYTES {
-        return;
-    }
-    let mut buffer = [0u8; FAST_MESSAGE_BYTES];
-    let message = &mut buffer[..len];
-    if UserSlice::<u8>::new(args.write_bytes, len).read_into(message).is_err() {
-        return;
+    let mut message = FastMessage { len: 0, words: [0; FAST_MESSAGE_BYTES / 8] };
+    let own_wait;
+    if short {
+        // SHORT_NO_REPLY and bad lengths take the general path.
+        if frame.rsi > SHORT_MESSAGE_BYTES as u64 {
+            return;
+        }
+        message.len = frame.rsi as usize;
+        message.words[..4].copy_from_slice(&short_words(frame));
+        own_wait = ReceiveWait::registers(endpoint.clone());
+    } else {
+        let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
+        if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
+            return;
+        }
+        message.len = args.write_len as usize;
+        if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
+            return;
+        }
+        own_wait = ReceiveWait {
+            endpoint: endpoint.clone(),
+            registers: false,
+            bytes: args.read_bytes,
+            capacity: args.read_capacity as usize,
+            handles: args.read_handles,
+            handle_capacity: args.read_handle_capacity as usize,
+            sizes: frame.rdx,
+            deadline: u64::MAX,
+        };
     }
     let Some(peer) = endpoint.peer() else { return };
-    let Some(target) = peer.claim_parked_receiver(len) else { return };
+    let Some(target) = peer.claim_parked_receiver(message.len) else { return };
     if target.process().is_dead() || !sched::may_hand_off(&me, &target) {
         peer.return_receiver(target);
         return;
@@ -64,15 +112,7 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     // before it is on the list, and it is marked parked before any CPU can
     // switch to it: that waits for its on_cpu flag, dropped in enter_frame).
     // SAFETY: `me` is the running thread.
-    *unsafe { me.wait() } = Some(ReceiveWait {
-        endpoint: endpoint.clone(),
-        bytes: args.read_bytes,
-        capacity: args.read_capacity as usize,
-        handles: args.read_handles,
-        handle_capacity: args.read_handle_capacity as usize,
-        sizes: frame.rdx,
-        deadline: u64::MAX,
-    });
+    *unsafe { me.wait() } = Some(own_wait);
     me.parked.store(true, Ordering::Release);
     if !endpoint.park_receiver(&me) {
         // A message for us came in meanwhile: the general path reads it.
@@ -87,7 +127,7 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     // Committed: from here on this CPU runs `target`.
     sched::hand_off(target.clone());
     let target_frame = target.trap_frame();
-    deliver(&target, message, target_frame);
+    deliver(&target, &message, target_frame);
     drop(target);
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
     // holds only its TrapFrame (it was parked), and nothing here needs
@@ -95,29 +135,53 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     unsafe { context::enter_frame(target_frame) }
 }
 
-/// Writes `message` into the buffers `target` waits with (running as
-/// `target`: its address space is loaded) and sets its syscall result. A
-/// buffer that cannot take it puts the message on the queue instead, where
-/// the general path finds it, and the receive fails with BAD_POINTER, as
-/// the general path's would.
-fn deliver(target: &Arc<Thread>, message: &[u8], frame: *mut TrapFrame) {
+/// Hands `message` to `target` (running as `target`: its address space is
+/// loaded) the way it waits: into its registers, or into its buffers, and
+/// sets its syscall result. A buffer that cannot take it puts the message
+/// on the queue instead, where the general path finds it, and the receive
+/// fails with BAD_POINTER, as the general path's would.
+fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
     // SAFETY: `target` is this CPU's current thread now.
     let wait = unsafe { target.wait() };
+    // SAFETY: the TrapFrame at the top of the (current) target's kernel
+    // stack; nothing else references it while the thread runs here.
+    let frame = unsafe { &mut *frame };
     let result = match wait.as_ref() {
+        // claim_parked_receiver checked the message fits the registers.
+        Some(w) if w.registers => {
+            [frame.rdx, frame.r10, frame.r8, frame.r9] = [message.words[0], message.words[1], message.words[2], message.words[3]];
+            if message.len < SHORT_MESSAGE_BYTES {
+                clear_tail(frame, message.len);
+            }
+            Ok(message.len as u64)
+        }
         Some(w) => {
-            let sizes = ReadSizes { bytes: message.len() as u32, handles: 0 };
+            let sizes = ReadSizes { bytes: message.len as u32, handles: 0 };
             let written = UserSlice::<u8>::new(w.bytes, w.capacity)
-                .write_from(message)
+                .write_from(message.bytes())
                 .and_then(|()| UserPtr::<ReadSizes>::new(w.sizes).write(&sizes));
             if written.is_err() {
-                w.endpoint.requeue_front(Message { bytes: message.to_vec(), handles: Vec::new() });
+                w.endpoint.requeue_front(Message { bytes: message.bytes().to_vec(), handles: Vec::new() });
             }
             written.map(|()| 0)
         }
         None => Err(Error::BadState), // claim_parked_receiver checked it is there
     };
     *wait = None;
-    // SAFETY: the TrapFrame at the top of the (current) target's kernel
-    // stack; nothing else references it while the thread runs here.
-    unsafe { (*frame).rax = encode(result) };
+    frame.rax = encode(result);
+}
+
+/// Zeroes the bytes of the message registers past `len` (a CALL message
+/// from a buffer may leave stale bytes in its last word).
+fn clear_tail(frame: &mut TrapFrame, len: usize) {
+    let mut words = [frame.rdx, frame.r10, frame.r8, frame.r9];
+    for (i, word) in words.iter_mut().enumerate() {
+        let start = i * 8;
+        if len <= start {
+            *word = 0;
+        } else if len < start + 8 {
+            *word &= (1u64 << ((len - start) * 8)) - 1;
+        }
+    }
+    [frame.rdx, frame.r10, frame.r8, frame.r9] = words;
 }

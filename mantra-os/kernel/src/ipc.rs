@@ -8,7 +8,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mantra_abi::{signals, Error, PortPacket, CHANNEL_QUEUE_LIMIT};
 use mantra_kernel::cap::Capability;
@@ -23,6 +23,9 @@ use crate::task::{Thread, ThreadState};
 /// endpoint and the caller's buffers, as CHANNEL_RECEIVE took them.
 pub struct ReceiveWait {
     pub endpoint: Arc<Endpoint>,
+    /// A short-message receive: the message goes into the thread's
+    /// registers (at most SHORT_MESSAGE_BYTES, no handles), not its buffers.
+    pub registers: bool,
     pub bytes: u64,
     pub capacity: usize,
     pub handles: u64,
@@ -31,6 +34,22 @@ pub struct ReceiveWait {
     pub sizes: u64,
     /// ns of CLOCK_GET; u64::MAX: none.
     pub deadline: u64,
+}
+
+impl ReceiveWait {
+    /// The receive of CHANNEL_CALL_SHORT / CHANNEL_REPLY_RECEIVE_SHORT.
+    pub fn registers(endpoint: Arc<Endpoint>) -> Self {
+        Self {
+            endpoint,
+            registers: true,
+            bytes: 0,
+            capacity: mantra_abi::SHORT_MESSAGE_BYTES,
+            handles: 0,
+            handle_capacity: 0,
+            sizes: 0,
+            deadline: u64::MAX,
+        }
+    }
 }
 
 /// A message in flight.
@@ -53,6 +72,10 @@ pub struct Endpoint {
     peer: Weak<Endpoint>,
     state: SpinLock<EndpointState>,
     pub signals: SpinLock<SignalState<Sink>>,
+    /// Someone asked for port packets on this end's signals
+    /// (OBJECT_WAIT_ASYNC): messages must go through the queue, which
+    /// raises them, so the fast path stays off (for good: a cheap check).
+    pub observed: AtomicBool,
 }
 
 impl Endpoint {
@@ -62,6 +85,7 @@ impl Endpoint {
             peer,
             state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: VecDeque::new() }),
             signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
+            observed: AtomicBool::new(false),
         };
         // Each end points at the other from the start: `b` is made inside
         // the construction of `a`, from `a`'s weak reference.
@@ -177,7 +201,7 @@ impl Endpoint {
         let fits = receiver.state() == ThreadState::Blocked
             && receiver.parked.load(Ordering::Acquire)
             && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity >= len)
-            && self.signals.lock().observer_count() == 0;
+            && !self.observed.load(Ordering::Acquire);
         if !fits {
             receiver.on_cpu.store(false, Ordering::Release);
             return None;

@@ -45,16 +45,29 @@ pub trait Policy: Send {
 /// busiest one (load balancing).
 pub struct PriorityRoundRobin {
     queues: Vec<[VecDeque<Arc<Thread>>; CLASSES]>,
+    /// Per CPU, bit c set when class c's queue is not empty.
+    nonempty: Vec<u8>,
 }
+
+const CLASS_PRIORITIES: [Priority; CLASSES] = [Priority::Idle, Priority::Normal, Priority::Interactive, Priority::RealTime];
 
 impl PriorityRoundRobin {
     pub fn new(cpus: usize) -> Self {
-        Self { queues: (0..cpus).map(|_| Default::default()).collect() }
+        Self { queues: (0..cpus).map(|_| Default::default()).collect(), nonempty: alloc::vec![0; cpus] }
     }
 
     fn best_class(&self, cpu: usize) -> Option<usize> {
-        let queues = self.queues.get(cpu)?;
-        (0..CLASSES).rev().find(|&c| !queues[c].is_empty())
+        let mask = *self.nonempty.get(cpu)?;
+        (mask != 0).then(|| 7 - mask.leading_zeros() as usize)
+    }
+
+    /// Keeps `nonempty` in step with one queue after a change.
+    fn note(&mut self, cpu: usize, class: usize) {
+        if self.queues[cpu][class].is_empty() {
+            self.nonempty[cpu] &= !(1 << class);
+        } else {
+            self.nonempty[cpu] |= 1 << class;
+        }
     }
 }
 
@@ -72,12 +85,15 @@ impl Policy for PriorityRoundRobin {
         } else {
             queue.push_back(thread);
         }
+        self.note(cpu, class);
         cpu
     }
 
     fn pick(&mut self, cpu: usize) -> Option<Arc<Thread>> {
         if let Some(class) = self.best_class(cpu) {
-            return self.queues[cpu][class].pop_front();
+            let thread = self.queues[cpu][class].pop_front();
+            self.note(cpu, class);
+            return thread;
         }
         // Steal from the busiest other CPU when it has a backlog (a single
         // woken thread waits for its own CPU, which an IPI wakes), highest
@@ -89,7 +105,9 @@ impl Policy for PriorityRoundRobin {
         for class in (0..CLASSES).rev() {
             let queue = &mut self.queues[victim][class];
             if let Some(pos) = queue.iter().position(|t| t.affinity().is_none()) {
-                return queue.remove(pos);
+                let thread = queue.remove(pos);
+                self.note(victim, class);
+                return thread;
             }
         }
         None
@@ -108,7 +126,7 @@ impl Policy for PriorityRoundRobin {
     }
 
     fn highest_queued(&self, cpu: usize) -> Option<Priority> {
-        self.best_class(cpu).map(|c| [Priority::Idle, Priority::Normal, Priority::Interactive, Priority::RealTime][c])
+        self.best_class(cpu).map(|c| CLASS_PRIORITIES[c])
     }
 }
 
@@ -246,13 +264,16 @@ fn pick() -> Option<Arc<Thread>> {
     let cpu = cpu();
     let mut state = STATE.lock();
     let policy = state.policy.as_mut()?;
-    let steals = policy.queued(cpu) == 0;
+    let steals = policy.highest_queued(cpu).is_none();
     let picked = loop {
         match policy.pick(cpu) {
             Some(thread) if thread.state() == ThreadState::Dead => continue,
             other => break other,
         }
     };
+    if picked.is_none() {
+        return None; // nothing queued anywhere: the hints did not change
+    }
     if steals && picked.is_some() {
         // Some other CPU lost a thread: refresh them all (steals are rare).
         for other in 0..crate::arch::x86_64::percpu::online().min(MAX_CPUS) {
@@ -342,6 +363,8 @@ pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
 pub fn hand_off(target: Arc<Thread>) {
     let cpu = cpu();
     let slot = &CPUS[cpu];
+    // It resumes here, from its TrapFrame: no longer parked.
+    target.parked.store(false, Ordering::Relaxed);
     target.set_state(ThreadState::Running);
     target.set_last_cpu(cpu);
     slot.slice.store(0, Ordering::Relaxed);

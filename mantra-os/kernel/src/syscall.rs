@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use mantra_abi::{
     encode, interrupt, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
-    MAX_MESSAGE_HANDLES,
+    MAX_MESSAGE_HANDLES, SHORT_MESSAGE_BYTES, SHORT_NO_REPLY,
 };
 use mantra_kernel::cap::Capability;
 use mantra_kernel::irq::LineMode;
@@ -40,6 +40,15 @@ pub(crate) struct Ctx {
     process: Arc<Process>,
     /// The call registered the thread as a receiver: it parks on the way out.
     parked: core::cell::Cell<bool>,
+    /// A short message received, for RDX, R10, R8, R9 on the way out.
+    words: core::cell::Cell<Option<[u64; 4]>>,
+}
+
+impl Ctx {
+    fn new(thread: Arc<Thread>) -> Self {
+        let process = thread.process().clone();
+        Self { thread, process, parked: core::cell::Cell::new(false), words: core::cell::Cell::new(None) }
+    }
 }
 
 type Args = [u64; 6];
@@ -47,7 +56,10 @@ type Args = [u64; 6];
 /// Entry from the SYSCALL shim: RAX number, args RDI RSI RDX R10 R8 R9.
 pub fn dispatch(frame: &mut TrapFrame) {
     COUNT.fetch_add(1, Ordering::Relaxed);
-    if frame.rax == nr::CHANNEL_CALL || frame.rax == nr::CHANNEL_REPLY_RECEIVE {
+    if matches!(
+        frame.rax,
+        nr::CHANNEL_CALL | nr::CHANNEL_REPLY_RECEIVE | nr::CHANNEL_CALL_SHORT | nr::CHANNEL_REPLY_RECEIVE_SHORT
+    ) {
         // Returns only when the fast path does not apply.
         crate::fastpath::try_ipc(frame);
     }
@@ -55,12 +67,11 @@ pub fn dispatch(frame: &mut TrapFrame) {
         frame.rax = encode(Err(Error::BadState));
         return;
     };
-    let process = thread.process().clone();
-    let ctx = Ctx { thread, process, parked: core::cell::Cell::new(false) };
+    let ctx = Ctx::new(thread);
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9];
     let result = handle(&ctx, frame.rax, args);
     frame.rax = encode(result);
-    if finish(ctx) {
+    if finish(ctx, frame) {
         park(frame);
     }
 }
@@ -70,7 +81,10 @@ pub fn dispatch(frame: &mut TrapFrame) {
 /// end); a thread whose process was killed meanwhile (by itself or
 /// another) leaves instead of returning to user mode. True when the thread
 /// registered as a receiver and must park.
-fn finish(ctx: Ctx) -> bool {
+fn finish(ctx: Ctx, frame: &mut TrapFrame) -> bool {
+    if let Some(words) = ctx.words.take() {
+        [frame.rdx, frame.r10, frame.r8, frame.r9] = words;
+    }
     let reaped = ctx.process.handles.lock().take_reaped();
     drop(reaped);
     if ctx.process.is_dead() {
@@ -98,11 +112,10 @@ pub fn resume_parked(frame: &mut TrapFrame) {
     let wait = unsafe { thread.wait() }.take();
     let Some(wait) = wait else { return };
     wait.endpoint.remove_receiver(&thread);
-    let process = thread.process().clone();
-    let ctx = Ctx { thread, process, parked: core::cell::Cell::new(false) };
+    let ctx = Ctx::new(thread);
     let result = if ctx.process.is_dead() { Err(Error::BadState) } else { receive(&ctx, wait, true) };
     frame.rax = encode(result);
-    if finish(ctx) {
+    if finish(ctx, frame) {
         park(frame);
     }
 }
@@ -138,6 +151,8 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
         nr::CHANNEL_CALL => channel_call(ctx, a),
         nr::CHANNEL_RECEIVE => channel_read(ctx, a, true),
         nr::CHANNEL_REPLY_RECEIVE => channel_reply_receive(ctx, a),
+        nr::CHANNEL_CALL_SHORT => channel_call_short(ctx, a, false),
+        nr::CHANNEL_REPLY_RECEIVE_SHORT => channel_call_short(ctx, a, true),
         nr::PORT_CREATE => port_create(ctx, a),
         nr::PORT_WAIT => port_wait(ctx, a),
         nr::OBJECT_WAIT_ASYNC => object_wait_async(ctx, a),
@@ -487,6 +502,9 @@ fn channel_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
 /// nothing queued, registers the thread as a parked receiver (the wait is
 /// kept in the thread; `ctx.parked` tells the dispatcher) and returns 0.
 fn receive(ctx: &Ctx, wait: ReceiveWait, block: bool) -> Result<u64, Error> {
+    if wait.registers {
+        return receive_words(ctx, wait, block);
+    }
     let sizes = UserPtr::<ReadSizes>::new(wait.sizes);
     let out_bytes = UserSlice::<u8>::new(wait.bytes, wait.capacity);
     let out_handles = UserSlice::<Handle>::new(wait.handles, wait.handle_capacity);
@@ -525,30 +543,69 @@ fn receive(ctx: &Ctx, wait: ReceiveWait, block: bool) -> Result<u64, Error> {
                 return Err(Error::BufferTooSmall);
             }
             Err(Error::ShouldWait) if block => {
-                let deadline = wait.as_ref().map_or(u64::MAX, |w| w.deadline);
-                if ipc::clock_ns() >= deadline {
-                    return Err(Error::TimedOut);
+                if let Some(result) = park_receiver(ctx, &channel, &mut wait) {
+                    return result;
                 }
-                // The wait is in place before the thread is on the list: a
-                // fast-path sender reads it as soon as it finds the thread.
-                // SAFETY: ctx.thread is the running thread.
-                *unsafe { ctx.thread.wait() } = wait.take();
-                if channel.park_receiver(&ctx.thread) {
-                    ipc::add_timeout(deadline, &ctx.thread);
-                    ctx.parked.set(true);
-                    return Ok(0);
-                }
-                // SAFETY: as above. A message came in: read it.
-                wait = unsafe { ctx.thread.wait() }.take();
             }
             Err(e) => return Err(e),
         }
     }
 }
 
+/// The receive of the short-message calls: the message goes into the
+/// caller's registers (ctx.words), its length is the result.
+fn receive_words(ctx: &Ctx, wait: ReceiveWait, block: bool) -> Result<u64, Error> {
+    let channel = wait.endpoint.clone();
+    let mut wait = Some(wait);
+    loop {
+        let mut needed = (0, 0);
+        match channel.read(SHORT_MESSAGE_BYTES, 0, &mut needed) {
+            Ok(message) => {
+                let mut words = [0u64; 4];
+                for (i, chunk) in message.bytes.chunks(8).enumerate() {
+                    let mut word = [0u8; 8];
+                    word[..chunk.len()].copy_from_slice(chunk);
+                    words[i] = u64::from_le_bytes(word);
+                }
+                ctx.words.set(Some(words));
+                return Ok(message.bytes.len() as u64);
+            }
+            Err(Error::ShouldWait) if block => {
+                if let Some(result) = park_receiver(ctx, &channel, &mut wait) {
+                    return result;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Nothing to read: registers the caller as a parked receiver of `channel`
+/// (`Some(Ok(0))`, ctx.parked set), or fails at the deadline, or gives the
+/// wait back (`None`) when a message came in meanwhile: read it.
+fn park_receiver(ctx: &Ctx, channel: &Arc<Endpoint>, wait: &mut Option<ReceiveWait>) -> Option<Result<u64, Error>> {
+    let deadline = wait.as_ref().map_or(u64::MAX, |w| w.deadline);
+    if ipc::clock_ns() >= deadline {
+        return Some(Err(Error::TimedOut));
+    }
+    // The wait is in place before the thread is on the list: a fast-path
+    // sender reads it as soon as it finds the thread.
+    // SAFETY: ctx.thread is the running thread.
+    *unsafe { ctx.thread.wait() } = wait.take();
+    if channel.park_receiver(&ctx.thread) {
+        ipc::add_timeout(deadline, &ctx.thread);
+        ctx.parked.set(true);
+        return Some(Ok(0));
+    }
+    // SAFETY: as above.
+    *wait = unsafe { ctx.thread.wait() }.take();
+    None
+}
+
 fn read_wait(channel: Arc<Endpoint>, a: Args, deadline: u64) -> Result<ReceiveWait, Error> {
     Ok(ReceiveWait {
         endpoint: channel,
+        registers: false,
         bytes: a[1],
         capacity: usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?,
         handles: a[3],
@@ -567,6 +624,7 @@ fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
 fn call_wait(channel: Arc<Endpoint>, args: &CallArgs, sizes: u64, deadline: u64) -> ReceiveWait {
     ReceiveWait {
         endpoint: channel,
+        registers: false,
         bytes: args.read_bytes,
         capacity: args.read_capacity as usize,
         handles: args.read_handles,
@@ -603,6 +661,23 @@ fn channel_reply_receive(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     receive(ctx, call_wait(channel, &args, a[2], u64::MAX), true)
 }
 
+/// CHANNEL_CALL_SHORT, and CHANNEL_REPLY_RECEIVE_SHORT (`reply_receive`,
+/// where SHORT_NO_REPLY sends nothing).
+fn channel_call_short(ctx: &Ctx, a: Args, reply_receive: bool) -> Result<u64, Error> {
+    let channel = ctx.get(a[0], rights::READ | rights::WRITE, extract!(Channel))?;
+    if !(reply_receive && a[1] == SHORT_NO_REPLY) {
+        let len = usize::try_from(a[1]).ok().filter(|&len| len <= SHORT_MESSAGE_BYTES).ok_or(Error::InvalidArgs)?;
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).map_err(|_| Error::NoMemory)?;
+        for word in &a[2..6] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        bytes.truncate(len);
+        channel.write(Message { bytes, handles: Vec::new() }).map_err(|(e, _)| e)?;
+    }
+    receive(ctx, ReceiveWait::registers(channel), true)
+}
+
 fn port_create(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     ctx.creator(a[0])?;
     ctx.give(Object::Port(Arc::new(Port::new())), rights::BASIC).map(|h| u64::from(h.0))
@@ -629,6 +704,10 @@ fn port_wait(ctx: &Ctx, a: Args) -> Result<u64, Error> {
 fn object_wait_async(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     let object = ctx.get(a[0], rights::WAIT, |o: &Object| Some(o.clone()))?;
     let port = ctx.get(a[1], rights::WRITE, extract!(Port))?;
+    if let Object::Channel(endpoint) = &object {
+        // Before the observer exists: no fast-path delivery may skip it.
+        endpoint.observed.store(true, Ordering::Release);
+    }
     let signals = u32::try_from(a[3]).map_err(|_| Error::InvalidArgs)?;
     let state = object.signals().ok_or(Error::WrongType)?;
     let mut woken = false;

@@ -26,7 +26,7 @@ _LINE = re.compile(r"bench: (\w+) (\d+) \((\d+) iterations\)")
 _NOT_AVAILABLE = re.compile(r"bench: (\w+) n/a \(([^)]*)\)")
 _OVERHEAD = re.compile(r"bench: rdtsc_pair (\d+)")
 BENCHMARKS = ("null_syscall", "syscall_dispatch", "channel_write_read", "ipc_call_roundtrip",
-              "ipc_call_roundtrip_cross_core", "context_switch", "port_wait_wakeup")
+              "ipc_call_roundtrip_buffers", "ipc_call_roundtrip_cross_core", "context_switch", "port_wait_wakeup")
 
 
 def parse(console: str) -> dict[str, object]:
@@ -54,7 +54,9 @@ def bench(
     guest instructions, of: null_syscall (an unknown number, refused by the
     entry stub), syscall_dispatch (CLOCK_GET: full register save, the
     dispatcher and back), channel_write_read,
-    ipc_call_roundtrip (another process and address space, same core),
+    ipc_call_roundtrip (8 bytes in registers to another process and address
+    space, same core), ipc_call_roundtrip_buffers (the same through memory
+    buffers),
     ipc_call_roundtrip_cross_core (server pinned to CPU 1; both CPUs'
     instructions count, in sequence), context_switch, port_wait_wakeup."""
     ws = workspace(ctx)

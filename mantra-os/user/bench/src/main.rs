@@ -81,6 +81,18 @@ fn call_args(request: &[u8; 8], reply: &mut [u8; 64]) -> CallArgs {
     }
 }
 
+/// A benchmark's call must really have worked: the echo of `sent`.
+fn check_echo(answer: Result<sys::ShortMessage, Error>, sent: &sys::ShortMessage) -> Result<(), Error> {
+    match answer {
+        Ok(echo) if echo == *sent => Ok(()),
+        Ok(echo) => {
+            info!("bench: the echo server answered {echo:?} to {sent:?}");
+            Err(Error::BadState)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn report(name: &str, median: u64, overhead: u64, n: usize) {
     info!("bench: {name} {} ({n} iterations)", median.saturating_sub(overhead));
 }
@@ -119,7 +131,22 @@ fn main(startup: Startup) -> Result<(), Error> {
     });
     report("channel_write_read", write_read, overhead, n);
 
-    // Call/reply with an echo server in another process and address space.
+    // Call/reply with an echo server in another process and address space:
+    // an 8-byte message in registers (CHANNEL_CALL_SHORT against a server
+    // looping on CHANNEL_REPLY_RECEIVE_SHORT), then the same with the
+    // message in memory (CHANNEL_CALL with CallArgs buffers against a server
+    // looping on CHANNEL_REPLY_RECEIVE).
+    let (short_client, short_end) = sys::channel_create(me)?;
+    let short_server =
+        mantra_rt::process::spawn_raw(b"bench-echo-short", mantra_rt::process::short_echo_server_code(), Some(short_end))?;
+    let message = sys::ShortMessage { len: 8, words: [7, 0, 0, 0] };
+    let short_call = measure(n, || {
+        let _ = sys::channel_call_short(short_client, &message);
+    });
+    report("ipc_call_roundtrip", short_call, overhead, n);
+    check_echo(sys::channel_call_short(short_client, &message), &message)?;
+    let _ = sys::process_kill(short_server.process);
+
     let (client, server_end) = sys::channel_create(me)?;
     let server = mantra_rt::process::spawn_raw(b"bench-echo", mantra_rt::process::echo_server_code(), Some(server_end))?;
     let request = [7u8; 8];
@@ -129,7 +156,7 @@ fn main(startup: Startup) -> Result<(), Error> {
         // SAFETY: args points at live buffers of the stated sizes.
         let _ = unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) };
     });
-    report("ipc_call_roundtrip", call, overhead, n);
+    report("ipc_call_roundtrip_buffers", call, overhead, n);
 
     // Port wake-up: a READABLE packet for the server's echo.
     let port = sys::port_create(me)?;
@@ -163,17 +190,16 @@ fn main(startup: Startup) -> Result<(), Error> {
 /// this thread runs on another CPU. Under -icount both CPUs' instructions
 /// count, in sequence.
 fn cross_core(me: Handle, n: usize, overhead: u64) -> Result<(), Error> {
-    let request = [7u8; 8];
-    let mut reply = [0u8; 64];
-    let args = call_args(&request, &mut reply);
+    let message = sys::ShortMessage { len: 8, words: [7, 0, 0, 0] };
     let (far_client, far_end) = sys::channel_create(me)?;
-    let far = mantra_rt::process::spawn_raw(b"bench-echo-far", mantra_rt::process::echo_server_code(), Some(far_end))?;
+    let far =
+        mantra_rt::process::spawn_raw(b"bench-echo-far", mantra_rt::process::short_echo_server_code(), Some(far_end))?;
     if sys::thread_set_priority(far.thread, mantra_abi::Priority::Normal, Some(1)).is_ok() {
         let cross = measure(n, || {
-            // SAFETY: args points at live buffers of the stated sizes.
-            let _ = unsafe { sys::channel_call(far_client, &args, sys::NO_DEADLINE) };
+            let _ = sys::channel_call_short(far_client, &message);
         });
         report("ipc_call_roundtrip_cross_core", cross, overhead, n);
+        check_echo(sys::channel_call_short(far_client, &message), &message)?;
     } else {
         info!("bench: ipc_call_roundtrip_cross_core n/a (one CPU: boot with two or more)");
     }

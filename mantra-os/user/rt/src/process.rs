@@ -133,6 +133,51 @@ core::arch::global_asm!(
     peer_closed = const mantra_abi::Error::PeerClosed as i64,
 );
 
+// A short-message echo server: every message (at most 32 bytes, in
+// registers) comes back as the reply, one CHANNEL_REPLY_RECEIVE_SHORT per
+// request. Exits 0 when the client's end is closed, 1 on any other error.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".global mantra_rt_short_echo_start",
+    ".global mantra_rt_short_echo_end",
+    "mantra_rt_short_echo_start:",
+    "mov r12, rdi",
+    "mov rsi, -1",                      // first: receive only (SHORT_NO_REPLY)
+    "2:",
+    "mov eax, {reply_receive}",
+    "mov rdi, r12",
+    "syscall",
+    "mov rsi, rax",                     // the reply: the request, all of it
+    "test rax, rax",
+    "jns 2b",
+    "xor edi, edi",
+    "cmp rax, -{peer_closed}",
+    "setne dil",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
+    "mantra_rt_short_echo_end:",
+    reply_receive = const mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT,
+    exit = const mantra_abi::nr::PROCESS_EXIT,
+    peer_closed = const mantra_abi::Error::PeerClosed as i64,
+);
+
+/// Position-independent code of the short-message echo server, for
+/// [`spawn_raw`]: give it a channel end; every message comes back.
+#[cfg(target_os = "none")]
+pub fn short_echo_server_code() -> &'static [u8] {
+    extern "C" {
+        static mantra_rt_short_echo_start: u8;
+        static mantra_rt_short_echo_end: u8;
+    }
+    // SAFETY: both labels delimit the server's code in this program's text.
+    unsafe {
+        let start = core::ptr::addr_of!(mantra_rt_short_echo_start);
+        let end = core::ptr::addr_of!(mantra_rt_short_echo_end);
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
 /// Position-independent code of an echo server, for [`spawn_raw`]: give it
 /// a channel end; every message gets its first 8 bytes back.
 #[cfg(target_os = "none")]

@@ -51,6 +51,46 @@ pub mod raw {
     }
 }
 
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod raw_short {
+    use core::arch::asm;
+
+    /// Issues a short-message syscall (CHANNEL_CALL_SHORT,
+    /// CHANNEL_REPLY_RECEIVE_SHORT): `len` and the four message words go
+    /// out in RSI, RDX, R10, R8, R9; RAX comes back, and the answer's words
+    /// replace `words` (unchanged on error).
+    #[inline(always)]
+    pub fn syscall(nr: u64, channel: u64, len: u64, words: &mut [u64; 4]) -> u64 {
+        let ret: u64;
+        // SAFETY: no pointer arguments; the kernel writes only RAX and the
+        // four message registers (declared as outputs) and clobbers RCX, R11.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") nr => ret,
+                in("rdi") channel,
+                in("rsi") len,
+                inlateout("rdx") words[0],
+                inlateout("r10") words[1],
+                inlateout("r8") words[2],
+                inlateout("r9") words[3],
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
+pub mod raw_short {
+    /// Host stand-in: no kernel here.
+    pub fn syscall(_nr: u64, _channel: u64, _len: u64, _words: &mut [u64; 4]) -> u64 {
+        mantra_abi::encode(Err(mantra_abi::Error::NotSupported))
+    }
+}
+
 #[cfg(not(all(target_arch = "x86_64", target_os = "none")))]
 pub mod raw {
     /// Host stand-in: no kernel here.
@@ -271,6 +311,61 @@ pub unsafe fn channel_reply_receive(channel: Handle, args: &CallArgs) -> Result<
     Ok(sizes)
 }
 
+/// A message of the short-message calls: up to
+/// [`SHORT_MESSAGE_BYTES`](mantra_abi::SHORT_MESSAGE_BYTES) bytes in four
+/// little-endian words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShortMessage {
+    pub len: usize,
+    pub words: [u64; 4],
+}
+
+impl ShortMessage {
+    /// The message holding `bytes` (None if longer than 32 bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > mantra_abi::SHORT_MESSAGE_BYTES {
+            return None;
+        }
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut le = [0u8; 8];
+            le[..chunk.len()].copy_from_slice(chunk);
+            *word = u64::from_le_bytes(le);
+        }
+        Some(Self { len: bytes.len(), words })
+    }
+
+    /// Copies the message's bytes to the front of `out`; returns how many.
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let n = self.len.min(out.len()).min(mantra_abi::SHORT_MESSAGE_BYTES);
+        for (i, byte) in out[..n].iter_mut().enumerate() {
+            *byte = self.words[i / 8].to_le_bytes()[i % 8];
+        }
+        n
+    }
+}
+
+/// `CHANNEL_CALL_SHORT`: sends `message` and blocks for the reply, both in
+/// registers (the fastest call: no memory is copied).
+#[inline(always)]
+pub fn channel_call_short(channel: Handle, message: &ShortMessage) -> Result<ShortMessage, Error> {
+    let mut words = message.words;
+    let len = abi::decode(raw_short::syscall(nr::CHANNEL_CALL_SHORT, h(channel), message.len as u64, &mut words))?;
+    Ok(ShortMessage { len: len as usize, words })
+}
+
+/// `CHANNEL_REPLY_RECEIVE_SHORT`: sends `reply` (None: nothing, only
+/// receive) and blocks for the next message, both in registers.
+#[inline(always)]
+pub fn channel_reply_receive_short(channel: Handle, reply: Option<&ShortMessage>) -> Result<ShortMessage, Error> {
+    let (len, mut words) = match reply {
+        Some(reply) => (reply.len as u64, reply.words),
+        None => (mantra_abi::SHORT_NO_REPLY, [0; 4]),
+    };
+    let len = abi::decode(raw_short::syscall(nr::CHANNEL_REPLY_RECEIVE_SHORT, h(channel), len, &mut words))?;
+    Ok(ShortMessage { len: len as usize, words })
+}
+
 /// `CHANNEL_RECEIVE`: as [`channel_read`], but blocks until a message arrives.
 pub fn channel_receive(
     channel: Handle,
@@ -403,6 +498,8 @@ const WRAPPED: [u64; nr::COUNT as usize] = [
     nr::INTERRUPT_CREATE,
     nr::INTERRUPT_BIND,
     nr::INTERRUPT_TRIGGER,
+    nr::CHANNEL_CALL_SHORT,
+    nr::CHANNEL_REPLY_RECEIVE_SHORT,
 ];
 
 #[cfg(test)]
@@ -417,6 +514,19 @@ mod tests {
             seen[number as usize] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn short_messages_pack_little_endian_words() {
+        let message = ShortMessage::from_bytes(b"0123456789").unwrap();
+        assert_eq!(message.len, 10);
+        assert_eq!(message.words[0], u64::from_le_bytes(*b"01234567"));
+        assert_eq!(message.words[1], u64::from(b'8') | u64::from(b'9') << 8);
+        let mut out = [0u8; 16];
+        assert_eq!(message.copy_to(&mut out), 10);
+        assert_eq!(&out[..10], b"0123456789");
+        assert!(ShortMessage::from_bytes(&[0; 33]).is_none());
+        assert_eq!(channel_call_short(Handle(1), &message), Err(Error::NotSupported));
     }
 
     #[test]

@@ -435,6 +435,87 @@ fn call_without_reply_times_out() -> TestResult {
     Ok(())
 }
 
+/// Calls in registers and through buffers, to servers of either kind (each
+/// call takes the fast path: the servers are parked receivers on this CPU),
+/// and the general path's register receive (a message already queued).
+fn short_messages_in_registers() -> TestResult {
+    use mantra_rt::process::{echo_server_code, short_echo_server_code, spawn_raw};
+    use sys::ShortMessage;
+    let (client, server_end) = ok("channel_create", sys::channel_create(self_process()))?;
+    let server = ok("spawn short echo", spawn_raw(b"utest-short-echo", short_echo_server_code(), Some(server_end)))?;
+    for len in [0usize, 1, 8, 13, 31, 32] {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8 + 1).collect();
+        let message = ShortMessage::from_bytes(&bytes).ok_or("message too long")?;
+        // Garbage past the length must not travel.
+        let mut sent = message;
+        if len < 32 {
+            sent.words[3] |= 0xAB << 56;
+        }
+        let echo = ok("call_short", sys::channel_call_short(client, &sent))?;
+        if echo != message {
+            return Err(format!("{len} bytes: sent {message:?}, echo {echo:?}"));
+        }
+    }
+    expect(
+        "33 bytes",
+        raw(nr::CHANNEL_CALL_SHORT, [u64::from(client.0), 33, 0, 0, 0, 0]),
+        Error::InvalidArgs,
+    )?;
+    // A buffer call to the register server: the echo lands in the buffer.
+    let request = *b"buffered";
+    let mut reply = [0u8; 16];
+    let args = CallArgs {
+        write_bytes: request.as_ptr() as u64,
+        write_len: 8,
+        read_bytes: reply.as_mut_ptr() as u64,
+        read_capacity: 16,
+        ..CallArgs::default()
+    };
+    // SAFETY: args describes live buffers of the stated sizes.
+    let sizes = ok("buffer call to a register server", unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) })?;
+    if sizes.bytes != 8 || reply[..8] != request {
+        return Err(format!("buffer call echo: {sizes:?} {reply:?}"));
+    }
+    ok("close", sys::handle_close(client))?;
+    let _ = sys::process_kill(server.process);
+
+    // A register call to the buffer server (it answers the first 8 bytes).
+    let (client, server_end) = ok("channel_create", sys::channel_create(self_process()))?;
+    let server = ok("spawn echo", spawn_raw(b"utest-echo", echo_server_code(), Some(server_end)))?;
+    let message = ShortMessage::from_bytes(b"0123456789abcdef").ok_or("too long")?;
+    let echo = ok("register call to a buffer server", sys::channel_call_short(client, &message))?;
+    if echo != ShortMessage::from_bytes(b"01234567").ok_or("too long")? {
+        return Err(format!("buffer server echo: {echo:?}"));
+    }
+    ok("close", sys::handle_close(client))?;
+    let _ = sys::process_kill(server.process);
+
+    // The general path: messages already queued.
+    let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
+    ok("write 5", sys::channel_write(b, b"hello", &[]))?;
+    let got = ok("receive only", sys::channel_reply_receive_short(a, None))?;
+    if got != ShortMessage::from_bytes(b"hello").ok_or("too long")? {
+        return Err(format!("queued short receive: {got:?}"));
+    }
+    ok("write 40", sys::channel_write(b, &[9u8; 40], &[]))?;
+    expect(
+        "a 40-byte message in registers",
+        sys::channel_reply_receive_short(a, None).map(|m| m.len as u64),
+        Error::BufferTooSmall,
+    )?;
+    let mut bytes = [0u8; 64];
+    let mut handles = [Handle::INVALID; 1];
+    let mut sizes = ReadSizes::default();
+    ok("the long message stayed queued", sys::channel_read(a, &mut bytes, &mut handles, &mut sizes))?;
+    if sizes.bytes != 40 {
+        return Err(format!("long message: {sizes:?}"));
+    }
+    ok("close", sys::handle_close(b))?;
+    expect("peer closed", sys::channel_call_short(a, &ShortMessage::default()).map(|m| m.len as u64), Error::PeerClosed)?;
+    ok("close", sys::handle_close(a))?;
+    Ok(())
+}
+
 fn memory_objects_commit_lazily() -> TestResult {
     let vmo = ok("vmo_create", sys::vmo_create(self_process(), 1 << 20))?;
     let addr = ok("map", sys::vmar_map(mantra_rt::process::space(), vmo, 0, 1 << 20, map::READ | map::WRITE, 0))?;
@@ -509,6 +590,8 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
         nr::CHANNEL_RECEIVE,
         nr::CHANNEL_CALL,
         nr::CHANNEL_REPLY_RECEIVE,
+        nr::CHANNEL_CALL_SHORT,
+        nr::CHANNEL_REPLY_RECEIVE_SHORT,
         nr::PROCESS_KILL,
         nr::THREAD_START,
     ];
@@ -734,6 +817,7 @@ fn main(mut startup: Startup) -> i64 {
         ("ports_and_timers_deliver", ports_and_timers_deliver),
         ("memory_objects_commit_lazily", memory_objects_commit_lazily),
         ("call_without_reply_times_out", call_without_reply_times_out),
+        ("short_messages_in_registers", short_messages_in_registers),
         ("virtual_interrupt_delivers_one_packet_per_firing", virtual_interrupt_delivers_one_packet_per_firing),
         ("interrupt_ack_waits_for_room_on_the_port", interrupt_ack_waits_for_room_on_the_port),
         ("physical_interrupts_need_the_irq_resource", physical_interrupts_need_the_irq_resource),
