@@ -72,36 +72,26 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         },
     );
     let Ok(endpoint) = endpoint else { return };
-    let mut message = FastMessage { len: 0, words: [0; FAST_MESSAGE_BYTES / 8] };
-    let own_wait;
-    if short {
+    // The message, and where the caller's answer goes: its registers
+    // (None) or the read half of its CallArgs.
+    let (message, answer_buffers) = if short {
         // SHORT_NO_REPLY and bad lengths take the general path.
         if frame.rsi > SHORT_MESSAGE_BYTES as u64 {
             return;
         }
-        message.len = frame.rsi as usize;
-        message.words[..4].copy_from_slice(&short_words(frame));
-        own_wait = ReceiveWait::registers(endpoint.clone());
+        let [w0, w1, w2, w3] = short_words(frame);
+        (FastMessage { len: frame.rsi as usize, words: [w0, w1, w2, w3, 0, 0, 0, 0] }, None)
     } else {
         let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
         if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
             return;
         }
-        message.len = args.write_len as usize;
+        let mut message = FastMessage { len: args.write_len as usize, words: [0; FAST_MESSAGE_BYTES / 8] };
         if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
             return;
         }
-        own_wait = ReceiveWait {
-            endpoint: endpoint.clone(),
-            registers: false,
-            bytes: args.read_bytes,
-            capacity: args.read_capacity as usize,
-            handles: args.read_handles,
-            handle_capacity: args.read_handle_capacity as usize,
-            sizes: frame.rdx,
-            deadline: u64::MAX,
-        };
-    }
+        (message, Some(args))
+    };
     let Some(peer) = endpoint.peer() else { return };
     let Some(target) = peer.claim_parked_receiver(message.len) else { return };
     if target.process().is_dead() || !sched::may_hand_off(&me, &target) {
@@ -112,7 +102,19 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     // before it is on the list, and it is marked parked before any CPU can
     // switch to it: that waits for its on_cpu flag, dropped in enter_frame).
     // SAFETY: `me` is the running thread.
-    *unsafe { me.wait() } = Some(own_wait);
+    *unsafe { me.wait() } = Some(match answer_buffers {
+        None => ReceiveWait::registers(endpoint.clone()),
+        Some(args) => ReceiveWait {
+            endpoint: endpoint.clone(),
+            registers: false,
+            bytes: args.read_bytes,
+            capacity: args.read_capacity as usize,
+            handles: args.read_handles,
+            handle_capacity: args.read_handle_capacity as usize,
+            sizes: frame.rdx,
+            deadline: u64::MAX,
+        },
+    });
     me.parked.store(true, Ordering::Release);
     if !endpoint.park_receiver(&me) {
         // A message for us came in meanwhile: the general path reads it.
@@ -149,8 +151,9 @@ fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
     let result = match wait.as_ref() {
         // claim_parked_receiver checked the message fits the registers.
         Some(w) if w.registers => {
-            [frame.rdx, frame.r10, frame.r8, frame.r9] = [message.words[0], message.words[1], message.words[2], message.words[3]];
-            if message.len < SHORT_MESSAGE_BYTES {
+            let [w0, w1, w2, w3, ..] = message.words;
+            [frame.rdx, frame.r10, frame.r8, frame.r9] = [w0, w1, w2, w3];
+            if message.len % 8 != 0 || message.len < SHORT_MESSAGE_BYTES {
                 clear_tail(frame, message.len);
             }
             Ok(message.len as u64)

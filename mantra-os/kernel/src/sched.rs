@@ -345,13 +345,15 @@ pub fn park_current() {
 /// target is pinned to or last ran on this CPU (a direct switch never
 /// migrates a thread: a call to a server on another CPU wakes it there) and
 /// no queued thread outranks it.
+#[inline]
 pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
     let cpu = cpu();
     let home = target.affinity().or(target.last_cpu());
-    if home.is_some_and(|home| home != cpu) || target.priority() < current.priority() {
+    let class = target.priority_class();
+    if home.is_some_and(|home| home != cpu) || class < current.priority_class() {
         return false;
     }
-    CPUS[cpu].highest_queued.load(Ordering::Acquire) <= target.priority() as u32 + 1
+    CPUS[cpu].highest_queued.load(Ordering::Acquire) <= class + 1
 }
 
 /// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)

@@ -172,6 +172,12 @@ impl Thread {
             _ => Priority::Normal,
         }
     }
+    /// The priority as its class number (Priority as u32), without the
+    /// enum conversion: for comparisons on the IPC fast path.
+    #[inline]
+    pub fn priority_class(&self) -> u32 {
+        self.priority.load(Ordering::Relaxed)
+    }
     pub fn set_priority(&self, priority: Priority, cpu: Option<usize>) {
         self.priority.store(priority as u32, Ordering::Relaxed);
         self.affinity.store(cpu.map_or(u64::MAX, |c| c as u64), Ordering::Relaxed);

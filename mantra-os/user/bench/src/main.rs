@@ -16,7 +16,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::arch::x86_64::_rdtsc;
 
-use mantra_abi::{nr, signals, CallArgs, Handle, PortPacket, ReadSizes};
+use mantra_abi::{nr, signals, Handle, PortPacket, ReadSizes};
 use mantra_rt::{info, sys, Error, Startup};
 
 mantra_rt::main!(main);
@@ -63,22 +63,6 @@ core::arch::global_asm!(
 extern "C" {
     static bench_yield_start: u8;
     static bench_yield_end: u8;
-}
-
-fn code(start: *const u8, end: *const u8) -> &'static [u8] {
-    // SAFETY: start and end are labels around a block of this program's text.
-    unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
-}
-
-/// The call both round-trip benchmarks make: 8 bytes out, the echo back.
-fn call_args(request: &[u8; 8], reply: &mut [u8; 64]) -> CallArgs {
-    CallArgs {
-        write_bytes: request.as_ptr() as u64,
-        write_len: 8,
-        read_bytes: reply.as_mut_ptr() as u64,
-        read_capacity: 64,
-        ..CallArgs::default()
-    }
 }
 
 /// A benchmark's call must really have worked: the echo of `sent`.
@@ -151,7 +135,7 @@ fn main(startup: Startup) -> Result<(), Error> {
     let server = mantra_rt::process::spawn_raw(b"bench-echo", mantra_rt::process::echo_server_code(), Some(server_end))?;
     let request = [7u8; 8];
     let mut reply = [0u8; 64];
-    let args = call_args(&request, &mut reply);
+    let args = sys::call_args(&request, &mut reply);
     let call = measure(n, || {
         // SAFETY: args points at live buffers of the stated sizes.
         let _ = unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) };
@@ -172,7 +156,9 @@ fn main(startup: Startup) -> Result<(), Error> {
     // Context switch: yield to a thread of another process that yields back;
     // one round trip is two switches (and two yields).
     // SAFETY: the labels are defined in the global_asm above.
-    let yielder = code(unsafe { core::ptr::addr_of!(bench_yield_start) }, unsafe { core::ptr::addr_of!(bench_yield_end) });
+    let yielder = unsafe {
+        mantra_rt::process::code_between(core::ptr::addr_of!(bench_yield_start), core::ptr::addr_of!(bench_yield_end))
+    };
     let other = mantra_rt::process::spawn_raw(b"bench-yield", yielder, None)?;
     let round_trip = measure(n, sys::thread_yield);
     report("context_switch", round_trip / 2, overhead / 2, n);

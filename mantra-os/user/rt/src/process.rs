@@ -162,6 +162,16 @@ core::arch::global_asm!(
     peer_closed = const mantra_abi::Error::PeerClosed as i64,
 );
 
+/// The bytes of this program's text between two labels (code for
+/// [`spawn_raw`], written in `global_asm!` between a start and an end label).
+///
+/// # Safety
+/// `start` and `end` must be labels of this program's text, `start` first.
+pub unsafe fn code_between(start: *const u8, end: *const u8) -> &'static [u8] {
+    // SAFETY: guaranteed by the caller: one mapped, immutable range.
+    unsafe { core::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
 /// Position-independent code of the short-message echo server, for
 /// [`spawn_raw`]: give it a channel end; every message comes back.
 #[cfg(target_os = "none")]
@@ -171,11 +181,7 @@ pub fn short_echo_server_code() -> &'static [u8] {
         static mantra_rt_short_echo_end: u8;
     }
     // SAFETY: both labels delimit the server's code in this program's text.
-    unsafe {
-        let start = core::ptr::addr_of!(mantra_rt_short_echo_start);
-        let end = core::ptr::addr_of!(mantra_rt_short_echo_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
-    }
+    unsafe { code_between(core::ptr::addr_of!(mantra_rt_short_echo_start), core::ptr::addr_of!(mantra_rt_short_echo_end)) }
 }
 
 /// Position-independent code of an echo server, for [`spawn_raw`]: give it
@@ -187,9 +193,5 @@ pub fn echo_server_code() -> &'static [u8] {
         static mantra_rt_echo_end: u8;
     }
     // SAFETY: both labels delimit the server's code in this program's text.
-    unsafe {
-        let start = core::ptr::addr_of!(mantra_rt_echo_start);
-        let end = core::ptr::addr_of!(mantra_rt_echo_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
-    }
+    unsafe { code_between(core::ptr::addr_of!(mantra_rt_echo_start), core::ptr::addr_of!(mantra_rt_echo_end)) }
 }

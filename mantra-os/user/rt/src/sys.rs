@@ -277,6 +277,18 @@ pub fn channel_read(
     ))
 }
 
+/// The CallArgs of a call that sends `request` (no handles) and takes a
+/// reply of up to `reply.len()` bytes (no handles) into `reply`.
+pub fn call_args(request: &[u8], reply: &mut [u8]) -> CallArgs {
+    CallArgs {
+        write_bytes: request.as_ptr() as u64,
+        write_len: request.len() as u32,
+        read_bytes: reply.as_mut_ptr() as u64,
+        read_capacity: reply.len() as u32,
+        ..CallArgs::default()
+    }
+}
+
 /// `CHANNEL_CALL`: writes the request `args` describes and blocks for the
 /// reply (until `deadline`, ns of [`clock_get`]).
 ///

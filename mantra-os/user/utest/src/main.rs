@@ -408,13 +408,7 @@ fn call_without_reply_times_out() -> TestResult {
     let (a, b) = ok("channel_create", sys::channel_create(self_process()))?;
     let request = [1u8; 8];
     let mut reply = [0u8; 8];
-    let args = CallArgs {
-        write_bytes: request.as_ptr() as u64,
-        write_len: 8,
-        read_bytes: reply.as_mut_ptr() as u64,
-        read_capacity: 8,
-        ..CallArgs::default()
-    };
+    let args = sys::call_args(&request, &mut reply);
     let mut sizes = ReadSizes::default();
     let deadline = sys::clock_get() + 20_000_000;
     expect(
@@ -464,13 +458,7 @@ fn short_messages_in_registers() -> TestResult {
     // A buffer call to the register server: the echo lands in the buffer.
     let request = *b"buffered";
     let mut reply = [0u8; 16];
-    let args = CallArgs {
-        write_bytes: request.as_ptr() as u64,
-        write_len: 8,
-        read_bytes: reply.as_mut_ptr() as u64,
-        read_capacity: 16,
-        ..CallArgs::default()
-    };
+    let args = sys::call_args(&request, &mut reply);
     // SAFETY: args describes live buffers of the stated sizes.
     let sizes = ok("buffer call to a register server", unsafe { sys::channel_call(client, &args, sys::NO_DEADLINE) })?;
     if sizes.bytes != 8 || reply[..8] != request {
@@ -723,9 +711,7 @@ fn zero_capability_process() -> TestResult {
     // SAFETY: both symbols are labels in this program's text; the bytes
     // between them are the child's code.
     let code = unsafe {
-        let start = core::ptr::addr_of!(utest_zerocap_start);
-        let end = core::ptr::addr_of!(utest_zerocap_end);
-        core::slice::from_raw_parts(start, end as usize - start as usize)
+        mantra_rt::process::code_between(core::ptr::addr_of!(utest_zerocap_start), core::ptr::addr_of!(utest_zerocap_end))
     };
     let port = ok("port", sys::port_create(self_process()))?;
     let child = ok("spawn", mantra_rt::process::spawn_raw(b"zerocap", code, None))?;
