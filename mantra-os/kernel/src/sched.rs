@@ -36,37 +36,39 @@ pub trait Policy: Send {
     fn should_preempt(&self, cpu: usize, class: Priority, slice_used: u32) -> bool;
     /// Runnable threads queued on `cpu`.
     fn queued(&self, cpu: usize) -> usize;
-    /// The highest class with a thread queued on `cpu`.
-    fn highest_queued(&self, cpu: usize) -> Option<Priority>;
 }
+
+/// Per CPU, bit c set while threads of class c are queued there. Every
+/// policy keeps it current under the scheduler lock; the IPC fast path
+/// reads it without the lock (a stale bit only makes it take the general
+/// path, or hand off once before a just-queued thread).
+pub static QUEUE_HINTS: [core::sync::atomic::AtomicU8; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; MAX_CPUS];
 
 /// Per-CPU queues, one per priority class; real-time preempts at once,
 /// equal classes round-robin by time slice; an idle CPU steals from the
 /// busiest one (load balancing).
 pub struct PriorityRoundRobin {
     queues: Vec<[VecDeque<Arc<Thread>>; CLASSES]>,
-    /// Per CPU, bit c set when class c's queue is not empty.
-    nonempty: Vec<u8>,
 }
-
-const CLASS_PRIORITIES: [Priority; CLASSES] = [Priority::Idle, Priority::Normal, Priority::Interactive, Priority::RealTime];
 
 impl PriorityRoundRobin {
     pub fn new(cpus: usize) -> Self {
-        Self { queues: (0..cpus).map(|_| Default::default()).collect(), nonempty: alloc::vec![0; cpus] }
+        Self { queues: (0..cpus).map(|_| Default::default()).collect() }
     }
 
     fn best_class(&self, cpu: usize) -> Option<usize> {
-        let mask = *self.nonempty.get(cpu)?;
+        let mask = QUEUE_HINTS.get(cpu)?.load(Ordering::Relaxed);
         (mask != 0).then(|| 7 - mask.leading_zeros() as usize)
     }
 
-    /// Keeps `nonempty` in step with one queue after a change.
+    /// Keeps QUEUE_HINTS in step with one queue after a change.
     fn note(&mut self, cpu: usize, class: usize) {
+        let bit = 1u8 << class;
         if self.queues[cpu][class].is_empty() {
-            self.nonempty[cpu] &= !(1 << class);
+            QUEUE_HINTS[cpu].fetch_and(!bit, Ordering::Release);
         } else {
-            self.nonempty[cpu] |= 1 << class;
+            QUEUE_HINTS[cpu].fetch_or(bit, Ordering::Release);
         }
     }
 }
@@ -124,10 +126,6 @@ impl Policy for PriorityRoundRobin {
     fn queued(&self, cpu: usize) -> usize {
         self.queues.get(cpu).map_or(0, |q| q.iter().map(VecDeque::len).sum())
     }
-
-    fn highest_queued(&self, cpu: usize) -> Option<Priority> {
-        self.best_class(cpu).map(|c| CLASS_PRIORITIES[c])
-    }
 }
 
 struct State {
@@ -171,10 +169,6 @@ struct CpuSlot {
     /// The thread this CPU is switching away from: its `on_cpu` flag drops
     /// once the switch is complete (in `finish_switch`, on the new stack).
     leaving: CpuCell<Option<Arc<Thread>>>,
-    /// The highest priority class queued on this CPU + 1 (0: none), kept by
-    /// every queue change under the scheduler lock, read without it by the
-    /// IPC fast path.
-    highest_queued: core::sync::atomic::AtomicU32,
 }
 
 const EMPTY_SLOT: CpuSlot = CpuSlot {
@@ -183,7 +177,6 @@ const EMPTY_SLOT: CpuSlot = CpuSlot {
     slice: AtomicU64::new(0),
     reap: CpuCell::new(None),
     leaving: CpuCell::new(None),
-    highest_queued: core::sync::atomic::AtomicU32::new(0),
 };
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
@@ -212,11 +205,7 @@ pub fn current() -> Option<Arc<Thread>> {
 pub fn make_runnable(thread: Arc<Thread>, front: bool) {
     thread.set_state(ThreadState::Runnable);
     let here = cpu();
-    let target = STATE.lock().policy.as_mut().map(|policy| {
-        let target = policy.enqueue(here, thread, front);
-        note_queue(policy.as_ref(), target);
-        target
-    });
+    let target = STATE.lock().policy.as_mut().map(|policy| policy.enqueue(here, thread, front));
     // Another CPU's queue: wake it from its halt now, not at its next tick.
     if let Some(cpu) = target.filter(|&cpu| cpu != here) {
         let _ = crate::arch::x86_64::smp::send_reschedule(cpu);
@@ -264,32 +253,12 @@ fn pick() -> Option<Arc<Thread>> {
     let cpu = cpu();
     let mut state = STATE.lock();
     let policy = state.policy.as_mut()?;
-    let steals = policy.highest_queued(cpu).is_none();
-    let picked = loop {
-        match policy.pick(cpu) {
-            Some(thread) if thread.state() == ThreadState::Dead => continue,
-            other => break other,
+    loop {
+        let thread = policy.pick(cpu)?;
+        if thread.state() != ThreadState::Dead {
+            return Some(thread);
         }
-    };
-    if picked.is_none() {
-        return None; // nothing queued anywhere: the hints did not change
     }
-    if steals && picked.is_some() {
-        // Some other CPU lost a thread: refresh them all (steals are rare).
-        for other in 0..crate::arch::x86_64::percpu::online().min(MAX_CPUS) {
-            note_queue(policy.as_ref(), other);
-        }
-    } else if !steals {
-        note_queue(policy.as_ref(), cpu);
-    }
-    picked
-}
-
-/// Records `cpu`'s highest queued class for `may_hand_off`.
-/// Contract: the scheduler lock is held (the caller has `policy` from it).
-fn note_queue(policy: &dyn Policy, cpu: usize) {
-    let highest = policy.highest_queued(cpu).map_or(0, |class| class as u32 + 1);
-    CPUS[cpu].highest_queued.store(highest, Ordering::Release);
 }
 
 /// Called on every timer tick with interrupts off: preempts the current
@@ -353,7 +322,8 @@ pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
     if home.is_some_and(|home| home != cpu) || class < current.priority_class() {
         return false;
     }
-    CPUS[cpu].highest_queued.load(Ordering::Acquire) <= class + 1
+    // No queued class above the target's.
+    QUEUE_HINTS[cpu].load(Ordering::Acquire) >> (class + 1) == 0
 }
 
 /// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)
