@@ -119,11 +119,11 @@ fn flips_fail_at_the_right_check() {
     assert!(flip(24 + 100).1.starts_with(&format!("key record: root signature does not verify with root key {root_id} ")));
     // Revocation list (section 2 starts at 16 + 168 + 8).
     assert!(flip(192 + 20).0.starts_with("RevocationsSignature"));
-    // Manifest body and signature (section 3 starts at 16 + 168 + 120 + 8).
-    assert!(flip(312 + 100).0.starts_with("ManifestSignature"));
+    // Manifest body and signature (section 3 starts at 16 + 168 + 136 + 8: one revoked key).
+    assert!(flip(328 + 100).0.starts_with("ManifestSignature"));
     assert!(flip(VECTOR.len() - 1).1.contains("the manifest or its signature was changed after signing"));
     // The signing key id in the manifest: names a key the record does not certify.
-    assert!(flip(312 + 32).1.contains("which the key record does not certify"));
+    assert!(flip(328 + 32).1.contains("which the key record does not certify"));
 }
 
 #[test]
