@@ -6,10 +6,15 @@ halts instead of triple-faulting.
 
 Each test copies a built image (and its manifest.json, which mantra.qemu.boot
 reads) to tmp_path, changes files on its ESP with mtools and boots the copy.
+A changed component is refused by MantraBoot's signature check first
+(tests/test_boot_verify.py); the tests here re-sign the changed image with
+the build's own keys (`SpoiledImage.resign`), so they reach the checks that
+come after it (ELF, BootInfo version, the kernel itself).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import struct
@@ -20,6 +25,8 @@ import pytest
 from gpt_reader import read_gpt
 from mantra.build import BOOTFS_PATH, CMDLINE_PATH, KERNEL_PATH, BuildResult
 from mantra.qemu import BootResult, boot
+from mantra.signing import keys as signing_keys
+from mantra.signing.sign import ImageInfo, sign_image
 from mantra.workspace import Workspace
 
 pytestmark = pytest.mark.boot
@@ -57,6 +64,15 @@ class SpoiledImage:
         self.esp = f"{self.image}@@{esp.first_lba * 512}"
         self.scratch = directory / "esp-files"
         self.scratch.mkdir()
+        self.keys = built.keys
+
+    def resign(self) -> None:
+        """Signs the ESP as it is now with the key set the build signed with
+        (which MantraBoot trusts), as if the build had made these files."""
+        assert self.keys is not None
+        keyset = signing_keys.load_keyset(self.keys)
+        info = dataclasses.replace(ImageInfo.beside(self.image), built_components={})
+        sign_image(self.image, keyset, signing_keys.passphrase_for(keyset.dir), info=info)
 
     def read(self, path: str) -> bytes:
         target = self.scratch / path.replace("/", "_")
@@ -108,6 +124,7 @@ def boot_error(image: SpoiledImage, workspace: Workspace) -> str:
 
 def test_garbage_kernel_is_refused(spoiled_default: SpoiledImage, workspace: Workspace) -> None:
     spoiled_default.write(KERNEL_PATH, b"this is not an ELF file\n" * 4096)
+    spoiled_default.resign()
     message = boot_error(spoiled_default, workspace)
     assert "kernel \\MANTRA\\KERNEL.ELF" in message, message
     assert "not a loadable x86_64 ELF executable" in message, message
@@ -117,6 +134,7 @@ def test_garbage_kernel_is_refused(spoiled_default: SpoiledImage, workspace: Wor
 def test_truncated_kernel_is_refused(spoiled_default: SpoiledImage, workspace: Workspace) -> None:
     kernel = spoiled_default.read(KERNEL_PATH)
     spoiled_default.write(KERNEL_PATH, kernel[:4096])  # ELF header intact, segments cut off
+    spoiled_default.resign()
     message = boot_error(spoiled_default, workspace)
     assert "kernel \\MANTRA\\KERNEL.ELF" in message, message
     assert message.endswith("./mantra build"), message
@@ -133,6 +151,7 @@ def test_bootinfo_version_mismatch_is_refused(spoiled_default: SpoiledImage, wor
     assert struct.unpack_from("<I", kernel, version_at)[0] == 1
     struct.pack_into("<I", kernel, version_at, 99)
     spoiled_default.write(KERNEL_PATH, bytes(kernel))
+    spoiled_default.resign()
     message = boot_error(spoiled_default, workspace)
     assert "BootInfo version 99" in message, message
     assert "MantraBoot speaks version 1" in message, message
@@ -168,6 +187,7 @@ def test_missing_kernel_is_refused(spoiled_default: SpoiledImage, workspace: Wor
 def test_unexpected_kernel_fault_is_reported(spoiled_ktest: SpoiledImage, workspace: Workspace, kind: str,
                                              vectors: set[int], details: list[str]) -> None:
     spoiled_ktest.write(CMDLINE_PATH, f"ktest.crash={kind}\n".encode())
+    spoiled_ktest.resign()  # an unsigned command line is refused
     result = spoiled_ktest.boot(workspace, CRASH_TIMEOUT)
     console = result.console_text.replace("\r\n", "\n")
     assert not result.timed_out, tail(console)

@@ -54,6 +54,8 @@ def test_first_build_makes_development_keys_with_a_warning(fake: Workspace, caps
     keyset = keys.load_keyset(directory)
     assert keyset.development and result.keys == directory and result.signed_by == keyset.active_id().hex()
     verify_image(result.image, keyset.root_public, board="qemu-x86_64")
+    # MantraBoot is built with the key set's raw root public key.
+    assert (fake.build_paths("qemu-x86_64", "default").config_dir / "root_key.bin").read_bytes() == keyset.root_public
     manifest = json.loads(result.manifest.read_text())
     assert manifest["image"]["sha256"] == hashlib.sha256(result.image.read_bytes()).hexdigest()  # after signing
     assert manifest["security_counter"] == 0
@@ -74,6 +76,8 @@ def test_product_keys_from_the_option_and_the_environment(fake: Workspace, tmp_p
     result = build(fake, "qemu-x86_64", "default", keys=product_keys.dir)
     assert result.packed and result.signed_by == product_keys.active_id().hex()
     verify_image(result.image, product_keys.root_public)
+    root_key = fake.build_paths("qemu-x86_64", "default").config_dir / "root_key.bin"
+    assert root_key.read_bytes() == product_keys.root_public
     assert not (fake.root / "build" / "keys").exists()  # no development keys were needed
     # A new signing key re-signs on the next build, even with nothing else changed.
     keys.rotate(product_keys, PASSPHRASE)

@@ -131,7 +131,8 @@ def test_init_refuses_an_existing_key_set(tmp_path: Path) -> None:
 def test_rotate_issues_a_new_active_key_and_keeps_the_old(tmp_path: Path) -> None:
     keyset = keys.init_keyset(tmp_path / "k", PASSPHRASE)
     old = keyset.active()
-    new = keys.rotate(keyset, PASSPHRASE, validity_days=30)
+    # A second later: keys issued within the same second have no age order.
+    new = keys.rotate(keyset, PASSPHRASE, validity_days=30, now=old.record.not_before + 1)
     assert keyset.active_id() == new.id != old.id
     assert [k.id for k in keyset.keys()] == [old.id, new.id]
     assert new.record.not_after - new.record.not_before == 30 * 86400

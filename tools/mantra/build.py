@@ -1,6 +1,8 @@
 """The build driver: Kconfig -> cargo -> disk image.
 
-1. Resolve the configuration (mantra.kconfig) into build/<board>/<product>/config/.
+1. Resolve the configuration (mantra.kconfig) into build/<board>/<product>/config/,
+   and put the key set's raw root public key there (root_key.bin), which
+   MantraBoot is built with: it verifies MANTRA/MANIFEST.SIG against it.
 2. cargo builds MantraBoot (UEFI target) and MantraCore (bare-metal target,
    with `--features ktest` for the in-guest test image) with the Debian
    toolchain, CARGO_TARGET_DIR=build/<board>/target; then, when
@@ -56,6 +58,10 @@ KEYS_ENV = "MANTRA_KEYS"
 BOOTFS_PRODUCT = "product.toml"
 BOOTFS_CONFIG = ".config"
 BOOTFS_INIT_MANIFEST = "init.manifest"
+
+# The raw 32-byte root public key MantraBoot is built with (in the generated
+# config dir; mantra-os/boot/build.rs embeds it, so a new key set rebuilds it).
+ROOT_KEY_FILE = "root_key.bin"
 
 # Partition names of the GPT image.
 ESP_PARTITION = "esp"
@@ -269,6 +275,7 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     paths = workspace.build_paths(board.name, product.name)
     programs = userland.programs_for(workspace, product)  # checks the programs before compiling anything
     keyset = product_keys(workspace, product.name, keys)
+    _write_if_changed(paths.config_dir / ROOT_KEY_FILE, keyset.root_public)
     boot, kernel = _compile(workspace, board, paths, release=release, ktest=ktest)
     program_files = _compile_programs(workspace, board, paths, programs, release=release)
 

@@ -1,9 +1,11 @@
 //! MantraBoot: the MantraOS UEFI loader (x86_64-unknown-uefi).
 //!
-//! Loads `\MANTRA\KERNEL.ELF` and `\MANTRA\BOOTFS.IMG` from the ESP it was
-//! started from, checks that the kernel speaks our BootInfo version, builds
-//! the hand-over page tables, exits boot services and jumps to the kernel
-//! with a [`mantra_bootinfo`] blob. Any failure prints
+//! Verifies `\MANTRA\MANIFEST.SIG` with the root key built into it
+//! (docs/signing.md), loads `\MANTRA\KERNEL.ELF` and `\MANTRA\BOOTFS.IMG`
+//! from the ESP it was started from and checks each against the signed
+//! manifest before using it, checks that the kernel speaks our BootInfo
+//! version, builds the hand-over page tables, exits boot services and jumps
+//! to the kernel with a [`mantra_bootinfo`] blob. Any failure prints
 //! `MantraBoot: error: <what>; <what to try>` and halts.
 //!
 //! The machine-independent parts live in the library (`lib.rs`) and are

@@ -82,6 +82,23 @@ impl Esp {
         Ok(())
     }
 
+    /// Reads `path` into loader memory if it is at most `limit` bytes long;
+    /// `None` if it does not exist, `Some(Err(size))` if it is larger.
+    pub fn read_bounded(
+        &mut self,
+        path: &CStr16,
+        name: &str,
+        limit: usize,
+    ) -> Result<Option<Result<Vec<u8>, usize>>, Fatal> {
+        let Some((mut file, size)) = self.open_file(path, name)? else { return Ok(None) };
+        if size > limit {
+            return Ok(Some(Err(size)));
+        }
+        let mut buf = vec![0u8; size];
+        Self::read_exact(&mut file, &mut buf, name)?;
+        Ok(Some(Ok(buf)))
+    }
+
     /// Reads `path` into loader memory; `None` if it does not exist.
     pub fn read(&mut self, path: &CStr16, name: &str) -> Result<Option<Vec<u8>>, Fatal> {
         let Some((mut file, size)) = self.open_file(path, name)? else { return Ok(None) };

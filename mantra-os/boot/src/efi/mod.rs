@@ -7,12 +7,14 @@ mod files;
 mod handoff;
 mod kernel;
 mod platform;
+mod verify;
 
 use alloc::vec::Vec;
 use fail::Fatal;
 use mantra_boot::{layout, memmap};
 use mantra_bootinfo::bootfs::BootFs;
 use mantra_bootinfo::{KernelSegment, MemoryKind};
+use mantra_signing::ComponentKind;
 use uefi::boot::MemoryType;
 use uefi::mem::memory_map::MemoryMap;
 use uefi::prelude::*;
@@ -39,13 +41,38 @@ fn main() -> Status {
 }
 
 fn run() -> Result<core::convert::Infallible, Fatal> {
-    // 1. Files from the ESP. The handles are closed when `esp` goes out of
+    // 1. The signed manifest, then the files from the ESP, each checked
+    //    against it (size, SHA-256) as soon as it is read, before any byte
+    //    of it is parsed. The handles are closed when `esp` goes out of
     //    scope, well before ExitBootServices.
     let (kernel_file, bootfs, cmdline) = {
         let mut esp = files::Esp::open()?;
+        let envelope = match esp.read_bounded(
+            cstr16!("\\MANTRA\\MANIFEST.SIG"),
+            verify::MANIFEST_PATH,
+            mantra_signing::MAX_ENVELOPE,
+        )? {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(size)) => {
+                return Err(verify::refused(alloc::format!(
+                    "signed manifest {} is {size} bytes, at most {}",
+                    verify::MANIFEST_PATH,
+                    mantra_signing::MAX_ENVELOPE
+                )))
+            }
+            None => {
+                return Err(verify::refused(alloc::format!(
+                    "signed manifest {} not found on the boot partition (unsigned image)",
+                    verify::MANIFEST_PATH
+                )))
+            }
+        };
+        let mut image = verify::Image::verify(&envelope)?;
+
         let kernel_file = esp.read(cstr16!("\\MANTRA\\KERNEL.ELF"), KERNEL_PATH)?.ok_or_else(|| {
             Fatal::new(alloc::format!("kernel {KERNEL_PATH} not found on the boot partition"), REBUILD)
         })?;
+        image.check("MANTRA/KERNEL.ELF", ComponentKind::Kernel, Some(&kernel_file))?;
         let bootfs = esp
             .read_to_pages(
                 cstr16!("\\MANTRA\\BOOTFS.IMG"),
@@ -55,7 +82,12 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
             .ok_or_else(|| {
                 Fatal::new(alloc::format!("boot filesystem {BOOTFS_PATH} not found on the boot partition"), REBUILD)
             })?;
-        let cmdline = match esp.read(cstr16!("\\MANTRA\\CMDLINE.TXT"), CMDLINE_PATH)? {
+        image.check("MANTRA/BOOTFS.IMG", ComponentKind::Bootfs, Some(bootfs.bytes()))?;
+        let cmdline_file = esp.read(cstr16!("\\MANTRA\\CMDLINE.TXT"), CMDLINE_PATH)?;
+        image.check("MANTRA/CMDLINE.TXT", ComponentKind::Cmdline, cmdline_file.as_deref())?;
+        image.report();
+
+        let cmdline = match cmdline_file {
             Some(bytes) => {
                 let text = core::str::from_utf8(&bytes).map_err(|e| {
                     Fatal::new(alloc::format!("{CMDLINE_PATH} is not UTF-8 ({e})"), "save it as UTF-8 or delete it")
