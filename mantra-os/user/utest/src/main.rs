@@ -729,6 +729,89 @@ fn zero_capability_process() -> TestResult {
     }
 }
 
+// A server whose receive buffer is not mapped: CHANNEL_RECEIVE must fail
+// with BAD_POINTER and leave the message queued, which a second read with a
+// good buffer then gets; exits 100 + its length (1: anything else).
+core::arch::global_asm!(
+    ".global utest_badbuf_start",
+    ".global utest_badbuf_end",
+    "utest_badbuf_start:",
+    "mov r12, rdi",
+    "mov eax, {receive}",
+    "mov rdi, r12",
+    "mov rsi, {unmapped}",
+    "mov edx, 64",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "lea r9, [rsp - 128]",
+    "syscall",
+    "cmp rax, -{bad_pointer}",
+    "jne 8f",
+    "mov eax, {read}",
+    "mov rdi, r12",
+    "lea rsi, [rsp - 64]",
+    "mov edx, 64",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "lea r9, [rsp - 128]",
+    "syscall",
+    "test rax, rax",
+    "jnz 8f",
+    "mov edi, dword ptr [rsp - 128]",
+    "add edi, 100",
+    "jmp 9f",
+    "8:",
+    "mov edi, 1",
+    "9:",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
+    "utest_badbuf_end:",
+    receive = const nr::CHANNEL_RECEIVE,
+    read = const nr::CHANNEL_READ,
+    exit = const nr::PROCESS_EXIT,
+    unmapped = const 0x0700_0000u64,
+    bad_pointer = const Error::BadPointer as i64,
+);
+
+extern "C" {
+    static utest_badbuf_start: u8;
+    static utest_badbuf_end: u8;
+}
+
+/// A call handed to a receiver whose buffer is bad (the fast path: the
+/// server is parked on this CPU) loses nothing: the receiver gets
+/// BAD_POINTER and the message stays queued for its next read.
+fn bad_receive_buffer_loses_nothing() -> TestResult {
+    // SAFETY: both symbols are labels in this program's text.
+    let code = unsafe {
+        mantra_rt::process::code_between(core::ptr::addr_of!(utest_badbuf_start), core::ptr::addr_of!(utest_badbuf_end))
+    };
+    let (client, server_end) = ok("channel_create", sys::channel_create(self_process()))?;
+    let child = ok("spawn", mantra_rt::process::spawn_raw(b"badbuf", code, Some(server_end)))?;
+    // Let it park in its receive first.
+    ok("sleep", mantra_rt::time::sleep_ms(20))?;
+    let message = sys::ShortMessage::from_bytes(b"not lost").ok_or("too long")?;
+    expect(
+        "the call: the server reads the message and exits without answering",
+        sys::channel_call_short(client, &message).map(|m| m.len as u64),
+        Error::PeerClosed,
+    )?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    ok("watch", sys::object_wait_async(child.process, port, 1, signals::TERMINATED))?;
+    let mut packets = [PortPacket::default(); 1];
+    ok("wait for the child", sys::port_wait(port, sys::clock_get() + 10_000_000_000, &mut packets))?;
+    let code = ok("exit code", sys::process_exit_code(child.process))?;
+    for h in [child.process, child.space, child.code, child.stack, port, child.thread, client] {
+        ok("close", sys::handle_close(h))?;
+    }
+    match code {
+        108 => Ok(()),
+        1 => Err("the bad receive was not refused with BAD_POINTER, or the message was gone".to_string()),
+        c => Err(format!("the server ended with {c}")),
+    }
+}
+
 /// Echo servers in four processes, each pinned to its own CPU when there
 /// are that many (`--smp 4`), answer interleaved calls from this thread:
 /// every reply must be the request it answers — nothing lost, duplicated or
@@ -804,6 +887,7 @@ fn main(mut startup: Startup) -> i64 {
         ("memory_objects_commit_lazily", memory_objects_commit_lazily),
         ("call_without_reply_times_out", call_without_reply_times_out),
         ("short_messages_in_registers", short_messages_in_registers),
+        ("bad_receive_buffer_loses_nothing", bad_receive_buffer_loses_nothing),
         ("virtual_interrupt_delivers_one_packet_per_firing", virtual_interrupt_delivers_one_packet_per_firing),
         ("interrupt_ack_waits_for_room_on_the_port", interrupt_ack_waits_for_room_on_the_port),
         ("physical_interrupts_need_the_irq_resource", physical_interrupts_need_the_irq_resource),
