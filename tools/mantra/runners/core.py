@@ -27,6 +27,8 @@ class RunnerCaps:
 
     # Deterministic instruction counting (QEMU -icount): guest time = instructions.
     icount: bool = False
+    # An emulated TPM 2.0 for the run (`--tpm`), on boards that describe one.
+    tpm: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class BootResult:
 class BoardRunner(ABC):
     """Boots `image` on `board`, configured as `config` (resolved Kconfig
     values, name -> value). `work_dir` holds the runner's per-image state
-    (firmware variables, console log)."""
+    (firmware variables, TPM state, console log)."""
 
     name: ClassVar[str]
     capabilities: ClassVar[RunnerCaps] = RunnerCaps()
@@ -71,30 +73,41 @@ class BoardRunner(ABC):
         self.image = image
         self.work_dir = work_dir
 
-    def run_interactive(self, *, icount: bool = False) -> int:
+    @property
+    def tpm_state_dir(self) -> Path:
+        """This image's TPM state (`--tpm`), kept across runs like its
+        firmware variables: NV indices survive reboots."""
+        return self.work_dir / "tpm"
+
+    def run_interactive(self, *, icount: bool = False, tpm: bool = False) -> int:
         """Boots with the console on this terminal until the user quits;
-        returns the exit status."""
-        self._check_caps(icount)
-        return self.do_run_interactive(icount=icount)
+        returns the exit status. With `tpm`, the board has a TPM 2.0."""
+        self._check_caps(icount, tpm)
+        return self.do_run_interactive(icount=icount, tpm=tpm)
 
     def run_headless(self, *, timeout: float | None, icount: bool = False, until: str | None = None,
-                     echo: bool = False) -> BootResult:
+                     echo: bool = False, tpm: bool = False) -> BootResult:
         """Boots with the console captured to `work_dir`/console.log (and
         echoed to stdout with `echo`); stops after `timeout` seconds, or as
-        soon as the console prints a line holding `until`."""
-        self._check_caps(icount)
+        soon as the console prints a line holding `until`. With `tpm`, the
+        board has a TPM 2.0."""
+        self._check_caps(icount, tpm)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo)
+        return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
 
-    def _check_caps(self, icount: bool) -> None:
+    def _check_caps(self, icount: bool, tpm: bool = False) -> None:
         if icount and not self.capabilities.icount:
             raise MantraError(f"the {self.name} runner of board {self.board.name} cannot count instructions",
                               "run without --icount")
+        if tpm and not self.capabilities.tpm:
+            raise MantraError(f"the {self.name} runner of board {self.board.name} cannot provide a TPM",
+                              "run without --tpm")
 
     @abstractmethod
-    def do_run_interactive(self, *, icount: bool) -> int:
+    def do_run_interactive(self, *, icount: bool, tpm: bool) -> int:
         """Back end of run_interactive (capabilities already checked)."""
 
     @abstractmethod
-    def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool) -> BootResult:
+    def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool,
+                        tpm: bool) -> BootResult:
         """Back end of run_headless (capabilities already checked, work_dir exists)."""
