@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -162,18 +163,22 @@ def test_qemu_failing_to_start_stops_swtpm(board: Board, image: Path, tmp_path: 
     assert swtpm_pids(runner.tpm_state_dir) == []
 
 
-def test_an_exception_during_the_run_stops_qemu_and_swtpm(board: Board, image: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_stops_qemu_and_swtpm(board: Board, image: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, interrupt: str) -> None:
     marker = "61.25"  # a sleep no other process runs
     hanging = fake_qemu(tmp_path, board, f"echo booting; exec sleep {marker}")
     runner = runner_for(hanging, CONFIG, image, image.parent)
 
     class Interrupted:
-        """A terminal whose first write is interrupted, as by Ctrl-C."""
+        """A terminal whose first write is interrupted: by Ctrl-C, or by
+        SIGTERM (as `kill` or timeout(1) send)."""
 
         class buffer:  # noqa: N801 (stands in for sys.stdout.buffer)
             @staticmethod
             def write(data: bytes) -> int:
+                if interrupt == "sigterm":
+                    signal.raise_signal(signal.SIGTERM)
                 raise KeyboardInterrupt
 
         @staticmethod
@@ -181,10 +186,14 @@ def test_an_exception_during_the_run_stops_qemu_and_swtpm(board: Board, image: P
             pass
 
     monkeypatch.setattr("mantra.runners.qemu.sys.stdout", Interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    expected = SystemExit if interrupt == "sigterm" else KeyboardInterrupt
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(expected):
         runner.run_headless(timeout=30, echo=True, tpm=True)
     assert pids_running(f"sleep {marker}") == []
     assert swtpm_pids(runner.tpm_state_dir) == []
+    # The run's SIGTERM handler is gone again.
+    assert signal.getsignal(signal.SIGTERM) == handler_before
 
 
 def test_run_help_offers_tpm() -> None:

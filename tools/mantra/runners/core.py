@@ -8,8 +8,11 @@ and a HIL bench later) subclasses `BoardRunner`, declares what it can do in
 
 from __future__ import annotations
 
+import signal
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -59,6 +62,26 @@ class BootResult:
         return self.exit_code
 
 
+@contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """While a board runs, SIGTERM and SIGHUP raise SystemExit like Ctrl-C
+    raises KeyboardInterrupt, so the runner's cleanup (stopping QEMU, then
+    swtpm) runs instead of the process vanishing and leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.signal(number, end) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class BoardRunner(ABC):
     """Boots `image` on `board`, configured as `config` (resolved Kconfig
     values, name -> value). `work_dir` holds the runner's per-image state
@@ -83,7 +106,8 @@ class BoardRunner(ABC):
         """Boots with the console on this terminal until the user quits;
         returns the exit status. With `tpm`, the board has a TPM 2.0."""
         self._check_caps(icount, tpm)
-        return self.do_run_interactive(icount=icount, tpm=tpm)
+        with _signals_end_the_run():
+            return self.do_run_interactive(icount=icount, tpm=tpm)
 
     def run_headless(self, *, timeout: float | None, icount: bool = False, until: str | None = None,
                      echo: bool = False, tpm: bool = False) -> BootResult:
@@ -93,7 +117,8 @@ class BoardRunner(ABC):
         board has a TPM 2.0."""
         self._check_caps(icount, tpm)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
+        with _signals_end_the_run():
+            return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
 
     def _check_caps(self, icount: bool, tpm: bool = False) -> None:
         if icount and not self.capabilities.icount:
