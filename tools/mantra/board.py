@@ -27,6 +27,9 @@ class QemuData:
     devices: tuple[str, ...]
     firmware_code: Path
     firmware_vars: Path
+    # QEMU -device model of the board's TPM when booted with a TPM (`--tpm`,
+    # backed by swtpm), or None when the board has none.
+    tpm_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def load_board(workspace: Workspace, name: str) -> Board:
             devices=tuple(qemu.strings("devices", default=[])),
             firmware_code=Path(firmware.string("code")),
             firmware_vars=Path(firmware.string("vars")),
+            tpm_device=qemu.string("tpm_device", default=None),
         ),
         console_index=data.table("serial").integer("console_index"),
         build=BuildData(

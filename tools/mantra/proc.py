@@ -30,13 +30,13 @@ def set_verbose(enabled: bool) -> None:
 
 def require_tool(tool: str, package: str) -> str:
     """Absolute path of `tool` (a name looked up on PATH, or a path); raises
-    a `MantraError` naming the Debian `package` that provides it."""
+    a `MantraError` naming the Debian `package` that provides it (several
+    packages: separated by spaces)."""
     found = shutil.which(tool)
     if found is None:
-        raise MantraError(
-            f"{tool} not found",
-            f"install the Debian package {package} (./mantra installs it), or put {tool} on PATH",
-        )
+        several = " " in package.strip()
+        what = f"packages {package} (./mantra installs them)" if several else f"package {package} (./mantra installs it)"
+        raise MantraError(f"{tool} not found", f"install the Debian {what}, or put {tool} on PATH")
     return found
 
 
@@ -101,13 +101,19 @@ def start(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     interactive: bool = False,
+    output: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts `cmd` in the background with its stdout piped (binary), for
     callers that watch its output while it runs (QEMU). Its stdin is closed
     and its stderr piped too, unless `interactive`: then it reads this
-    terminal and writes its errors to it."""
+    terminal and writes its errors to it. With `output`, a helper daemon
+    nobody watches (swtpm): its stdout and stderr go to that file instead."""
     argv, full_env = _prepare(cmd, env, cwd)
     try:
+        if output is not None:
+            with output.open("wb") as log:
+                return subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT)
         return subprocess.Popen(
             argv,
             cwd=cwd,
@@ -116,5 +122,5 @@ def start(
             stdout=subprocess.PIPE,
             stderr=None if interactive else subprocess.PIPE,
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError) as exc:
         raise MantraError(f"{what}: cannot run {argv[0]}: {exc.strerror}", hint) from None

@@ -26,10 +26,12 @@ __all__ = ["BootResult", "boot"]
 
 
 def boot(image: Path, timeout: float, icount: bool = False, *, until: str | None = None, echo: bool = False,
-         workspace: Workspace | None = None, smp: int | None = None) -> BootResult:
+         workspace: Workspace | None = None, smp: int | None = None, tpm: bool = False) -> BootResult:
     """Boots `image` headless for at most `timeout` seconds (or until the
     console prints `until`) and returns how it ended; the console is also
-    in console.log beside the image. `smp` overrides the board's CPU count."""
+    in console.log beside the image. `smp` overrides the board's CPU count.
+    With `tpm` the board has a TPM 2.0 (swtpm, its state in tpm/ beside the
+    image), started before and stopped after the boot."""
     workspace = workspace or Workspace.locate()
     manifest_path = image.parent / "manifest.json"
     try:
@@ -44,4 +46,4 @@ def boot(image: Path, timeout: float, icount: bool = False, *, until: str | None
     if smp is not None:
         board = dataclasses.replace(board, qemu=dataclasses.replace(board.qemu, smp=smp))
     runner = runner_for(board, read_config_values(dotconfig), image, image.parent)
-    return runner.run_headless(timeout=timeout, icount=icount, until=until, echo=echo)
+    return runner.run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)

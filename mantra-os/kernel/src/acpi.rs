@@ -1,9 +1,12 @@
-//! ACPI table discovery: RSDP → RSDT/XSDT → MADT, checksummed at every step.
+//! ACPI table discovery: RSDP → RSDT/XSDT → MADT and TPM2, checksummed at
+//! every step.
 //!
 //! Pure logic over a [`PhysRead`] so the host tests feed it synthetic tables;
 //! the kernel reads physical memory through its direct map. Only what
 //! MantraCore needs is decoded: CPUs (local APICs), I/O APICs and interrupt
-//! source overrides. Everything else (AML, devices) is userland's business.
+//! source overrides from the MADT, and where the TPM is from the TPM2 table
+//! (for the userland TPM driver). Everything else (AML, devices) is
+//! userland's business.
 
 use alloc::vec::Vec;
 
@@ -24,6 +27,8 @@ pub enum AcpiError {
     NoMadt,
     /// A MADT entry runs past the table.
     BadMadtEntry { offset: usize },
+    /// The TPM2 table is shorter than its fixed fields (`len` bytes).
+    ShortTpm2 { len: usize },
 }
 
 impl core::fmt::Display for AcpiError {
@@ -35,6 +40,9 @@ impl core::fmt::Display for AcpiError {
             }
             AcpiError::NoMadt => write!(f, "no ACPI MADT: cannot find CPUs and interrupt controllers"),
             AcpiError::BadMadtEntry { offset } => write!(f, "MADT entry at offset {offset} is malformed"),
+            AcpiError::ShortTpm2 { len } => {
+                write!(f, "ACPI TPM2 table is {len} bytes, shorter than its {TPM2_MIN_LEN} bytes of fixed fields")
+            }
         }
     }
 }
@@ -141,18 +149,27 @@ pub fn root_tables(mem: &impl PhysRead, rsdp_phys: u64) -> Result<Vec<u64>, Acpi
         .collect())
 }
 
-/// Finds and decodes the MADT.
-pub fn parse_madt(mem: &impl PhysRead, rsdp_phys: u64) -> Result<Madt, AcpiError> {
+/// The first table of the root table with `signature`, read whole and
+/// checksummed; `Ok(None)` when there is none. A table we cannot read is
+/// skipped unless it is the one asked for.
+pub fn find_table(mem: &impl PhysRead, rsdp_phys: u64, signature: &[u8; 4]) -> Result<Option<Vec<u8>>, AcpiError> {
     for phys in root_tables(mem, rsdp_phys)? {
-        // A table we cannot read is skipped unless it is the MADT itself.
         let mut sig = [0u8; 4];
-        if mem.read(phys, &mut sig).is_err() || &sig != b"APIC" {
+        if mem.read(phys, &mut sig).is_err() || &sig != signature {
             continue;
         }
         let (_, table) = read_table(mem, phys)?;
-        return decode_madt(&table);
+        return Ok(Some(table));
     }
-    Err(AcpiError::NoMadt)
+    Ok(None)
+}
+
+/// Finds and decodes the MADT.
+pub fn parse_madt(mem: &impl PhysRead, rsdp_phys: u64) -> Result<Madt, AcpiError> {
+    match find_table(mem, rsdp_phys, b"APIC")? {
+        Some(table) => decode_madt(&table),
+        None => Err(AcpiError::NoMadt),
+    }
 }
 
 /// Decodes a checksummed MADT.
@@ -207,6 +224,103 @@ pub fn decode_madt(table: &[u8]) -> Result<Madt, AcpiError> {
         at += len;
     }
     Ok(madt)
+}
+
+/// Where the PC Client Platform TPM Profile puts the TPM's locality-0
+/// registers (TIS/FIFO and CRB alike): a fixed address, which is why a
+/// FIFO TPM2 table may leave its control area address 0.
+pub const TPM_PC_CLIENT_BASE: u64 = 0xFED4_0000;
+
+/// The TPM2 table's fixed fields (TCG ACPI Specification, "TPM2 ACPI
+/// Table"): header (36), platform class u16 (36), reserved u16 (38), control
+/// area address u64 (40), start method u32 (48). Start-method-specific
+/// parameters (12 bytes at 52) and the optional event log area (minimum
+/// length u32 at 64, start address u64 at 68) follow.
+const TPM2_MIN_LEN: usize = 52;
+const TPM2_LOG_AREA_END: usize = 76;
+
+/// How the OS sends commands to the TPM: the TPM2 table's start method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TpmInterface {
+    /// 6: memory-mapped FIFO (the TIS registers), e.g. QEMU's tpm-tis.
+    Fifo,
+    /// 7: Command Response Buffer, started by writing its control area.
+    Crb,
+    /// 2: started by an ACPI method (older firmware TPMs).
+    AcpiStart,
+    /// 8: CRB started by an ACPI method.
+    CrbAcpi,
+    /// 11: CRB started by an Arm SMC call.
+    CrbArmSmc,
+    /// Any other start method (reserved, or newer than this code).
+    Other(u32),
+}
+
+impl TpmInterface {
+    pub fn from_start_method(method: u32) -> Self {
+        match method {
+            2 => Self::AcpiStart,
+            6 => Self::Fifo,
+            7 => Self::Crb,
+            8 => Self::CrbAcpi,
+            11 => Self::CrbArmSmc,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl core::fmt::Display for TpmInterface {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Fifo => write!(f, "TIS/FIFO"),
+            Self::Crb => write!(f, "CRB"),
+            Self::AcpiStart => write!(f, "ACPI start method"),
+            Self::CrbAcpi => write!(f, "CRB, ACPI start"),
+            Self::CrbArmSmc => write!(f, "CRB, Arm SMC start"),
+            Self::Other(method) => write!(f, "start method {method}"),
+        }
+    }
+}
+
+/// What the TPM2 table says about the machine's TPM 2.0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tpm2 {
+    /// 0 client, 1 server.
+    pub platform_class: u16,
+    pub interface: TpmInterface,
+    /// The control area address as the table gives it (0 for FIFO on QEMU).
+    pub control_area: u64,
+    /// Physical address of the registers a driver talks to: for FIFO the
+    /// TIS base (the control area if the table gives one, else the PC
+    /// Client fixed address); for the other interfaces the control area.
+    pub registers: u64,
+    /// The firmware's event log area (start, minimum length), when the
+    /// table has one.
+    pub log_area: Option<(u64, u32)>,
+}
+
+/// Finds and decodes the TPM2 table; `Ok(None)` when the machine has none
+/// (no TPM 2.0, or the firmware does not describe it).
+pub fn parse_tpm2(mem: &impl PhysRead, rsdp_phys: u64) -> Result<Option<Tpm2>, AcpiError> {
+    find_table(mem, rsdp_phys, b"TPM2")?.map(|table| decode_tpm2(&table)).transpose()
+}
+
+/// Decodes a checksummed TPM2 table.
+pub fn decode_tpm2(table: &[u8]) -> Result<Tpm2, AcpiError> {
+    if table.len() < TPM2_MIN_LEN {
+        return Err(AcpiError::ShortTpm2 { len: table.len() });
+    }
+    let platform_class = u16::from_le_bytes([table[36], table[37]]);
+    let control_area = u64_at(table, 40);
+    let interface = TpmInterface::from_start_method(u32_at(table, 48));
+    let registers = match interface {
+        TpmInterface::Fifo if control_area == 0 => TPM_PC_CLIENT_BASE,
+        _ => control_area,
+    };
+    let log_area = (table.len() >= TPM2_LOG_AREA_END)
+        .then(|| (u64_at(table, 68), u32_at(table, 64)))
+        .filter(|&(start, len)| start != 0 && len != 0);
+    Ok(Tpm2 { platform_class, interface, control_area, registers, log_area })
 }
 
 #[cfg(test)]
@@ -264,12 +378,23 @@ mod tests {
 
     /// RSDP v2 at base, XSDT at base+0x100 pointing to a FACP-like dummy and the MADT.
     fn machine(madt: Vec<u8>) -> Mem {
+        machine_with(madt, None)
+    }
+
+    /// As `machine`, plus `extra` (a TPM2 table) at base+0x800 listed last.
+    fn machine_with(madt: Vec<u8>, extra: Option<Vec<u8>>) -> Mem {
         let base = 0xe_0000u64;
         let mut bytes = vec![0u8; 0x1000];
         let dummy = table(b"FACP", &[0u8; 8]);
         let dummy_at = 0x200;
         let madt_at = 0x400;
-        let xsdt = table(b"XSDT", &[(base + dummy_at).to_le_bytes(), (base + madt_at).to_le_bytes()].concat());
+        let extra_at = 0x800;
+        let mut entries = vec![(base + dummy_at).to_le_bytes(), (base + madt_at).to_le_bytes()];
+        if let Some(extra) = &extra {
+            entries.push((base + extra_at).to_le_bytes());
+            bytes[extra_at as usize..extra_at as usize + extra.len()].copy_from_slice(extra);
+        }
+        let xsdt = table(b"XSDT", &entries.concat());
         let mut rsdp = vec![0u8; 36];
         rsdp[..8].copy_from_slice(b"RSD PTR ");
         rsdp[15] = 2;
@@ -332,6 +457,75 @@ mod tests {
                 body[at] = (seed >> 16) as u8;
             }
             let _ = decode_madt(&table(b"APIC", &body));
+        }
+    }
+
+    /// A TPM2 table body (after the header): platform class, control area,
+    /// start method, 12 bytes of start-method parameters, then optionally
+    /// the log area (minimum length, start).
+    fn tpm2_body(control_area: u64, start_method: u32, log: Option<(u32, u64)>) -> Vec<u8> {
+        let mut b = vec![];
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&control_area.to_le_bytes());
+        b.extend_from_slice(&start_method.to_le_bytes());
+        b.extend_from_slice(&[0u8; 12]);
+        if let Some((len, start)) = log {
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(&start.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn tpm2_fifo_without_control_area_is_at_the_pc_client_address() {
+        // As QEMU's tpm-tis: start method 6, control area 0, a log area.
+        let tpm2 = table(b"TPM2", &tpm2_body(0, 6, Some((0x1_0000, 0x7ff0_0000))));
+        let mem = machine_with(table(b"APIC", &madt_body()), Some(tpm2));
+        let tpm = parse_tpm2(&mem, mem.base).unwrap().unwrap();
+        assert_eq!(tpm.interface, TpmInterface::Fifo);
+        assert_eq!(tpm.registers, 0xfed4_0000);
+        assert_eq!(tpm.control_area, 0);
+        assert_eq!(tpm.log_area, Some((0x7ff0_0000, 0x1_0000)));
+        assert_eq!(std::format!("{}", tpm.interface), "TIS/FIFO");
+        // The MADT is still found beside it.
+        assert_eq!(parse_madt(&mem, mem.base).unwrap().cpus.len(), 3);
+    }
+
+    #[test]
+    fn tpm2_crb_registers_are_its_control_area() {
+        let tpm = decode_tpm2(&table(b"TPM2", &tpm2_body(0xfed4_0040, 7, None))).unwrap();
+        assert_eq!(tpm.interface, TpmInterface::Crb);
+        assert_eq!(tpm.registers, 0xfed4_0040);
+        assert_eq!(tpm.log_area, None);
+        // A FIFO table that names its base is believed.
+        let tpm = decode_tpm2(&table(b"TPM2", &tpm2_body(0xfed5_0000, 6, Some((0, 0))))).unwrap();
+        assert_eq!((tpm.registers, tpm.log_area), (0xfed5_0000, None));
+        assert_eq!(TpmInterface::from_start_method(13), TpmInterface::Other(13));
+        assert_eq!(std::format!("{}", TpmInterface::Other(13)), "start method 13");
+    }
+
+    #[test]
+    fn no_tpm2_table_is_none() {
+        let mem = machine(table(b"APIC", &madt_body()));
+        assert_eq!(parse_tpm2(&mem, mem.base), Ok(None));
+    }
+
+    #[test]
+    fn tpm2_bad_checksum_and_short_table_are_refused() {
+        let mut tpm2 = table(b"TPM2", &tpm2_body(0, 6, None));
+        tpm2[48] ^= 1;
+        let mem = machine_with(table(b"APIC", &madt_body()), Some(tpm2));
+        assert!(matches!(parse_tpm2(&mem, mem.base), Err(AcpiError::BadTable { signature: [b'T', b'P', b'M', b'2'], .. })));
+        // Header plus platform class and part of the control area only.
+        let short = table(b"TPM2", &[0u8; 8]);
+        let mem = machine_with(table(b"APIC", &madt_body()), Some(short));
+        assert_eq!(parse_tpm2(&mem, mem.base), Err(AcpiError::ShortTpm2 { len: 44 }));
+        // Every truncation of a valid table decodes or is refused, never panics.
+        let full = table(b"TPM2", &tpm2_body(0, 6, Some((1, 2))));
+        for len in 0..full.len() {
+            let result = decode_tpm2(&full[..len]);
+            assert_eq!(result.is_ok(), len >= 52, "len {len}");
         }
     }
 }

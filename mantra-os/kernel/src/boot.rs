@@ -21,6 +21,11 @@ pub struct BootState {
 
 pub static STATE: Once<BootState> = Once::new();
 
+/// The machine's TPM 2.0 as the ACPI TPM2 table describes it (`None`: no
+/// TPM2 table, or an unusable one). Set once during boot, before init
+/// starts; the userland TPM driver's MMIO region will be granted from it.
+pub static TPM: Once<Option<mantra_kernel::acpi::Tpm2>> = Once::new();
+
 /// Kernel entry from MantraBoot: interrupts off, the loader's page tables
 /// (identity map of physical memory plus the kernel image) and boot stack.
 #[no_mangle]
@@ -163,6 +168,7 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
         madt.io_apics.len(),
         madt.io_apics.first().map(|io| IoApicNote(io.address, io.gsi_base)).unwrap_or(IoApicNote(0, 0))
     );
+    find_tpm(rsdp);
     ioapic::init(&madt, apic::id());
     let (chips, gsis) = ioapic::summary();
     kinfo!("interrupts: {chips} I/O APIC(s) serving {gsis} GSIs, all masked until bound");
@@ -195,6 +201,27 @@ fn init_acpi_and_timer(info: &BootInfo<'_>) -> usize {
     cpu_arch::smp::set_ap_main(crate::sched::ap_main);
     cpu_arch::smp::start_aps(&madt);
     cpus
+}
+
+/// Records the TPM2 table's TPM in [`TPM`] and prints one `tpm:` line. A
+/// corrupt table is reported and treated as no TPM: the kernel boots on.
+fn find_tpm(rsdp: u64) {
+    let tpm = match mantra_kernel::acpi::parse_tpm2(&memory::PhysReader, rsdp) {
+        Ok(Some(tpm)) => {
+            kprintln!("tpm: TPM 2.0 ({}, registers at {:#x})", tpm.interface, tpm.registers);
+            Some(tpm)
+        }
+        Ok(None) => {
+            kprintln!("tpm: none");
+            None
+        }
+        Err(e) => {
+            kwarn!("{e}");
+            kprintln!("tpm: none (its ACPI table is unusable)");
+            None
+        }
+    };
+    TPM.call_once(|| tpm);
 }
 
 struct ApicIds<I>(I);

@@ -38,6 +38,7 @@ const TESTS: &[(&str, fn() -> TestResult)] = &[
     ("frame_exhaustion_handled", frame_exhaustion_handled),
     ("timer_ticks", timer_ticks),
     ("kernel_image_in_memory_map", kernel_image_in_memory_map),
+    ("tpm_boot_fact_recorded", tpm_boot_fact_recorded),
     ("rtc_interrupt_reaches_its_port", rtc_interrupt_reaches_its_port),
     ("smp", cpu_arch::smp::self_test),
 ];
@@ -443,4 +444,14 @@ fn rtc_interrupt_reaches_its_port() -> TestResult {
     drop(again);
     kprintln!("ktest:   RTC IRQ {RTC_ISA_IRQ} on GSI {gsi}, vector {:#x}: one packet per ack", entry.vector);
     Ok(())
+}
+
+/// Boot recorded what the TPM2 table says (or that there is none), and a
+/// TPM's registers have an address.
+fn tpm_boot_fact_recorded() -> TestResult {
+    match crate::boot::TPM.get() {
+        None => Err("boot::TPM was never set".to_string()),
+        Some(Some(tpm)) if tpm.registers == 0 => Err(format!("TPM without a register address: {tpm:?}")),
+        Some(_) => Ok(()),
+    }
 }

@@ -58,13 +58,19 @@ def run(
         typer.Option("--smp", metavar="N", min=1, max=256,
                      help="Boot with N CPUs instead of the board's count (qemu.smp in board.toml)."),
     ] = None,
+    tpm: Annotated[
+        bool, typer.Option("--tpm", help="Give the board a TPM 2.0 (swtpm, started and stopped with QEMU; "
+                                         "its state persists in tpm/ beside the image).")
+    ] = False,
 ) -> None:
     """Build the image of BOARD and PRODUCT and boot it (QEMU: Ctrl-A X quits).
 
     The console is on this terminal. With --headless it is captured to
     console.log beside the image and echoed; the exit status is then QEMU's
     (the guest's isa-debug-exit value v gives (v << 1) | 1), 0 when --until
-    matched, 124 on --timeout.
+    matched, 124 on --timeout. With --tpm the board has a TPM 2.0 emulated
+    by swtpm, whose state is kept in tpm/ beside the image (delete it for a
+    fresh TPM).
     """
     if not headless and (timeout is not None or until is not None):
         raise typer.BadParameter("--timeout and --until need --headless", param_hint="--timeout/--until")
@@ -75,9 +81,9 @@ def run(
         board_data = dataclasses.replace(board_data, qemu=dataclasses.replace(board_data.qemu, smp=smp))
     runner = runner_for(board_data, built.config.values, built.image, built.image.parent)
     if not headless:
-        raise typer.Exit(runner.run_interactive(icount=icount))
+        raise typer.Exit(runner.run_interactive(icount=icount, tpm=tpm))
     step(f"Booting {ws.relative(built.image)} headless; console log: {ws.relative(runner.work_dir / 'console.log')}")
-    result = runner.run_headless(timeout=timeout, icount=icount, until=until, echo=True)
+    result = runner.run_headless(timeout=timeout, icount=icount, until=until, echo=True, tpm=tpm)
     err.print()
     step(_describe(result, timeout, built.config.values.get("QEMU_DEBUG_EXIT") == "y"))
     raise typer.Exit(result.status)

@@ -8,8 +8,11 @@ and a HIL bench later) subclasses `BoardRunner`, declares what it can do in
 
 from __future__ import annotations
 
+import signal
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +30,8 @@ class RunnerCaps:
 
     # Deterministic instruction counting (QEMU -icount): guest time = instructions.
     icount: bool = False
+    # An emulated TPM 2.0 for the run (`--tpm`), on boards that describe one.
+    tpm: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,30 @@ class BootResult:
         return self.exit_code
 
 
+@contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """While a board runs, SIGTERM and SIGHUP raise SystemExit like Ctrl-C
+    raises KeyboardInterrupt, so the runner's cleanup (stopping QEMU, then
+    swtpm) runs instead of the process vanishing and leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.signal(number, end) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class BoardRunner(ABC):
     """Boots `image` on `board`, configured as `config` (resolved Kconfig
     values, name -> value). `work_dir` holds the runner's per-image state
-    (firmware variables, console log)."""
+    (firmware variables, TPM state, console log)."""
 
     name: ClassVar[str]
     capabilities: ClassVar[RunnerCaps] = RunnerCaps()
@@ -71,30 +96,43 @@ class BoardRunner(ABC):
         self.image = image
         self.work_dir = work_dir
 
-    def run_interactive(self, *, icount: bool = False) -> int:
+    @property
+    def tpm_state_dir(self) -> Path:
+        """This image's TPM state (`--tpm`), kept across runs like its
+        firmware variables: NV indices survive reboots."""
+        return self.work_dir / "tpm"
+
+    def run_interactive(self, *, icount: bool = False, tpm: bool = False) -> int:
         """Boots with the console on this terminal until the user quits;
-        returns the exit status."""
-        self._check_caps(icount)
-        return self.do_run_interactive(icount=icount)
+        returns the exit status. With `tpm`, the board has a TPM 2.0."""
+        self._check_caps(icount, tpm)
+        with _signals_end_the_run():
+            return self.do_run_interactive(icount=icount, tpm=tpm)
 
     def run_headless(self, *, timeout: float | None, icount: bool = False, until: str | None = None,
-                     echo: bool = False) -> BootResult:
+                     echo: bool = False, tpm: bool = False) -> BootResult:
         """Boots with the console captured to `work_dir`/console.log (and
         echoed to stdout with `echo`); stops after `timeout` seconds, or as
-        soon as the console prints a line holding `until`."""
-        self._check_caps(icount)
+        soon as the console prints a line holding `until`. With `tpm`, the
+        board has a TPM 2.0."""
+        self._check_caps(icount, tpm)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo)
+        with _signals_end_the_run():
+            return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
 
-    def _check_caps(self, icount: bool) -> None:
+    def _check_caps(self, icount: bool, tpm: bool = False) -> None:
         if icount and not self.capabilities.icount:
             raise MantraError(f"the {self.name} runner of board {self.board.name} cannot count instructions",
                               "run without --icount")
+        if tpm and not self.capabilities.tpm:
+            raise MantraError(f"the {self.name} runner of board {self.board.name} cannot provide a TPM",
+                              "run without --tpm")
 
     @abstractmethod
-    def do_run_interactive(self, *, icount: bool) -> int:
+    def do_run_interactive(self, *, icount: bool, tpm: bool) -> int:
         """Back end of run_interactive (capabilities already checked)."""
 
     @abstractmethod
-    def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool) -> BootResult:
+    def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool,
+                        tpm: bool) -> BootResult:
         """Back end of run_headless (capabilities already checked, work_dir exists)."""

@@ -6,6 +6,10 @@ store, the disk image as a raw drive, `-net none` (else the firmware tries
 network boot first for minutes), `-no-reboot` (a triple fault ends QEMU
 instead of looping), and isa-debug-exit at CONFIG_DEBUG_EXIT_IO_PORT when
 CONFIG_QEMU_DEBUG_EXIT is set (the guest writes v, QEMU exits (v << 1) | 1).
+
+With a TPM (`--tpm`): board.toml's qemu.tpm_device backed by a swtpm
+(runners/swtpm.py) that is started before QEMU and stopped after it in every
+case, keeping its state in the image's `tpm/` directory.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mantra import proc
 from mantra.console import err
 from mantra.errors import MantraError
 from mantra.runners.core import BoardRunner, BootResult, RunnerCaps
+from mantra.runners.swtpm import Swtpm
 
 _QEMU_HINT = "see QEMU's message above; `./mantra -v run` shows the exact QEMU command"
 # How long QEMU gets to quit after SIGTERM before it is killed.
@@ -63,7 +70,9 @@ def _line_complete(console: bytearray, marker: bytes) -> bool:
 
 class QemuRunner(BoardRunner):
     name = "qemu"
-    capabilities = RunnerCaps(icount=True)
+    capabilities = RunnerCaps(icount=True, tpm=True)
+    # The swtpm of the current (or last) run with a TPM.
+    swtpm: Swtpm | None = None
 
     def _firmware_vars(self) -> Path:
         """This image's copy of the firmware variable store (made on first use)."""
@@ -83,9 +92,33 @@ class QemuRunner(BoardRunner):
             return None
         return int(self.config["DEBUG_EXIT_IO_PORT"], 16)
 
-    def command(self, console: list[str], *, icount: bool) -> list[str]:
+    @contextmanager
+    def _tpm(self, tpm: bool) -> Iterator[Path | None]:
+        """With `tpm`: runs swtpm for the body and gives its control socket
+        (None without); swtpm is stopped however the body ends."""
+        if not tpm:
+            yield None
+            return
+        if self.board.qemu.tpm_device is None:
+            raise MantraError(f"board {self.board.name} has no TPM (no qemu.tpm_device in {self.board.data_file})",
+                              "run without --tpm, or set qemu.tpm_device (e.g. \"tpm-tis\") in board.toml")
+        self.swtpm = Swtpm(self.tpm_state_dir)
+        with self.swtpm:
+            yield self.swtpm.socket
+
+    def tpm_options(self, socket: Path) -> list[str]:
+        """QEMU options for a TPM whose swtpm listens on `socket`."""
+        assert self.board.qemu.tpm_device is not None
+        return [
+            "-chardev", f"socket,id=chrtpm,path={_drive_path(socket)}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", f"{self.board.qemu.tpm_device},tpmdev=tpm0",
+        ]
+
+    def command(self, console: list[str], *, icount: bool, tpm_socket: Path | None = None) -> list[str]:
         """The QEMU command line; `console` are the options that connect the
-        console serial port (and the display and monitor)."""
+        console serial port (and the display and monitor); `tpm_socket` is
+        the control socket of the swtpm behind the board's TPM, if any."""
         qemu = self.board.qemu
         binary = proc.require_tool(qemu.binary, "qemu-system-x86")
         if not qemu.firmware_code.is_file():
@@ -111,30 +144,50 @@ class QemuRunner(BoardRunner):
             cmd += ["-device", f"isa-debug-exit,iobase={port:#x},iosize=0x04"]
         for device in qemu.devices:
             cmd += ["-device", device]
+        if tpm_socket is not None:
+            cmd += self.tpm_options(tpm_socket)
         if icount:
             cmd += ["-icount", "shift=0"]
         # Serial ports before the console's are left unconnected.
         cmd += ["-serial", "null"] * self.board.console_index
         return cmd + console
 
-    def do_run_interactive(self, *, icount: bool) -> int:
+    def do_run_interactive(self, *, icount: bool, tpm: bool) -> int:
+        with self._tpm(tpm) as tpm_socket:
+            return self._interactive(icount=icount, tpm_socket=tpm_socket)
+
+    def _interactive(self, *, icount: bool, tpm_socket: Path | None) -> int:
         # QEMU reads this terminal (raw mode, Ctrl-A is its escape key); its
         # output is copied here without the firmware's screen resets, which
         # would wipe the line that says how to quit.
-        cmd = self.command(["-nographic", "-serial", "mon:stdio"], icount=icount)
+        cmd = self.command(["-nographic", "-serial", "mon:stdio"], icount=icount, tpm_socket=tpm_socket)
         err.print("[bold]QEMU: to quit press Ctrl-A then X[/] (Ctrl-A C switches to the QEMU monitor)")
         process = proc.start(cmd, what="QEMU", hint=_QEMU_HINT, interactive=True)
         assert process.stdout is not None
         screen = ScreenResetFilter()
-        while chunk := os.read(process.stdout.fileno(), 65536):
-            sys.stdout.buffer.write(screen.feed(chunk))
-            sys.stdout.flush()
-        process.stdout.close()
+        ended = False  # QEMU closed its output: it has exited
+        try:
+            while chunk := os.read(process.stdout.fileno(), 65536):
+                sys.stdout.buffer.write(screen.feed(chunk))
+                sys.stdout.flush()
+            ended = True
+        finally:
+            # Anything else (an exception, Ctrl-C) ends QEMU here, before
+            # its swtpm is stopped.
+            if not ended:
+                self._stop(process)
+            process.stdout.close()
         return process.wait()
 
     def do_run_headless(self, *, timeout: float | None, icount: bool, until: str | None,
-                        echo: bool) -> BootResult:
-        cmd = self.command(["-display", "none", "-monitor", "none", "-serial", "stdio"], icount=icount)
+                        echo: bool, tpm: bool) -> BootResult:
+        with self._tpm(tpm) as tpm_socket:
+            return self._headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm_socket=tpm_socket)
+
+    def _headless(self, *, timeout: float | None, icount: bool, until: str | None, echo: bool,
+                  tpm_socket: Path | None) -> BootResult:
+        cmd = self.command(["-display", "none", "-monitor", "none", "-serial", "stdio"], icount=icount,
+                           tpm_socket=tpm_socket)
         log = self.work_dir / "console.log"
         deadline = None if timeout is None else time.monotonic() + timeout
         marker = until.encode() if until else None
@@ -180,8 +233,15 @@ class QemuRunner(BoardRunner):
                 process.stdout.close()
                 process.stderr.close()
         if exit_code not in (None, 0) and not console and errors:
-            raise MantraError(f"QEMU failed (exit status {exit_code}):\n{errors.decode(errors='replace').strip()}",
-                              _QEMU_HINT)
+            message = f"QEMU failed (exit status {exit_code}):\n{errors.decode(errors='replace').strip()}"
+            hint = _QEMU_HINT
+            if tpm_socket is not None and self.swtpm is not None:
+                # With a TPM, QEMU's complaint is often about it: add swtpm's side.
+                if swtpm_said := self.swtpm.log_text():
+                    message += f"\nswtpm said:\n{swtpm_said}"
+                hint += (f"; if it is about the TPM: delete its state {self.tpm_state_dir} (the next run makes "
+                         "a fresh TPM), or run without --tpm")
+            raise MantraError(message, hint)
         return BootResult(exit_code, console.decode(errors="replace"), timed_out, matched, log)
 
     @staticmethod
