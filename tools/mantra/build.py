@@ -287,9 +287,15 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
         bootfs_files += program_files
     bootfs_image = image_dir / "bootfs.img"
     _write_if_changed(bootfs_image, bootfs.pack(bootfs_files))
+    # The kernel goes onto the ESP without its debug information (most of a
+    # debug build's bytes, which MantraBoot would otherwise read and hash);
+    # the full ELF stays in the cargo target directory for debuggers.
+    loaded_kernel = image_dir / "kernel.elf"
+    _write_if_changed(loaded_kernel, userland.strip("MantraCore", kernel.read_bytes(),
+                                                    "check the kernel's linker script (mantra-os/kernel)"))
     esp_files = [
         _EspFile("MantraBoot", "bootloader", f"EFI/BOOT/{board.build.efi_boot_file}", boot),
-        _EspFile("MantraCore", "kernel", KERNEL_PATH, kernel),
+        _EspFile("MantraCore", "kernel", KERNEL_PATH, loaded_kernel),
         _EspFile("boot filesystem", "bootfs", BOOTFS_PATH, bootfs_image),
     ]
     if product.cmdline is not None:

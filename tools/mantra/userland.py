@@ -88,13 +88,14 @@ _EHDR = struct.Struct("<4sBBBBB7xHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 
 
-def strip(name: str, elf: bytes) -> bytes:
-    """The program as it goes into the boot filesystem: everything up to the
-    end of the last segment's file bytes, without section headers. Refuses
-    anything but a static ELF64 x86_64 executable."""
+def strip(name: str, elf: bytes,
+          hint: str = "build it with ./mantra build (target x86_64-unknown-none, mantra-os/user/user.ld)") -> bytes:
+    """The program as it goes into the image: everything up to the end of
+    the last segment's file bytes, without section headers (so without debug
+    information and symbols). Refuses anything but a static ELF64 x86_64
+    executable."""
     def bad(why: str) -> MantraError:
-        return MantraError(f"program '{name}' is not a static ELF64 x86_64 executable: {why}",
-                           "build it with ./mantra build (target x86_64-unknown-none, mantra-os/user/user.ld)")
+        return MantraError(f"program '{name}' is not a static ELF64 x86_64 executable: {why}", hint)
 
     if len(elf) < _EHDR.size:
         raise bad("too short")
