@@ -4,19 +4,24 @@ with the signed manifest and PCR 9 with each component it loads, reads them
 back with TPM2_PCR_Read and prints them; they must equal what
 `mantra.signing.pcr.expected_pcrs` computes from the image's manifest body,
 the reference values attestation compares against. Without a TPM it says
-that the boot is not measured, and boots on."""
+that the boot is not measured, and boots on; a TPM that cannot measure (no
+SHA-256 PCR bank) stops the boot."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from mantra.build import BuildResult
-from mantra.qemu import boot
+from mantra.workspace import Workspace
+from mantra.qemu import BootResult, boot
 from mantra.signing.encoding import Envelope
 from mantra.signing.image import MANIFEST_PATH, open_esp
 from mantra.signing.pcr import PCR_COMPONENTS, PCR_MANIFEST, events, expected_pcrs
-from test_boot_errors import ERROR_TIMEOUT, tail
+from test_boot_errors import ERROR_TIMEOUT, SpoiledImage, boot_error, tail
 
 pytestmark = pytest.mark.boot
 
@@ -58,3 +63,28 @@ def test_boot_without_tpm_is_not_measured(default_image: BuildResult) -> None:
     assert re.search(rf"^{re.escape(NO_TPM)}\r?$", console, re.M), tail(console)
     assert not MEASURED.search(console), tail(console)
     assert "MantraBoot: error" not in console, tail(console)
+
+
+
+class TpmImage(SpoiledImage):
+    """A copy of the default image that boots with swtpm; its TPM state is
+    `<directory>/tpm`, next to the copy."""
+
+    def boot(self, workspace: Workspace, timeout: float, until: str | None = None) -> BootResult:
+        return boot(self.image, timeout=timeout, until=until, workspace=workspace, tpm=True)
+
+
+def test_tpm_without_sha256_bank_stops_the_boot(default_image: BuildResult, workspace: Workspace,
+                                                tmp_path: Path) -> None:
+    if shutil.which("swtpm_setup") is None:
+        pytest.skip("swtpm_setup (Debian package swtpm-tools) is not installed")
+    image = TpmImage(default_image, tmp_path)
+    state = tmp_path / "tpm"
+    state.mkdir()
+    made = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--pcr-banks", "sha1", "--overwrite"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    message = boot_error(image, workspace)
+    assert message == ("measured boot failed: the TPM's SHA-256 PCR bank is not active (active banks 0x1); "
+                       "check the TPM (firmware setup; under QEMU, swtpm) or disable it in the firmware to boot "
+                       "unmeasured"), message
