@@ -7,6 +7,7 @@
 pub mod layout;
 pub mod memmap;
 pub mod paging;
+pub mod tpm;
 
 /// Size of a small page and of a page-table frame.
 pub const PAGE_SIZE: u64 = 4096;

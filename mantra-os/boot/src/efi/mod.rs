@@ -6,6 +6,7 @@ mod fail;
 mod files;
 mod handoff;
 mod kernel;
+mod measure;
 mod platform;
 mod verify;
 
@@ -86,6 +87,18 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
         let cmdline_file = esp.read(cstr16!("\\MANTRA\\CMDLINE.TXT"), CMDLINE_PATH)?;
         image.check("MANTRA/CMDLINE.TXT", ComponentKind::Cmdline, cmdline_file.as_deref())?;
         image.report();
+
+        // 1b. Measured boot: the verified manifest and files into the TPM
+        //     (PCR 8 and 9), if the firmware offers EFI_TCG2_PROTOCOL.
+        let mut loaded = alloc::vec![
+            measure::Loaded { path: "MANTRA/KERNEL.ELF", bytes: &kernel_file },
+            measure::Loaded { path: "MANTRA/BOOTFS.IMG", bytes: bootfs.bytes() },
+        ];
+        if let Some(bytes) = cmdline_file.as_deref() {
+            loaded.push(measure::Loaded { path: "MANTRA/CMDLINE.TXT", bytes });
+        }
+        measure::measure(image.verified.manifest_body, &image.verified.manifest, &loaded)?;
+        drop(loaded);
 
         let cmdline = match cmdline_file {
             Some(bytes) => {
