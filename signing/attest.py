@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import re
 import struct
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -533,3 +534,79 @@ def read_answer(lines: Iterable[str], nonce: bytes) -> bytes:
     if reader.length is not None:
         raise AttestFailure(f"the answer ended after {len(reader.data)} of {reader.length} bytes")
     raise AttestFailure(f"no {BEGIN} line for nonce {nonce.hex()}")
+
+
+# --- the console link ---------------------------------------------------------------------
+
+
+class ConsoleLink:
+    """The device's console through pyserial: `url` is anything
+    `serial.serial_for_url` opens (socket://HOST:PORT, a pty or tty path,
+    rfc2217://...). What the device prints is copied to `transcript`."""
+
+    def __init__(self, url: str, *, transcript: Path | None = None, baudrate: int = 115200) -> None:
+        import serial  # pyserial
+
+        from mantra.errors import MantraError
+
+        self.url = url
+        try:
+            self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.1, write_timeout=10)
+        except (serial.SerialException, ValueError, OSError) as exc:
+            raise MantraError(f"cannot open the device's console {url}: {exc}",
+                              "give --port as socket://HOST:PORT (a console on TCP), a pty or a tty (e.g. "
+                              "/dev/ttyUSB0), and check that nothing else holds it") from None
+        self.transcript = transcript.open("ab") if transcript is not None else None
+        self.pending = b""
+
+    def send_line(self, line: str) -> None:
+        self.port.write(line.encode("ascii") + b"\r\n")
+        self.port.flush()
+
+    def read_lines(self, deadline: float) -> Iterable[str]:
+        """Console lines until `deadline` (time.monotonic()); CR and LF
+        both end a line, empty lines are skipped."""
+        while time.monotonic() < deadline:
+            chunk = self.port.read(4096)
+            if not chunk:
+                continue
+            if self.transcript is not None:
+                self.transcript.write(chunk)
+                self.transcript.flush()
+            self.pending += chunk
+            *complete, self.pending = re.split(rb"[\r\n]", self.pending)
+            for raw in complete:
+                if raw:
+                    yield raw.decode("utf-8", "replace")
+
+    def wait_for(self, text: str, deadline: float) -> bool:
+        """Reads until a line holds `text`; False at the deadline."""
+        return any(text in line for line in self.read_lines(deadline))
+
+    def request(self, nonce: bytes, timeout: float) -> bytes:
+        """Sends the quote request and returns the device's blob; raises
+        AttestFailure for an error answer, MantraError when none comes."""
+        from mantra.errors import MantraError
+
+        self.send_line(request_line(nonce))
+        reader = AnswerReader(nonce)
+        for line in self.read_lines(time.monotonic() + timeout):
+            blob = reader.feed(line)
+            if blob is not None:
+                return blob
+        got = (f"the answer stopped after {len(reader.data)} of {reader.length} bytes" if reader.length is not None
+               else f"no {BEGIN} line for our nonce")
+        raise MantraError(f"the device did not answer the attestation request within {timeout:g} s ({got})",
+                          "check that the device runs a product with the attestation service and a TPM, and that "
+                          "--port is its console; --timeout S waits longer")
+
+    def close(self) -> None:
+        self.port.close()
+        if self.transcript is not None:
+            self.transcript.close()
+
+    def __enter__(self) -> ConsoleLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

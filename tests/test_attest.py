@@ -430,3 +430,106 @@ def test_tpm_structure_parsers_are_strict(device: SimulatedDevice) -> None:
         tpm2.Signature.decode(blob.signature + b"\x00")
     with pytest.raises(DecodeError, match="sigAlg HMAC"):
         tpm2.Signature.decode(tpm2.ALG_HMAC.to_bytes(2, "big") + blob.signature[2:])
+
+
+# --- `mantra attest --port` against a device on a TCP console ------------------------------
+
+
+class ConsoleServer:
+    """A device console on 127.0.0.1: prints some boot noise, reads the
+    request line, then answers with `answer(nonce)`'s lines (or `reply`)."""
+
+    def __init__(self, answer, *, reply: list[str] | None = None) -> None:
+        import socket
+        import threading
+
+        self.answer = answer
+        self.reply = reply
+        self.requests: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            connection.sendall(b"MantraCore ready\r\ndemo: tick\r\n")
+            data = b""
+            while b"\n" not in data and b"\r" not in data:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            line = data.decode().strip()
+            self.requests.append(line)
+            nonce = bytes.fromhex(line.split()[-1])
+            lines = self.reply if self.reply is not None else attest.answer_lines(nonce, self.answer(nonce))
+            for number, text in enumerate(lines):
+                connection.sendall(f"{text}\r\n".encode())
+                if number == 1:
+                    connection.sendall(b"logd: a line in between\r\n")
+            connection.recv(1)  # until the host hangs up
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def run_cli(*args: str):
+    from mantra.cli import app
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, ["attest", *args], catch_exceptions=False)
+
+
+def test_attest_command_over_a_socket(device: SimulatedDevice, golden_image: Path, other_image: Path,
+                                      keyset: KeySet, tmp_path: Path) -> None:
+    server = ConsoleServer(device.answer)
+    try:
+        root = str(keyset.dir / "root.pub")
+        result = run_cli("--port", server.url, "--reference", str(golden_image), "--root", root,
+                         "--nonce", NONCE.hex())
+    finally:
+        server.close()
+    assert server.requests == [f"MANTRA-ATTEST-REQUEST {NONCE.hex()}"]
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"attest: reference: {golden_image}: default 0.1.0 for qemu-x86_64"), result.output
+    assert lines[-1].startswith("attest: OK: the device booted default 0.1.0 for qemu-x86_64 as signed"), result.output
+    pinned = golden_image.parent / "attest" / f"ak-socket_127.0.0.1_{server.url.rsplit(':', 1)[1]}.pem"
+    assert pinned.is_file() and "first use" in result.output
+    assert b"demo: tick" in (golden_image.parent / "attest" / "console.log").read_bytes()
+
+    # The same device against a reference with another boot filesystem: the component is named.
+    server = ConsoleServer(device.answer)
+    try:
+        result = run_cli("--port", server.url, "--reference", str(other_image), "--root", root)
+    finally:
+        server.close()
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.output.splitlines() if "FAILED" in line]
+    assert failed[0] == (f"attest: FAILED: component MANTRA/BOOTFS.IMG: measured "
+                         f"{hashlib.sha256(FILES['MANTRA/BOOTFS.IMG']).hexdigest()}, reference "
+                         f"{hashlib.sha256(OTHER_BOOTFS).hexdigest()}"), result.output
+
+
+def test_attest_command_reports_device_errors_and_silence(golden_image: Path, keyset: KeySet) -> None:
+    root = str(keyset.dir / "root.pub")
+    server = ConsoleServer(None, reply=["MANTRA-ATTEST-ERROR no TPM (tpm: none)"])
+    try:
+        result = run_cli("--port", server.url, "--reference", str(golden_image), "--root", root)
+    finally:
+        server.close()
+    assert result.exit_code == 1
+    assert "attest: FAILED: the device answered MANTRA-ATTEST-ERROR: no TPM (tpm: none)" in result.output
+    server = ConsoleServer(None, reply=["nothing to see"])
+    try:
+        result = run_cli("--port", server.url, "--reference", str(golden_image), "--root", root, "--timeout", "1")
+    finally:
+        server.close()
+    assert result.exit_code == 1
+    assert "the device did not answer the attestation request within 1 s" in result.output, result.output
+    result = run_cli("--port", "socket://127.0.0.1:1", "--reference", str(golden_image), "--root", root)
+    assert result.exit_code == 1 and "cannot open the device's console socket://127.0.0.1:1" in result.output
+    result = run_cli("--nonce", "abcd", "--port", "x")
+    assert result.exit_code == 2 and "--nonce" in result.output

@@ -1,0 +1,142 @@
+"""`mantra attest`: ask a device for a TPM quote over its console and check
+it against the signed manifest of the reference image (mantra.signing.attest)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mantra import build as driver
+from mantra.cli.common import DEFAULT_BOARD, DEFAULT_PRODUCT, BoardOption, ProductOption, workspace
+from mantra.console import out, step
+from mantra.errors import MantraError
+from mantra.signing import attest as attestation
+from mantra.signing.keys import load_root_public
+from mantra.workspace import Workspace
+
+# How long the device gets to answer a request once it is up.
+DEFAULT_TIMEOUT = 60.0
+
+
+def _nonce(value: str | None) -> bytes:
+    if value is None:
+        return secrets.token_bytes(attestation.NONCE_SIZE)
+    try:
+        nonce = bytes.fromhex(value)
+    except ValueError:
+        nonce = b""
+    if len(nonce) != attestation.NONCE_SIZE:
+        raise typer.BadParameter(f"a nonce is {attestation.NONCE_SIZE} bytes: {2 * attestation.NONCE_SIZE} hex "
+                                 "digits (leave it out for a random one)", param_hint="--nonce")
+    return nonce
+
+
+def _report(line: str) -> None:
+    out.print(f"attest: {line}", markup=False, soft_wrap=True)
+
+
+def _failed(reasons: tuple[str, ...]) -> typer.Exit:
+    for reason in reasons:
+        out.print(f"attest: FAILED: {reason}", markup=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def _port_device(url: str, transcript: Path) -> Iterator[attestation.ConsoleLink]:
+    """An already running device on `url`."""
+    with attestation.ConsoleLink(url, transcript=transcript) as link:
+        yield link
+
+
+def attest(
+    ctx: typer.Context,
+    board: BoardOption = DEFAULT_BOARD,
+    product: ProductOption = DEFAULT_PRODUCT,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", metavar="IMAGE", dir_okay=False,
+        help="The image the device must have booted (default: build/BOARD/PRODUCT/image.img).")] = None,
+    root: Annotated[Path | None, typer.Option(
+        "--root", metavar="PUB", dir_okay=False,
+        help="Root public key the reference's signed manifest must verify with (default: the product's key set, "
+             "as ./mantra build uses).")] = None,
+    port: Annotated[str | None, typer.Option(
+        "--port", metavar="URL",
+        help="Attest a running device on this console: socket://HOST:PORT, a pty or a tty (default: boot the "
+             "built product under QEMU with a TPM).")] = None,
+    ak: Annotated[Path | None, typer.Option(
+        "--ak", metavar="FILE", dir_okay=False,
+        help="Pin the device's attestation key: a PEM/DER public key or TPM2B_PUBLIC (default: the AK seen on "
+             "first use, pinned in attest/ beside the image).")] = None,
+    nonce: Annotated[str | None, typer.Option(
+        "--nonce", metavar="HEX", help="The 32-byte nonce, 64 hex digits (default: random).")] = None,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", metavar="S", min=1, help="How long the device gets to answer (and, under QEMU, to boot).")]
+        = DEFAULT_TIMEOUT,
+) -> None:
+    """Check what a device booted: a TPM quote of PCRs 0-9 over a fresh nonce,
+    the event log replayed to it, each measurement against the signed
+    manifest of the reference image.
+
+    Without --port the built product boots under QEMU with a TPM (as
+    `./mantra run --tpm`) and is asked over its console. Each check is
+    printed; `attest: FAILED: ...` names what differs (e.g. the component)
+    and the exit status is 1."""
+    ws = workspace(ctx)
+    request_nonce = _nonce(nonce)
+    if port is None:
+        built = driver.build(ws, board, product)
+        device_image = built.image
+        reference_image = reference or built.image
+    else:
+        device_image = None
+        reference_image = reference or ws.build_paths(board, product).image_dir(False) / "image.img"
+        if not reference_image.is_file():
+            raise MantraError(f"no reference image: {ws.relative(reference_image)} does not exist",
+                              f"build it (./mantra build -b {board} -p {product}) or give --reference IMAGE")
+    root_public = load_root_public(root) if root is not None else \
+        driver.product_keys(ws, product, None).root_public
+    try:
+        expected = attestation.load_reference(reference_image, root_public, _report)
+    except attestation.AttestFailure as failure:
+        raise _failed(failure.reasons) from None
+
+    state_dir = (device_image or reference_image).parent
+    pin = attestation.AkPin(attestation.pin_file(state_dir, "qemu" if port is None else port), explicit=ak)
+    transcript = state_dir / "attest" / "console.log"
+    transcript.parent.mkdir(parents=True, exist_ok=True)
+    transcript.write_bytes(b"")
+    if port is None:
+        assert device_image is not None
+        device = _qemu_device(ws, board, product, device_image, transcript, timeout)
+    else:
+        device = _port_device(port, transcript)
+    with device as link:
+        step(f"Asking {link.url} for a quote over nonce {request_nonce.hex()}")
+        try:
+            blob = link.request(request_nonce, timeout)
+        except attestation.AttestFailure as failure:
+            raise _failed(failure.reasons) from None
+    start = time.perf_counter()
+    try:
+        attestation.verify(blob, request_nonce, expected, pin, _report)
+    except attestation.AttestFailure as failure:
+        raise _failed(failure.reasons) from None
+    elapsed = time.perf_counter() - start
+    manifest = expected.manifest
+    _report(f"OK: the device booted {manifest.product} {manifest.version} for {manifest.board} as signed "
+            f"(security counter {manifest.security_counter}); quote verified in {elapsed * 1000:.1f} ms")
+
+
+def _qemu_device(ws: Workspace, board: str, product: str, image: Path, transcript: Path, timeout: float):
+    raise MantraError("booting the device under QEMU for attestation is not available yet",
+                      "run it yourself and give its console with --port")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(attest)
