@@ -39,6 +39,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from mantra.errors import MantraError
 from mantra.signing import eventlog, pcr, tpm2
 from mantra.signing.encoding import DecodeError, Manifest
 from mantra.signing.image import MANIFEST_PATH, open_esp
@@ -238,6 +239,10 @@ def _spki(key) -> bytes:  # noqa: ANN001 - a cryptography public key
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _pem(public: tpm2.Public) -> bytes:
+    return public.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def fingerprint(public: tpm2.Public) -> str:
     """SHA-256 of the AK's SubjectPublicKeyInfo (DER), as hex."""
     return hashlib.sha256(_spki(public.public_key())).hexdigest()
@@ -246,8 +251,6 @@ def fingerprint(public: tpm2.Public) -> str:
 def load_ak(path: Path) -> bytes:
     """An AK from a file, as its SubjectPublicKeyInfo DER: PEM or DER
     SubjectPublicKeyInfo (`tpm2_readpublic -f pem`), or a raw TPM2B_PUBLIC."""
-    from mantra.errors import MantraError
-
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -272,35 +275,30 @@ class AkPin:
     file: Path
     explicit: Path | None = None
 
-    def check(self, ak: tpm2.Public, report: Callable[[str], None]) -> None:
+    def check(self, ak: tpm2.Public, report: Callable[[str], None]) -> bool:
+        """Compares `ak` with the pinned or given AK; True when it is to be
+        pinned (`store`) once the quote it signed has verified: on first use,
+        or when --ak names it and the pin file does not hold it yet."""
         presented = _spki(ak.public_key())
         short = hashlib.sha256(presented).hexdigest()[:16]
-        pem = ak.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
         if self.explicit is not None:
             wanted = load_ak(self.explicit)
             if presented != wanted:
                 raise AttestFailure(f"AK: the device's AK {short} is not the AK in {self.explicit} "
                                     f"({hashlib.sha256(wanted).hexdigest()[:16]}): another TPM, or a TPM whose "
                                     "endorsement hierarchy was cleared")
-            previous = self.file.read_bytes() if self.file.is_file() else None
-            self._write(pem)
-            note = "" if previous == pem else f" (now pinned in {self.file})"
-            report(f"AK: {short} is the AK given with --ak {self.explicit}{note}")
-            return
-        if not self.file.is_file():
-            self._write(pem)
-            report(f"AK: {short} pinned in {self.file} (first use: trusted because it is new; check it out of band, "
-                   "or pin it with --ak FILE)")
-            return
-        try:
-            pinned = load_ak(self.file)
-        except Exception as exc:  # noqa: BLE001 - any unreadable pin is a refusal that says what to do
-            raise AttestFailure(f"AK: the pin file {self.file} is unreadable ({exc}); delete it to pin the device's "
-                                "AK again on next use, or pin one with --ak FILE") from None
+            pinned = self._pinned()
+            report(f"AK: {short} is the AK given with --ak {self.explicit}"
+                   + ("" if pinned == presented else f" (pinned in {self.file} once the quote verifies)"))
+            return pinned != presented
+        pinned = self._pinned()
+        if pinned is None:
+            report(f"AK: {short}: first use of this device, pinned in {self.file} once the quote verifies (trusted "
+                   "because it is new: check it out of band, or pin it with --ak FILE)")
+            return True
         if presented != pinned:
             new = self.file.with_name(self.file.name + ".new")
-            new.write_bytes(pem)
+            new.write_bytes(_pem(ak))
             seen = datetime.fromtimestamp(self.file.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             raise AttestFailure(
                 f"AK: the device's AK changed: {self.file} pins {hashlib.sha256(pinned).hexdigest()[:16]} (since "
@@ -308,6 +306,20 @@ class AkPin:
                 f"new AK, and so does another device. If that is expected, check the new AK out of band and pin "
                 f"it: --ak {new} (saved there), or delete {self.file} to trust the next AK on first use")
         report(f"AK: {short} is the AK pinned in {self.file}")
+        return False
+
+    def _pinned(self) -> bytes | None:
+        if not self.file.is_file():
+            return None
+        try:
+            return load_ak(self.file)
+        except Exception as exc:  # noqa: BLE001 - any unreadable pin is a refusal that says what to do
+            raise AttestFailure(f"AK: the pin file {self.file} is unreadable ({exc}); delete it to pin the device's "
+                                "AK again on next use, or pin one with --ak FILE") from None
+
+    def store(self, ak: tpm2.Public) -> None:
+        """Pins `ak` (written atomically)."""
+        self._write(_pem(ak))
 
     def _write(self, pem: bytes) -> None:
         self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +406,7 @@ def verify(blob_bytes: bytes, nonce: bytes, reference: Reference, pin: AkPin,
     if differences:
         raise AttestFailure(*(f"AK: not the AK template of docs/boot-state.md: {d}" for d in differences))
     report(f"AK: {ak.describe()}: the AK template (a restricted signing key)")
-    pin.check(ak, report)
+    to_pin = pin.check(ak, report)
 
     # The quote: signed by the AK before its bytes are trusted.
     try:
@@ -428,6 +440,9 @@ def verify(blob_bytes: bytes, nonce: bytes, reference: Reference, pin: AkPin,
         raise AttestFailure(f"nonce: the quote is over {attest.extra_data.hex() or '(empty)'}, not the nonce sent "
                             f"({nonce.hex()}): a replayed or stale quote")
     report(f"nonce: {nonce.hex()} (the quote is fresh)")
+    if to_pin:  # the AK signed our fresh nonce: it is the device's key
+        pin.store(ak)
+        report(f"AK: pinned in {pin.file}")
     wanted = tpm2.PcrSelection(QUOTED_BANK, QUOTED_PCRS)
     got = ", ".join(s.describe() for s in attest.pcr_select) or "none"
     if len(attest.pcr_select) != 1 or (attest.pcr_select[0].hash_alg, attest.pcr_select[0].pcrs) != (
@@ -547,8 +562,6 @@ class ConsoleLink:
     def __init__(self, url: str, *, transcript: Path | None = None, baudrate: int = 115200) -> None:
         import serial  # pyserial
 
-        from mantra.errors import MantraError
-
         self.url = url
         try:
             self.port = serial.serial_for_url(url, baudrate=baudrate, timeout=0.1, write_timeout=10)
@@ -586,7 +599,6 @@ class ConsoleLink:
     def request(self, nonce: bytes, timeout: float) -> bytes:
         """Sends the quote request and returns the device's blob; raises
         AttestFailure for an error answer, MantraError when none comes."""
-        from mantra.errors import MantraError
 
         self.send_line(request_line(nonce))
         reader = AnswerReader(nonce)
