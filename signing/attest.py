@@ -40,8 +40,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from mantra.errors import MantraError
-from mantra.signing import eventlog, pcr, tpm2
-from mantra.signing.encoding import DecodeError, Manifest
+from mantra.signing import eventlog, pcr, pe, tpm2
+from mantra.signing.encoding import ComponentKind, DecodeError, Manifest
 from mantra.signing.image import MANIFEST_PATH, open_esp
 from mantra.signing.verify import VerifyFailure, check_envelope
 
@@ -346,6 +346,9 @@ class Reference:
     manifest: Manifest
     manifest_body: bytes
     events: tuple[pcr.Event, ...]
+    # The bootloader component (path, Authenticode SHA-256 of the file the
+    # manifest lists): what the firmware measures into PCR 4.
+    bootloader: tuple[str, bytes] | None = None
 
 
 def load_reference(image: Path, root_public: bytes, report: Callable[[str], None] = lambda line: None) -> Reference:
@@ -369,7 +372,21 @@ def load_reference(image: Path, root_public: bytes, report: Callable[[str], None
     manifest = verified.manifest
     report(f"reference: {image}: {manifest.product} {manifest.version} for {manifest.board}, signed manifest verified "
            f"(key {verified.key.key_id.hex()}, security counter {manifest.security_counter})")
-    return Reference(image, manifest, body, tuple(pcr.events(body)))
+    bootloader = None
+    for component in manifest.components:
+        if component.kind != ComponentKind.BOOTLOADER:
+            continue
+        # The firmware measures the bootloader's Authenticode hash, not its
+        # SHA-256: computed from the file, once it is the file the manifest lists.
+        data = files.read(stored[component.path.upper()]) if component.path.upper() in stored else None
+        if data is None or hashlib.sha256(data).digest() != component.sha256:
+            raise AttestFailure(f"reference image {image}: component {component.path}: "
+                                + ("missing from the ESP" if data is None else "sha256 mismatch with the manifest"))
+        try:
+            bootloader = (component.path, pe.authenticode_hash(data))
+        except DecodeError as exc:
+            raise AttestFailure(f"reference image {image}: component {component.path}: {exc}") from None
+    return Reference(image, manifest, body, tuple(pcr.events(body)), bootloader)
 
 
 # --- verification ---------------------------------------------------------------------
@@ -517,6 +534,26 @@ def compare_events(log: eventlog.EventLog, reference: Reference, report: Callabl
     if not problems and order != reference_order:
         problems.append(f"PCR 9: components measured in the order {', '.join(order)}; the reference order is "
                         f"{', '.join(reference_order)}")
+
+    # PCR 4: the bootloader, as the firmware started it.
+    if reference.bootloader is not None:
+        path, want_digest = reference.bootloader
+        apps = [e for e in log.events if e.pcr == 4 and e.event_type == eventlog.EV_EFI_BOOT_SERVICES_APPLICATION]
+        if not apps:
+            problems.append(f"component {path}: not measured (no EV_EFI_BOOT_SERVICES_APPLICATION event in PCR 4; "
+                            f"reference Authenticode hash {want_digest.hex()})")
+        else:
+            got = apps[-1].digest(tpm2.ALG_SHA256)
+            if got != want_digest:
+                problems.append(f"component {path}: measured {got.hex()} (PCR 4, Authenticode), reference "
+                                f"{want_digest.hex()}")
+            else:
+                matched.insert(0, f"component {path}: {got.hex()} = reference (PCR 4, Authenticode, the firmware's "
+                                  "measurement)")
+            others = [e.digest(tpm2.ALG_SHA256).hex() for e in apps[:-1]]
+            if others:
+                problems.append(f"PCR 4: the firmware started {len(others)} other boot application(s) before "
+                                f"{path}: {', '.join(others)}")
 
     # PCR 8: the manifest.
     manifests = [e for e in logged if e.pcr == pcr.PCR_MANIFEST]

@@ -16,11 +16,31 @@ from __future__ import annotations
 
 import struct
 
-from mantra.signing import attest, eventlog, pcr, tpm2
+from mantra.signing import attest, eventlog, pcr, pe, tpm2
 from mantra.signing.encoding import ComponentKind, Manifest
 from tpm_sim import SwtpmServer
 
 QUOTE_SELECTION = tpm2.PcrSelection(tpm2.ALG_SHA256, tuple(range(10)))
+BOOTLOADER = "EFI/BOOT/BOOTX64.EFI"
+
+
+def tiny_pe(code: bytes) -> bytes:
+    """A minimal PE32+ EFI application with one section holding `code`."""
+    headers = bytearray(0x200)
+    headers[:2] = b"MZ"
+    struct.pack_into("<I", headers, 0x3C, 0x40)
+    headers[0x40:0x44] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", headers, 0x44, 0x8664, 1, 0, 0, 0, 240, 0x22)  # COFF header
+    optional = 0x58
+    struct.pack_into("<H", headers, optional, 0x20B)  # PE32+
+    struct.pack_into("<I", headers, optional + 16, 0x1000)  # AddressOfEntryPoint
+    struct.pack_into("<II", headers, optional + 32, 0x1000, 0x200)  # SectionAlignment, FileAlignment
+    struct.pack_into("<II", headers, optional + 56, 0x2000, 0x200)  # SizeOfImage, SizeOfHeaders
+    struct.pack_into("<H", headers, optional + 68, 10)  # Subsystem: EFI application
+    struct.pack_into("<I", headers, optional + 108, 16)  # NumberOfRvaAndSizes
+    raw = code + bytes(-len(code) % 0x200)
+    struct.pack_into("<8sIIII", headers, optional + 240, b".text", len(code), 0x1000, len(raw), 0x200)
+    return bytes(headers) + raw
 
 
 class SimulatedDevice:
@@ -47,7 +67,12 @@ class SimulatedDevice:
         for index in range(8):
             self._measure(index, eventlog.EV_SEPARATOR, bytes(4), bytes(4))
         self._measure(5, eventlog.EV_EFI_GPT_EVENT, b"gpt header and entries", b"gpt")
-        self._measure(4, eventlog.EV_EFI_BOOT_SERVICES_APPLICATION, b"MantraBoot PE image", b"\x00" * 32)
+        if BOOTLOADER in self.components:  # the firmware measures the PE image's Authenticode hash
+            image = self.components[BOOTLOADER]
+            digests = {tpm2.ALG_SHA1: pe.authenticode_hash(image, "sha1"),
+                       tpm2.ALG_SHA256: pe.authenticode_hash(image, "sha256")}
+            self.log.log(4, eventlog.EV_EFI_BOOT_SERVICES_APPLICATION, digests, struct.pack("<QQQQ", 0, len(image), 0, 0))
+            self.tpm.pcr_extend(4, digests)
         # MantraBoot (docs/signing.md, "Measured boot").
         self._measure(pcr.PCR_MANIFEST, pcr.EV_IPL, self.manifest_body, b"manifest")
         manifest = Manifest.decode(self.manifest_body)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from attest_sim import SimulatedDevice
+from attest_sim import SimulatedDevice, tiny_pe
 from mantra.image import esp, gpt
-from mantra.signing import attest, eventlog, keys, pcr, tpm2
+from mantra.signing import attest, eventlog, keys, pcr, pe, tpm2
 from mantra.signing.encoding import DecodeError, Envelope
 from mantra.signing.image import MANIFEST_PATH, open_esp
 from mantra.signing.keys import KeySet
@@ -27,7 +30,7 @@ from tpm_sim import SwtpmServer
 PASSPHRASE = "attestation test passphrase"
 MIB = 1024 * 1024
 ESP_MIB = 34
-FILES = {"EFI/BOOT/BOOTX64.EFI": b"MZ mantraboot", "MANTRA/KERNEL.ELF": b"\x7fELF mantracore",
+FILES = {"EFI/BOOT/BOOTX64.EFI": tiny_pe(b"\xc3 mantraboot"), "MANTRA/KERNEL.ELF": b"\x7fELF mantracore",
          "MANTRA/BOOTFS.IMG": b"bootfs: init logd demo"}
 OTHER_BOOTFS = b"bootfs: init logd demo backdoor"
 NONCE = bytes.fromhex("5a" * 32)
@@ -279,6 +282,39 @@ def test_component_missing_or_extra_is_named(tpm: SwtpmServer, golden_image: Pat
     reasons = refused(device.answer(NONCE), reference, pin)
     assert reasons == (f"component MANTRA/CMDLINE.TXT: measured {hashlib.sha256(b'debug=1').hexdigest()}, not in "
                        "the reference image",), reasons
+
+
+def test_bootloader_that_differs_is_named(tpm: SwtpmServer, golden_image: Path, reference: attest.Reference,
+                                          pin: attest.AkPin) -> None:
+    """The firmware started another bootloader (PCR 4) than the reference's."""
+    other = tiny_pe(b"\xc3 another loader")
+    blob = SimulatedDevice(tpm, manifest_body(golden_image), {**FILES, "EFI/BOOT/BOOTX64.EFI": other}).answer(NONCE)
+    reasons = refused(blob, reference, pin)
+    assert reasons == (f"component EFI/BOOT/BOOTX64.EFI: measured {pe.authenticode_hash(other).hex()} (PCR 4, "
+                       f"Authenticode), reference {pe.authenticode_hash(FILES['EFI/BOOT/BOOTX64.EFI']).hex()}",), reasons
+
+
+def test_authenticode_hash_matches_osslsigncode(tmp_path: Path) -> None:
+    """pe.authenticode_hash against an independent implementation: the
+    digest osslsigncode computes when it signs (and verifies) the image."""
+    tool = shutil.which("osslsigncode")
+    openssl = shutil.which("openssl")
+    if tool is None or openssl is None:
+        pytest.skip("osslsigncode or openssl is not installed")
+    image = FILES["EFI/BOOT/BOOTX64.EFI"]
+    (tmp_path / "boot.efi").write_bytes(image)
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k.pem"),
+                    "-out", str(tmp_path / "c.pem"), "-subj", "/CN=test", "-days", "1"], check=True,
+                   capture_output=True)
+    subprocess.run([tool, "sign", "-certs", str(tmp_path / "c.pem"), "-key", str(tmp_path / "k.pem"), "-h", "sha256",
+                    "-in", str(tmp_path / "boot.efi"), "-out", str(tmp_path / "signed.efi")], check=True,
+                   capture_output=True)
+    verified = subprocess.run([tool, "verify", "-in", str(tmp_path / "signed.efi")], capture_output=True, text=True)
+    calculated = re.search(r"Calculated message digest\s*:\s*([0-9A-Fa-f]{64})", verified.stdout)
+    assert calculated, verified.stdout + verified.stderr
+    assert pe.authenticode_hash(image).hex() == calculated[1].lower()
+    # The signature appended by signing is not part of the hash.
+    assert pe.authenticode_hash((tmp_path / "signed.efi").read_bytes()) == pe.authenticode_hash(image)
 
 
 def test_reference_manifest_must_verify(golden_image: Path, keyset: KeySet, other_keyset: KeySet,
