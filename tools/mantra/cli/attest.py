@@ -3,6 +3,7 @@ it against the signed manifest of the reference image (mantra.signing.attest).""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from mantra.cli.common import DEFAULT_BOARD, DEFAULT_PRODUCT, BoardOption, Produ
 from mantra.console import out, step
 from mantra.errors import MantraError
 from mantra.signing import attest as attestation
-from mantra.signing.keys import load_root_public
+from mantra.signing.keys import ROOT_PUB, load_root_public
 from mantra.workspace import Workspace
 
 # How long the device gets to answer a request once it is up.
@@ -35,6 +36,18 @@ def _nonce(value: str | None) -> bytes:
         raise typer.BadParameter(f"a nonce is {attestation.NONCE_SIZE} bytes: {2 * attestation.NONCE_SIZE} hex "
                                  "digits (leave it out for a random one)", param_hint="--nonce")
     return nonce
+
+
+def _product_root(ws: Workspace, product: str) -> bytes:
+    """The root public key of the key set `mantra build` signs PRODUCT with
+    ($MANTRA_KEYS, else the development keys), without making one."""
+    chosen = os.environ.get(driver.KEYS_ENV)
+    directory = Path(chosen) if chosen else ws.root / "build" / "keys" / product
+    pub = directory / ROOT_PUB
+    if not pub.is_file():
+        raise MantraError(f"no root key to check the reference image with: {ws.relative(pub)} does not exist",
+                          "give the product's root public key with --root PUB (DIR/root.pub of its key set)")
+    return load_root_public(pub)
 
 
 def _report(line: str) -> None:
@@ -99,8 +112,7 @@ def attest(
         if not reference_image.is_file():
             raise MantraError(f"no reference image: {ws.relative(reference_image)} does not exist",
                               f"build it (./mantra build -b {board} -p {product}) or give --reference IMAGE")
-    root_public = load_root_public(root) if root is not None else \
-        driver.product_keys(ws, product, None).root_public
+    root_public = load_root_public(root) if root is not None else _product_root(ws, product)
     try:
         expected = attestation.load_reference(reference_image, root_public, _report)
     except attestation.AttestFailure as failure:
