@@ -4,6 +4,7 @@ it against the signed manifest of the reference image (mantra.signing.attest).""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from mantra.workspace import Workspace
 
 # How long the device gets to answer a request once it is up.
 DEFAULT_TIMEOUT = 60.0
+# How long the QEMU device gets to boot up to attestd (at least).
+BOOT_TIMEOUT = 300.0
 
 
 def _nonce(value: str | None) -> bytes:
@@ -89,7 +92,8 @@ def attest(
     nonce: Annotated[str | None, typer.Option(
         "--nonce", metavar="HEX", help="The 32-byte nonce, 64 hex digits (default: random).")] = None,
     timeout: Annotated[float, typer.Option(
-        "--timeout", metavar="S", min=1, help="How long the device gets to answer (and, under QEMU, to boot).")]
+        "--timeout", metavar="S", min=1,
+        help="How long the device gets to answer (under QEMU it gets at least 300 s to boot).")]
         = DEFAULT_TIMEOUT,
 ) -> None:
     """Check what a device booted: a TPM quote of PCRs 0-9 over a fresh nonce,
@@ -120,13 +124,13 @@ def attest(
 
     state_dir = (device_image or reference_image).parent
     pin = attestation.AkPin(attestation.pin_file(state_dir, "qemu" if port is None else port), explicit=ak)
-    transcript = state_dir / "attest" / "console.log"
-    transcript.parent.mkdir(parents=True, exist_ok=True)
-    transcript.write_bytes(b"")
     if port is None:
         assert device_image is not None
-        device = _qemu_device(ws, board, product, device_image, transcript, timeout)
+        device = _qemu_device(ws, device_image, timeout)
     else:
+        transcript = state_dir / "attest" / "console.log"
+        transcript.parent.mkdir(parents=True, exist_ok=True)
+        transcript.write_bytes(b"")
         device = _port_device(port, transcript)
     with device as link:
         step(f"Asking {link.url} for a quote over nonce {request_nonce.hex()}")
@@ -145,9 +149,50 @@ def attest(
             f"(security counter {manifest.security_counter}); quote verified in {elapsed * 1000:.1f} ms")
 
 
-def _qemu_device(ws: Workspace, board: str, product: str, image: Path, transcript: Path, timeout: float):
-    raise MantraError("booting the device under QEMU for attestation is not available yet",
-                      "run it yourself and give its console with --port")
+# The lines attestd prints once it serves requests (or knows it cannot).
+_ATTESTD_READY = r"attestd: .*(answering MANTRA-ATTEST-REQUEST|attestation requests will be refused)"
+
+
+class _SessionLink:
+    """The console of a board booted by its runner (runners/console_socket.py)."""
+
+    def __init__(self, session) -> None:  # noqa: ANN001 - a ConsoleSession
+        self.session = session
+        self.url = session.url
+
+    def request(self, nonce: bytes, timeout: float) -> bytes:
+        mark = self.session.mark()
+        self.session.send_line(attestation.request_line(nonce))
+        deadline = time.monotonic() + timeout
+        reader = attestation.AnswerReader(nonce)
+        start = mark
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                end = self.session.wait_for(r"MANTRA-ATTEST-(END|ERROR)\b", remaining, start=start)
+            except MantraError as error:
+                raise MantraError(f"the device did not answer the attestation request within {timeout:g} s: "
+                                  f"{error.message}", error.hint) from None
+            text = self.session.text
+            stop = text.find("\n", end.end())
+            stop = len(text) if stop < 0 else stop + 1
+            for line in re.split(r"[\r\n]", text[start:stop]):
+                blob = reader.feed(line)
+                if blob is not None:
+                    return blob
+            start = stop
+
+
+@contextmanager
+def _qemu_device(ws: Workspace, image: Path, timeout: float) -> Iterator[_SessionLink]:
+    """The built image booted under QEMU with swtpm, its console on a local
+    socket; yields once attestd is up."""
+    from mantra.qemu import console_session
+
+    step(f"Booting {ws.relative(image)} with a TPM; console log: {ws.relative(image.parent / 'console.log')}")
+    with console_session(image, tpm=True, workspace=ws) as session:
+        session.wait_for(_ATTESTD_READY, max(timeout, BOOT_TIMEOUT))
+        yield _SessionLink(session)
 
 
 def register(app: typer.Typer) -> None:
