@@ -730,8 +730,12 @@ pub mod nr {
     /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (empty, too long, a byte that is not printable ASCII, tab, CR or LF, or no line end at the end).
     pub const CONSOLE_WRITE: u64 = 43;
 
+    /// Numbers below COUNT that this tree does not define yet: they return
+    /// BAD_SYSCALL (40 and 41: FIRMWARE_VARIABLE_GET/SET, see
+    /// docs/boot-state.md).
+    pub const RESERVED: &[u64] = &[40, 41];
+
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
-    /// (40 and 41 are reserved for FIRMWARE_VARIABLE_GET/SET.)
     pub const COUNT: u64 = 44;
 }
 
