@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod bootfs;
+pub mod eventlog;
 
 use core::mem::{align_of, size_of};
 

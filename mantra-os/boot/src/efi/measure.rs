@@ -17,7 +17,7 @@
 
 use alloc::format;
 use alloc::string::String;
-use mantra_boot::eventlog::{self, Algorithms};
+use mantra_bootinfo::eventlog::{self, Algorithms};
 use mantra_boot::tpm::{self, PCR_COMPONENTS, PCR_MANIFEST};
 use mantra_signing::{ComponentKind, Hex, Manifest};
 use uefi::boot::{self, AllocateType, MemoryType, ScopedProtocol};

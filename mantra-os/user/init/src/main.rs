@@ -312,10 +312,12 @@ impl Init {
                 // no handle and says so itself.
                 "console" | "eventlog" | "tpm" => {
                     let (held, wanted) = match cap.as_str() {
-                        "console" => (&self.console, rights::READ | rights::WRITE | rights::WAIT),
+                        "console" => (&self.console, rights::READ | rights::WRITE | rights::WAIT | rights::DUPLICATE),
                         "eventlog" => (&self.eventlog, rights::READ | rights::MAP),
                         _ => (&self.tpm, rights::READ | rights::WRITE | rights::MAP),
                     };
+                    // TRANSFER: the handle travels in the bootstrap message.
+                    let wanted = wanted | rights::TRANSFER;
                     if let Some(held) = held {
                         message.handle(cap, dup_subset(held.raw(), wanted)?).map_err(bad)?;
                     }

@@ -39,6 +39,8 @@ pub enum Error {
     UnknownAlgorithm(u16),
     /// An entry's event data is larger than [`MAX_EVENT_DATA`].
     EventTooLarge(u32),
+    /// Non-zero bytes after the log's padding started.
+    Garbage,
 }
 
 impl core::fmt::Display for Error {
@@ -49,6 +51,7 @@ impl core::fmt::Display for Error {
             Error::BadAlgorithms => write!(f, "the Spec ID event's algorithm list is malformed"),
             Error::UnknownAlgorithm(alg) => write!(f, "an entry has a digest of algorithm {alg:#06x}, not in the Spec ID event"),
             Error::EventTooLarge(n) => write!(f, "an entry's event data is {n} bytes"),
+            Error::Garbage => write!(f, "non-zero bytes after the end of the log"),
         }
     }
 }
@@ -162,6 +165,26 @@ pub fn parse_header_grow<'a>(mut view: impl FnMut(usize) -> &'a [u8]) -> Result<
     Err(Error::NotCryptoAgile)
 }
 
+/// The length of the log at the start of `bytes`, which may be followed by
+/// zero padding (a memory object holding the log is page-sized): the
+/// header, then entries up to the end or to the first all-zero entry
+/// header (a real entry has at least one digest), after which every byte
+/// must be zero.
+pub fn used_length(bytes: &[u8]) -> Result<usize, Error> {
+    let (mut at, algs) = parse_header(bytes)?;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < 12 || rest[..12].iter().all(|&b| b == 0) {
+            if rest.iter().all(|&b| b == 0) {
+                return Ok(at);
+            }
+            return Err(Error::Garbage);
+        }
+        at += entry_size(rest, &algs)?;
+    }
+    Ok(at)
+}
+
 /// Checks that `log` is a whole crypto-agile log (header, then entries
 /// ending exactly at its end) and returns the number of entries after the
 /// header.
@@ -243,6 +266,18 @@ mod tests {
         assert_eq!(size, Ok(e.len()));
         assert_eq!(asked, [64, 72, e.len()]);
         assert_eq!(parse_header_grow(|len| &h[..len.min(h.len())]).map(|r| r.0), Ok(h.len()));
+    }
+
+    #[test]
+    fn finds_the_end_before_padding() {
+        let mut log = header();
+        log.extend_from_slice(&event2(8, b"manifest"));
+        let len = log.len();
+        log.resize(4096, 0);
+        assert_eq!(used_length(&log), Ok(len));
+        assert_eq!(used_length(&log[..len]), Ok(len));
+        log[4000] = 1;
+        assert_eq!(used_length(&log), Err(Error::Garbage));
     }
 
     #[test]
