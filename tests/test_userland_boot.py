@@ -54,12 +54,15 @@ def test_user_mode_kernel_tests_pass(utest_image: BuildResult) -> None:
     console = result.console_text
     assert result.matched, tail(console)
     summary = re.search(r"utest: (\d+) passed, (\d+) failed", console)
-    assert summary and int(summary[1]) >= 17 and summary[2] == "0", tail(console)
+    assert summary and int(summary[1]) >= 18 and summary[2] == "0", tail(console)
+    # CONSOLE_WRITE's line came out whole, on a line of its own.
+    assert re.search(r"^utest: console line written whole\r?$", console, re.M), tail(console)
     assert not re.search(r"utest: \S+ \.\.\. FAILED", console), tail(console)
     for name in ("stale_handle_refused", "forged_handles_refused", "wrong_type_and_rights_refused",
                  "revoked_handles_refused", "bad_pointers_refused", "zero_capability_process",
                  "virtual_interrupt_delivers_one_packet_per_firing", "interrupt_ack_waits_for_room_on_the_port",
-                 "physical_interrupts_need_the_irq_resource", "short_messages_in_registers", "bad_receive_buffer_loses_nothing"):
+                 "physical_interrupts_need_the_irq_resource", "short_messages_in_registers", "bad_receive_buffer_loses_nothing",
+                 "console_object_checks"):
         assert f"utest: {name} ... ok" in console, tail(console)
     fuzz = re.search(r"fuzz: (\d+) random syscalls", console)
     assert fuzz and int(fuzz[1]) >= 50_000, tail(console)

@@ -36,6 +36,7 @@ _FORM_HINT = ("every syscall constant in `pub mod nr` needs the fixed doc commen
               "`Arguments:`, `Rights:`, `Returns:` and `Errors:` (see the top of mantra-os/abi/src/lib.rs)")
 
 _CONST = re.compile(r"^\s*pub const (\w+)\s*:\s*u64\s*=\s*(\d+)\s*;")
+_RESERVED = re.compile(r"^\s*pub const RESERVED\s*:\s*&\[u64\]\s*=\s*&\[([\d,\s]*)\]\s*;")
 _VARIANT = re.compile(r"^\s*(\w+)\s*=\s*(\d+)\s*,")
 _NAME_ARM = re.compile(r"Error::(\w+)\s*=>\s*\"(\w+)\"")
 _ABI_VERSION = re.compile(r"pub const ABI_VERSION\s*:\s*u32\s*=\s*(\d+)\s*;")
@@ -85,6 +86,9 @@ class Abi:
     version: int
     errors: list[ErrorCode]
     syscalls: list[Syscall]
+    # Numbers below COUNT kept free for syscalls another tree adds
+    # (`pub const RESERVED: &[u64] = &[...]` in `pub mod nr`).
+    reserved: list[int] = field(default_factory=list)
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -254,8 +258,14 @@ def parse(path: Path, source: str | None = None) -> Abi:
     syscalls: list[Syscall] = []
     doc: list[str] = []
     count = None
+    reserved: list[int] = []
     for index in range(start + 1, end):
         stripped = lines[index].strip()
+        reserved_match = _RESERVED.match(lines[index])
+        if reserved_match:
+            reserved = [int(n) for n in reserved_match.group(1).replace(" ", "").split(",") if n]
+            doc = []
+            continue
         if stripped.startswith("///"):
             body = stripped[3:]
             doc.append(body[1:] if body.startswith(" ") else body)
@@ -280,12 +290,15 @@ def parse(path: Path, source: str | None = None) -> Abi:
         if len(twins) > 1:
             raise DocError(f"{source}:{call.line}: syscalls {', '.join(twins)} share number {call.number}",
                            "give every syscall its own number")
-    if count is not None and numbers != list(range(count)):
+    if set(numbers) & set(reserved):
+        raise DocError(f"{source}: syscall numbers {sorted(set(numbers) & set(reserved))} are also RESERVED",
+                       "drop them from `RESERVED` once they are defined")
+    if count is not None and sorted(numbers + reserved) != list(range(count)):
         raise DocError(f"{source}: syscall numbers are {numbers[0]}..{numbers[-1]} with gaps or beyond COUNT = {count}",
-                       "number the syscalls 0..COUNT-1 and keep COUNT in step")
+                       "number the syscalls 0..COUNT-1 (numbers in `RESERVED` excepted) and keep COUNT in step")
     _resolve_errors(errors, syscalls, source)
     syscalls.sort(key=lambda s: s.number)
-    return Abi(version, errors, syscalls)
+    return Abi(version, errors, syscalls, sorted(reserved))
 
 
 def _cell(text: str) -> str:
@@ -313,8 +326,10 @@ def render(abi: Abi, source: str = str(ABI_SOURCE)) -> str:
         "| # | syscall | summary |",
         "| ---: | --- | --- |",
     ]
-    for call in abi.syscalls:
-        out.append(f"| {call.number} | [`{call.name}`](#{_anchor(call.name)}) | {_cell(call.summary)} |")
+    rows = [(call.number, f"| {call.number} | [`{call.name}`](#{_anchor(call.name)}) | {_cell(call.summary)} |")
+            for call in abi.syscalls]
+    rows += [(number, f"| {number} | *reserved* | not in this build: returns `BAD_SYSCALL` |") for number in abi.reserved]
+    out += [row for _, row in sorted(rows)]
     out += ["", "## Error codes", "", "| code | error | meaning |", "| ---: | --- | --- |"]
     for error in abi.errors:
         out.append(f"| {error.code} | `{error.name}` | {_cell(error.meaning)} |")

@@ -223,6 +223,8 @@ pub enum ObjectKind {
     Log = 9,
     /// Authority over hardware: the interrupt resource (INTERRUPT_CREATE).
     Resource = 10,
+    /// The system console (serial): CONSOLE_READ / CONSOLE_WRITE.
+    Console = 11,
 }
 
 impl ObjectKind {
@@ -238,6 +240,7 @@ impl ObjectKind {
             8 => Self::Interrupt,
             9 => Self::Log,
             10 => Self::Resource,
+            11 => Self::Console,
             _ => return None,
         })
     }
@@ -269,6 +272,15 @@ pub mod interrupt {
     pub const MODE_EDGE_LOW: u32 = 2;
     pub const MODE_LEVEL_HIGH: u32 = 3;
     pub const MODE_LEVEL_LOW: u32 = 4;
+}
+
+/// The console object (CONSOLE_READ / CONSOLE_WRITE).
+pub mod console {
+    /// Longest CONSOLE_WRITE: whole lines, at most this many bytes.
+    pub const MAX_WRITE: usize = 4096;
+    /// Input bytes the kernel buffers for CONSOLE_READ; further input is
+    /// dropped until it is read.
+    pub const INPUT_BUFFER: usize = 4096;
 }
 
 /// Mapping flags for `vmar_map` / `vmar_protect`.
@@ -478,7 +490,7 @@ pub mod nr {
     /// Arguments: `vmo`, `offset`, `buffer`, `len`.
     /// Rights: READ.
     /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
     pub const VMO_READ: u64 = 15;
 
     /// Copies bytes into a memory object.
@@ -486,7 +498,7 @@ pub mod nr {
     /// Arguments: `vmo`, `offset`, `buffer`, `len`.
     /// Rights: WRITE.
     /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
     pub const VMO_WRITE: u64 = 16;
 
     /// Maps (part of) a memory object into an address space.
@@ -697,8 +709,34 @@ pub mod nr {
     /// Errors: as CHANNEL_CALL_SHORT.
     pub const CHANNEL_REPLY_RECEIVE_SHORT: u64 = 39;
 
+    /// Takes bytes the console received (the serial port's input, buffered
+    /// by the kernel, at most console::INPUT_BUFFER bytes; later input is
+    /// dropped until read). The console raises READABLE while input is
+    /// buffered, so a reader waits with OBJECT_WAIT_ASYNC and PORT_WAIT.
+    ///
+    /// Arguments: `console`, `buffer`, `capacity`.
+    /// Rights: READ.
+    /// Returns: the number of bytes written to `buffer` (at least 1).
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (capacity 0), SHOULD_WAIT (nothing buffered), NO_MEMORY.
+    pub const CONSOLE_READ: u64 = 42;
+
+    /// Writes whole lines to the console as they are: printable ASCII,
+    /// tabs and line ends only, ending with a line end. They are written
+    /// in one piece: no kernel or log output comes between their bytes.
+    ///
+    /// Arguments: `console`, `bytes`, `len` (1 ..= console::MAX_WRITE).
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (empty, too long, a byte that is not printable ASCII, tab, CR or LF, or no line end at the end).
+    pub const CONSOLE_WRITE: u64 = 43;
+
+    /// Numbers below COUNT that this tree does not define yet: they return
+    /// BAD_SYSCALL (40 and 41: FIRMWARE_VARIABLE_GET/SET, see
+    /// docs/boot-state.md).
+    pub const RESERVED: &[u64] = &[40, 41];
+
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
-    pub const COUNT: u64 = 40;
+    pub const COUNT: u64 = 44;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! MantraBoot's machine-independent logic, host-testable: the page-table
 //! builder, the conversion of the UEFI memory map into BootInfo regions and
-//! the checks and sizing of the kernel's memory layout. The UEFI application
+//! the checks and sizing of the kernel's memory layout, TPM command
+//! marshalling. (Sizing TCG event log entries is `mantra_bootinfo::eventlog`.) The UEFI application
 //! itself is `main.rs` (built for `x86_64-unknown-uefi` only).
 #![no_std]
 

@@ -11,13 +11,14 @@
 #![no_std]
 
 pub mod bootfs;
+pub mod eventlog;
 
 use core::mem::{align_of, size_of};
 
 /// Magic at offset 0 of a BootInfo blob.
 pub const MAGIC: [u8; 8] = *b"MANTRABI";
 /// Version of the layout below. Bump on every incompatible change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Kind of a physical memory region, as the kernel needs to know it.
 #[repr(u32)]
@@ -166,9 +167,12 @@ pub struct Header {
     pub boot_page_table: u64,
     /// Time-stamp counter read just before the jump to the kernel.
     pub loader_exit_tsc: u64,
-    /// Physical address and size of the TCG event log (0 when none).
-    pub event_log_addr: u64,
-    pub event_log_size: u64,
+    /// The TCG event log, bytes (empty without a TPM): the firmware's log in
+    /// the crypto-agile `TCG_PCR_EVENT2` format as EFI_TCG2_PROTOCOL's
+    /// GetEventLog returned it (its measurements and MantraBoot's), then the
+    /// entries of the EFI_TCG2_FINAL_EVENTS_TABLE logged after that call
+    /// (ExitBootServices). Version 2.
+    pub event_log: Table,
 }
 
 /// What the encoder needs besides the tables.
@@ -182,8 +186,6 @@ pub struct Fixed {
     pub boot_stack_size: u64,
     pub boot_page_table: u64,
     pub loader_exit_tsc: u64,
-    pub event_log_addr: u64,
-    pub event_log_size: u64,
 }
 
 /// Why a blob could not be encoded or parsed.
@@ -222,12 +224,13 @@ const fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// Bytes [`encode`] needs for these table sizes.
-pub const fn encoded_size(regions: usize, segments: usize, cmdline: usize) -> usize {
+/// Bytes [`encode`] needs for these table sizes (`event_log` in bytes).
+pub const fn encoded_size(regions: usize, segments: usize, cmdline: usize, event_log: usize) -> usize {
     align8(size_of::<Header>())
         + align8(regions * size_of::<MemoryRegion>())
         + align8(segments * size_of::<KernelSegment>())
         + align8(cmdline)
+        + align8(event_log)
 }
 
 /// Writes a blob into `buf` and returns its size.
@@ -239,8 +242,9 @@ pub fn encode(
     memory_map: &[MemoryRegion],
     segments: &[KernelSegment],
     cmdline: &[u8],
+    event_log: &[u8],
 ) -> Result<usize, Error> {
-    let needed = encoded_size(memory_map.len(), segments.len(), cmdline.len());
+    let needed = encoded_size(memory_map.len(), segments.len(), cmdline.len(), event_log.len());
     if buf.len() < needed {
         return Err(Error::BufferTooSmall { needed });
     }
@@ -258,6 +262,7 @@ pub fn encode(
     let memory_table = put(as_bytes(memory_map), memory_map.len());
     let segment_table = put(as_bytes(segments), segments.len());
     let cmdline_table = put(cmdline, cmdline.len());
+    let event_log_table = put(event_log, event_log.len());
     let header = Header {
         magic: MAGIC,
         version: VERSION,
@@ -274,8 +279,7 @@ pub fn encode(
         boot_stack_size: fixed.boot_stack_size,
         boot_page_table: fixed.boot_page_table,
         loader_exit_tsc: fixed.loader_exit_tsc,
-        event_log_addr: fixed.event_log_addr,
-        event_log_size: fixed.event_log_size,
+        event_log: event_log_table,
     };
     buf[..size_of::<Header>()].copy_from_slice(as_bytes(core::slice::from_ref(&header)));
     Ok(needed)
@@ -325,6 +329,7 @@ impl<'a> BootInfo<'a> {
         info.table::<MemoryRegion>(header.memory_map)?;
         info.table::<KernelSegment>(header.kernel_segments)?;
         info.table::<u8>(header.cmdline)?;
+        info.table::<u8>(header.event_log)?;
         Ok(info)
     }
 
@@ -384,6 +389,10 @@ impl<'a> BootInfo<'a> {
     pub fn rsdp(&self) -> Option<u64> {
         (self.header.rsdp != 0).then_some(self.header.rsdp)
     }
+    /// The TCG event log (see [`Header::event_log`]); empty when there is none.
+    pub fn event_log(&self) -> &'a [u8] {
+        self.table(self.header.event_log).unwrap_or(&[])
+    }
     /// Physical range of the boot filesystem, if the loader provided one.
     pub fn bootfs(&self) -> Option<(u64, u64)> {
         (self.header.bootfs_size != 0).then_some((self.header.bootfs_addr, self.header.bootfs_size))
@@ -434,8 +443,6 @@ mod tests {
             boot_stack_size: 65536,
             boot_page_table: 0x30_0000,
             loader_exit_tsc: 42,
-            event_log_addr: 0,
-            event_log_size: 0,
         }
     }
 
@@ -448,13 +455,14 @@ mod tests {
             MemoryRegion::new(0xfee0_0000, 1, MemoryKind::Mmio),
         ];
         let segs = [KernelSegment { vaddr: 0xffff_ffff_8000_0000, paddr: 0x40_0000, mem_size: 0x5000, flags: SEG_R | SEG_X, _reserved: 0 }];
-        let n = encode(&mut buf.0, &fixed(), &map, &segs, b"log=debug").unwrap();
-        assert_eq!(n, encoded_size(3, 1, 9));
+        let n = encode(&mut buf.0, &fixed(), &map, &segs, b"log=debug", b"\x00\x01event log").unwrap();
+        assert_eq!(n, encoded_size(3, 1, 9, 11));
         let info = BootInfo::parse(&buf.0[..n]).unwrap();
         assert_eq!(info.memory_map(), &map);
         assert_eq!(info.memory_map()[2].kind(), MemoryKind::Mmio);
         assert_eq!(info.kernel_segments(), &segs);
         assert_eq!(info.cmdline(), "log=debug");
+        assert_eq!(info.event_log(), b"\x00\x01event log");
         assert_eq!(info.rsdp(), Some(0x7fb7_e014));
         assert_eq!(info.bootfs(), Some((0x10_0000, 8192)));
         assert_eq!(info.framebuffer().unwrap().width, 1280);
@@ -468,15 +476,15 @@ mod tests {
         let mut buf = Buf([0; 4096]);
         let map = vec![MemoryRegion::new(0, 1, MemoryKind::Usable); 400];
         assert_eq!(
-            encode(&mut buf.0, &fixed(), &map, &[], b""),
-            Err(Error::BufferTooSmall { needed: encoded_size(400, 0, 0) })
+            encode(&mut buf.0, &fixed(), &map, &[], b"", b""),
+            Err(Error::BufferTooSmall { needed: encoded_size(400, 0, 0, 0) })
         );
     }
 
     #[test]
     fn rejects_bad_magic_version_and_truncation() {
         let mut buf = Buf([0; 4096]);
-        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"").unwrap();
+        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"").unwrap();
         assert_eq!(BootInfo::parse(&buf.0[..n - 8]).err(), Some(Error::Truncated));
         buf.0[8] = 99;
         assert_eq!(BootInfo::parse(&buf.0[..n]).err(), Some(Error::VersionMismatch { found: 99, expected: VERSION }));
@@ -487,7 +495,7 @@ mod tests {
     #[test]
     fn rejects_table_outside_blob() {
         let mut buf = Buf([0; 4096]);
-        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"").unwrap();
+        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"").unwrap();
         // Point the memory map past the end.
         let off = core::mem::offset_of!(Header, memory_map);
         buf.0[off..off + 8].copy_from_slice(&(n as u64).to_le_bytes());

@@ -231,6 +231,10 @@ pub fn decode_madt(table: &[u8]) -> Result<Madt, AcpiError> {
 /// FIFO TPM2 table may leave its control area address 0.
 pub const TPM_PC_CLIENT_BASE: u64 = 0xFED4_0000;
 
+/// Size of a TIS/FIFO TPM's register window: five localities of 4 KiB each
+/// (TCG PC Client Platform TPM Profile, FIFO interface).
+pub const TPM_FIFO_WINDOW: u64 = 5 * 0x1000;
+
 /// The TPM2 table's fixed fields (TCG ACPI Specification, "TPM2 ACPI
 /// Table"): header (36), platform class u16 (36), reserved u16 (38), control
 /// area address u64 (40), start method u32 (48). Start-method-specific

@@ -50,6 +50,13 @@ pub fn print(args: fmt::Arguments<'_>) {
     let _ = ConsoleWriter.write_fmt(args);
 }
 
+/// Writes `bytes` as they are, holding the line lock: whole lines from
+/// user mode (CONSOLE_WRITE) never interleave with kernel output.
+pub fn write_lines(bytes: &[u8]) {
+    let _line = LINE_LOCK.lock();
+    Machine::console_write(bytes);
+}
+
 #[doc(hidden)]
 pub fn log(level: Level, args: fmt::Arguments<'_>) {
     if level <= MAX_LEVEL {

@@ -353,6 +353,7 @@ static DEADLINES_RUNNING: SpinLock<()> = SpinLock::new(());
 /// wakes threads whose deadline passed, unless another CPU is doing so.
 pub fn on_tick() {
     let Some(_running) = DEADLINES_RUNNING.try_lock() else { return };
+    crate::conio::poll();
     let now = clock_ns();
     let mut due: Vec<Arc<Timer>> = Vec::new();
     ARMED_TIMERS.lock().retain(|weak| {

@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod conio;
 mod console;
 mod fastpath;
 mod interrupt;

@@ -9,6 +9,7 @@ use mantra_abi::ObjectKind;
 use mantra_kernel::signal::SignalState;
 use mantra_kernel::sync::SpinLock;
 
+use crate::conio::Console;
 use crate::interrupt::{Interrupt, Resource};
 use crate::ipc::{Endpoint, Port, Timer};
 use crate::klog::Log;
@@ -31,6 +32,7 @@ pub enum Object {
     Log(Arc<Log>),
     Interrupt(Arc<Interrupt>),
     Resource(Arc<Resource>),
+    Console(Arc<Console>),
 }
 
 impl Object {
@@ -46,6 +48,7 @@ impl Object {
             Object::Log(_) => ObjectKind::Log,
             Object::Interrupt(_) => ObjectKind::Interrupt,
             Object::Resource(_) => ObjectKind::Resource,
+            Object::Console(_) => ObjectKind::Console,
         }
     }
 
@@ -61,6 +64,7 @@ impl Object {
             Object::Log(o) => o.koid,
             Object::Interrupt(o) => o.koid,
             Object::Resource(o) => o.koid,
+            Object::Console(o) => o.koid,
         }
     }
 
@@ -72,6 +76,7 @@ impl Object {
             Object::Channel(o) => Some(&o.signals),
             Object::Timer(o) => Some(&o.signals),
             Object::Interrupt(o) => Some(&o.signals),
+            Object::Console(o) => Some(&o.signals),
             _ => None,
         }
     }

@@ -17,15 +17,33 @@ use crate::arch::x86_64::{cpu, smp};
 use crate::memory;
 use crate::object::next_koid;
 
-/// A memory object.
+/// A memory object: RAM committed lazily, or a window of device memory.
 pub struct Vmo {
     pub koid: u64,
     pages: SpinLock<PageList>,
+    /// Device memory: the object is the physical range starting here
+    /// (never RAM: it owns no frames), mapped uncached; VMO_READ/WRITE are
+    /// refused (device registers are accessed through a mapping only).
+    device: Option<u64>,
 }
 
 impl Vmo {
     pub fn new(size: u64) -> Result<Arc<Self>, Error> {
-        Ok(Arc::new(Self { koid: next_koid(), pages: SpinLock::new(PageList::new(size)?) }))
+        Ok(Arc::new(Self { koid: next_koid(), pages: SpinLock::new(PageList::new(size)?), device: None }))
+    }
+
+    /// A device-memory object over `[base, base + size)` (page aligned).
+    /// The caller checked that the range is a device's registers, not RAM.
+    pub fn new_device(base: u64, size: u64) -> Result<Arc<Self>, Error> {
+        if base % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+            return Err(Error::InvalidArgs);
+        }
+        Ok(Arc::new(Self { koid: next_koid(), pages: SpinLock::new(PageList::new(size)?), device: Some(base) }))
+    }
+
+    /// Whether this is device memory (mapped uncached).
+    pub fn is_device(&self) -> bool {
+        self.device.is_some()
     }
 
     pub fn size(&self) -> u64 {
@@ -34,6 +52,11 @@ impl Vmo {
 
     /// The frame of `page`, committing a zeroed one on first touch.
     fn commit(&self, page: u64) -> Result<u64, Error> {
+        if let Some(base) = self.device {
+            let pages = self.pages.lock();
+            pages.check_range(page * PAGE_SIZE, PAGE_SIZE)?;
+            return Ok(base + page * PAGE_SIZE);
+        }
         self.pages.lock().commit(page, || {
             let frame = memory::alloc_frame()?.as_u64();
             // SAFETY: a fresh frame, reached through the direct map.
@@ -44,6 +67,9 @@ impl Vmo {
 
     /// Copies object bytes at `offset` into `out` (uncommitted pages read as zeros).
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), Error> {
+        if self.is_device() {
+            return Err(Error::NotSupported);
+        }
         let pages = self.pages.lock();
         pages.check_range(offset, out.len() as u64)?;
         let mut done = 0usize;
@@ -67,6 +93,9 @@ impl Vmo {
 
     /// Copies `data` into the object at `offset`, committing pages.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        if self.is_device() {
+            return Err(Error::NotSupported);
+        }
         self.pages.lock().check_range(offset, data.len() as u64)?;
         let mut done = 0usize;
         while done < data.len() {
@@ -177,7 +206,11 @@ impl Space {
         }
         let page = addr & !(PAGE_SIZE - 1);
         let vmo = mapping.object.clone();
-        let flags = page_flags(mapping.flags);
+        let mut flags = page_flags(mapping.flags);
+        if vmo.is_device() {
+            // Registers: every access reaches the device.
+            flags |= PageFlags::NO_CACHE | PageFlags::WRITE_THROUGH;
+        }
         let Ok(frame) = vmo.commit(mapping.object_page(addr)) else { return false };
         let mut frames = memory::FrameSource;
         match inner.tables.map(&mut frames, VirtAddr::new(page), PhysAddr::new(frame), PageSize::Size4K, flags) {

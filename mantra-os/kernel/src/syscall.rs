@@ -165,6 +165,8 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
         nr::INTERRUPT_CREATE => interrupt_create(ctx, a),
         nr::INTERRUPT_BIND => interrupt_bind(ctx, a),
         nr::INTERRUPT_TRIGGER => interrupt_trigger(ctx, a),
+        nr::CONSOLE_READ => console_read(ctx, a),
+        nr::CONSOLE_WRITE => console_write(ctx, a),
         _ => Err(Error::BadSyscall),
     }
 }
@@ -788,4 +790,39 @@ fn log_read(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     let n = record.len().min(capacity);
     out.write_from(&record[..n])?;
     Ok(n as u64)
+}
+
+fn console_read(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    let console = ctx.get(a[0], rights::READ, extract!(Console))?;
+    let capacity = usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?;
+    if capacity == 0 {
+        return Err(Error::InvalidArgs);
+    }
+    let capacity = capacity.min(mantra_abi::console::INPUT_BUFFER);
+    let _reader = console.reader.lock();
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(capacity).map_err(|_| Error::NoMemory)?;
+    bytes.resize(capacity, 0);
+    let n = console.peek(&mut bytes);
+    if n == 0 {
+        return Err(Error::ShouldWait);
+    }
+    // Taken only once the caller has them: a bad buffer loses nothing.
+    UserSlice::<u8>::new(a[1], capacity).write_from(&bytes[..n])?;
+    console.consume(n);
+    Ok(n as u64)
+}
+
+fn console_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    ctx.get(a[0], rights::WRITE, extract!(Console))?;
+    let len = usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?;
+    if len == 0 || len > mantra_abi::console::MAX_WRITE {
+        return Err(Error::InvalidArgs);
+    }
+    let bytes = UserSlice::<u8>::new(a[1], len).read_vec()?;
+    if !crate::conio::valid_lines(&bytes) {
+        return Err(Error::InvalidArgs);
+    }
+    crate::console::write_lines(&bytes);
+    Ok(0)
 }

@@ -2,6 +2,11 @@
 //! from the boot filesystem, hands it its root capabilities through a
 //! bootstrap channel (the startup-message format of /work/contract:
 //! `MANTRA-STARTUP 1` then `handle <name>` lines) and starts its thread.
+//! Besides the roots every boot has, init gets `console` (the console
+//! object), `eventlog` (a read-only memory object holding the TCG event log
+//! MantraBoot handed over, when there is one) and `tpm` (a device-memory
+//! object over a TIS/FIFO TPM's register window, when the ACPI TPM2 table
+//! describes one).
 //! Everything else in user space is created by init.
 
 use alloc::format;
@@ -76,6 +81,41 @@ fn load_segment(process: &Process, header: &mantra_elf::ProgramHeader, data: &[u
     step("segment map", process.space().map(vmo, 0, len, flags, flags, Some(start)).map(|_| ()))
 }
 
+/// The event log MantraBoot handed over, copied into a memory object that
+/// init gets without WRITE (read-only for everyone it is passed to).
+fn event_log_object() -> Result<Option<Arc<Vmo>>, BootError> {
+    let log = crate::boot::bootinfo().event_log();
+    if log.is_empty() {
+        crate::kprintln!("eventlog: none (no TPM, or MantraBoot could not copy it)");
+        return Ok(None);
+    }
+    let vmo = step("event log object", Vmo::new(log.len() as u64))?;
+    step("event log copy", vmo.write(0, log))?;
+    crate::kprintln!("eventlog: {} bytes", log.len());
+    Ok(Some(vmo))
+}
+
+/// A device-memory object over the TPM's registers: a TIS/FIFO TPM's five
+/// localities, when that window is not RAM by the memory map.
+fn tpm_object() -> Option<Arc<Vmo>> {
+    use mantra_bootinfo::MemoryKind;
+    use mantra_kernel::acpi::{TpmInterface, TPM_FIFO_WINDOW};
+    let tpm = (*crate::boot::TPM.get()?)?;
+    if tpm.interface != TpmInterface::Fifo {
+        crate::kprintln!("tpm: no userland driver for the {} interface: no `tpm` handle", tpm.interface);
+        return None;
+    }
+    let (start, end) = (tpm.registers, tpm.registers.checked_add(TPM_FIFO_WINDOW)?);
+    let ram = crate::boot::bootinfo().memory_map().iter().any(|r| {
+        r.start < end && start < r.end() && !matches!(r.kind(), MemoryKind::Mmio | MemoryKind::Reserved)
+    });
+    if ram || start % PAGE_SIZE != 0 {
+        crate::kwarn!("tpm: registers at {start:#x} overlap RAM or are misaligned: no `tpm` handle");
+        return None;
+    }
+    Vmo::new_device(start, TPM_FIFO_WINDOW).ok()
+}
+
 /// Loads and starts init. Returns its process.
 pub fn start_init() -> Result<Arc<Process>, BootError> {
     let image = bootfs_bytes()?;
@@ -100,14 +140,26 @@ pub fn start_init() -> Result<Arc<Process>, BootError> {
     let bootfs = step("bootfs object", Vmo::new(image.len() as u64))?;
     step("bootfs copy", bootfs.write(0, image))?;
     let log = Arc::new(Log::new(next_koid()));
-    let roots: Vec<(&str, Object, u32)> = alloc::vec![
+    let mut roots: Vec<(&str, Object, u32)> = alloc::vec![
         ("self", Object::Process(process.clone()), rights::ALL),
         ("space", Object::Space(process.space().clone()), rights::ALL),
         ("bootfs", Object::Vmo(bootfs), rights::READ | rights::MAP | rights::DUPLICATE | rights::TRANSFER),
         ("log", Object::Log(log.clone()), rights::WRITE | rights::DUPLICATE | rights::TRANSFER),
         ("klog", Object::Log(log), rights::READ | rights::DUPLICATE | rights::TRANSFER),
         ("irq", Object::Resource(Arc::new(Resource::interrupts())), rights::CREATE | rights::DUPLICATE | rights::TRANSFER),
+        (
+            "console",
+            Object::Console(crate::conio::object()),
+            rights::READ | rights::WRITE | rights::WAIT | rights::DUPLICATE | rights::TRANSFER,
+        ),
     ];
+    if let Some(eventlog) = event_log_object()? {
+        roots.push(("eventlog", Object::Vmo(eventlog), rights::READ | rights::MAP | rights::DUPLICATE | rights::TRANSFER));
+    }
+    if let Some(tpm) = tpm_object() {
+        let rw = rights::READ | rights::WRITE | rights::MAP | rights::DUPLICATE | rights::TRANSFER;
+        roots.push(("tpm", Object::Vmo(tpm), rw));
+    }
     let mut text = String::from("MANTRA-STARTUP 1\n");
     let mut caps = Vec::new();
     for (name, object, rights) in roots {

@@ -99,7 +99,8 @@ pub struct Buffers {
 }
 
 impl Buffers {
-    pub fn allocate(capacity: usize, segments: usize, cmdline: usize) -> Result<Self, Fatal> {
+    /// `event_log`: the most bytes of TCG event log the blob must hold.
+    pub fn allocate(capacity: usize, segments: usize, cmdline: usize, event_log: usize) -> Result<Self, Fatal> {
         let scratch_bytes = capacity * size_of::<MemoryRegion>();
         let pages = scratch_bytes.div_ceil(4096);
         let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).map_err(|e| {
@@ -115,7 +116,7 @@ impl Buffers {
             core::ptr::write_bytes(ptr.as_ptr(), 0, pages * 4096);
             core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<MemoryRegion>(), capacity)
         };
-        let size = encoded_size(capacity, segments, cmdline);
+        let size = encoded_size(capacity, segments, cmdline, event_log);
         let addr = platform::allocate(size as u64, "BootInfo")?;
         // SAFETY: a fresh, zeroed, page-aligned allocation of at least
         // `size` bytes that only this slice refers to.
@@ -137,6 +138,8 @@ pub struct Handoff {
     pub rsdp: u64,
     pub segments: Vec<KernelSegment>,
     pub cmdline: Vec<u8>,
+    /// The TCG event log, completed after ExitBootServices (None: no TPM).
+    pub event_log: Option<super::measure::EventLog>,
     pub buffers: Buffers,
 }
 
@@ -167,6 +170,8 @@ pub fn enter_kernel(h: Handoff) -> ! {
         n += 1;
     }
     let regions = memmap::normalize(&mut scratch[..n]);
+    // The firmware's final events (ExitBootServices) join the log now.
+    let event_log: &[u8] = h.event_log.map_or(&[], super::measure::EventLog::finish);
     // The map's buffer is loader data that the kernel may reclaim; never
     // hand it back to the (gone) pool allocator.
     core::mem::forget(map);
@@ -183,10 +188,8 @@ pub fn enter_kernel(h: Handoff) -> ! {
         boot_stack_size: h.stack_size,
         boot_page_table: h.page_table,
         loader_exit_tsc: platform::rdtsc(),
-        event_log_addr: 0,
-        event_log_size: 0,
     };
-    if let Err(e) = encode(bootinfo, &fixed, &scratch[..regions], &h.segments, &h.cmdline) {
+    if let Err(e) = encode(bootinfo, &fixed, &scratch[..regions], &h.segments, &h.cmdline, event_log) {
         fail::report(&format_args!("cannot encode BootInfo: {e}"), "please report this MantraBoot bug");
     }
     let stack_top = (h.stack_base + h.stack_size) & !0xf;

@@ -46,7 +46,7 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
     //    against it (size, SHA-256) as soon as it is read, before any byte
     //    of it is parsed. The handles are closed when `esp` goes out of
     //    scope, well before ExitBootServices.
-    let (kernel_file, bootfs, cmdline) = {
+    let (kernel_file, bootfs, cmdline, event_log) = {
         let mut esp = files::Esp::open()?;
         let envelope = match esp.read_bounded(
             cstr16!("\\MANTRA\\MANIFEST.SIG"),
@@ -97,7 +97,8 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
         if let Some(bytes) = cmdline_file.as_deref() {
             loaded.push(measure::Loaded { path: "MANTRA/CMDLINE.TXT", bytes });
         }
-        measure::measure(image.verified.manifest_body, &image.verified.manifest, &loaded)?;
+        //     The event log (the firmware's and these events) goes to the kernel.
+        let event_log = measure::measure(image.verified.manifest_body, &image.verified.manifest, &loaded)?;
         drop(loaded);
 
         let cmdline = match cmdline_file {
@@ -110,7 +111,7 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
             }
             None => Vec::from(mantra_config::BOOT_CMDLINE.as_bytes()),
         };
-        (kernel_file, bootfs, cmdline)
+        (kernel_file, bootfs, cmdline, event_log)
     };
 
     // 2. Everything is checked before anything is loaded.
@@ -152,7 +153,8 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
 
     // 5. Buffers the hand-over fills after ExitBootServices.
     let capacity = map_entries + MAP_HEADROOM;
-    let buffers = handoff::Buffers::allocate(capacity, segments.len(), cmdline.len())?;
+    let event_log_room = event_log.as_ref().map_or(0, measure::EventLog::capacity);
+    let buffers = handoff::Buffers::allocate(capacity, segments.len(), cmdline.len(), event_log_room)?;
 
     say!(
         "MantraBoot: kernel {} segments, entry {:#x}, {} KiB; BootInfo version {}",
@@ -186,6 +188,7 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
         rsdp,
         segments,
         cmdline,
+        event_log,
         buffers,
     })
 }

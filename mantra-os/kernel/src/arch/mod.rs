@@ -14,6 +14,8 @@ pub trait Arch {
     /// Writes bytes to the boot console by polling; lock-free, so fault and
     /// panic paths can always print.
     fn console_write(bytes: &[u8]);
+    /// One byte the boot console received, if any (polled, never blocks).
+    fn console_read_byte() -> Option<u8>;
     /// A monotonic cycle-ish counter (TSC on x86_64). Under QEMU
     /// `-icount shift=0` it counts guest instructions.
     fn timestamp() -> u64;

@@ -1,5 +1,6 @@
 //! MantraInit: the first user process. The kernel starts it with `self`,
-//! `space`, `bootfs`, `log`, `klog` and `irq` (contract/USERLAND.md). It reads
+//! `space`, `bootfs`, `log`, `klog`, `irq`, `console` and, with a TPM,
+//! `eventlog` and `tpm` (contract/USERLAND.md). It reads
 //! `init.manifest` from the boot filesystem, starts the services in
 //! dependency order (the log server first), giving each exactly the
 //! capabilities its manifest line grants, and supervises them: a port
@@ -85,6 +86,12 @@ struct Init {
     klog: Option<OwnedHandle>,
     /// The interrupt resource (for services granted `irq`).
     irq: Option<OwnedHandle>,
+    /// The console object, the TCG event log and the TPM's registers (for
+    /// services granted `console`, `eventlog`, `tpm`); the last two exist
+    /// only on a machine with a TPM.
+    console: Option<OwnedHandle>,
+    eventlog: Option<OwnedHandle>,
+    tpm: Option<OwnedHandle>,
 }
 
 fn main(mut startup: Startup) -> Result<(), Error> {
@@ -122,6 +129,9 @@ fn main(mut startup: Startup) -> Result<(), Error> {
         kernel_log: mantra_rt::log::kernel_log(),
         klog: startup.take("klog"),
         irq: startup.take("irq"),
+        console: startup.take("console"),
+        eventlog: startup.take("eventlog"),
+        tpm: startup.take("tpm"),
     };
     init.start_all();
     init.supervise()
@@ -297,6 +307,20 @@ impl Init {
                 "irq" => {
                     let irq = self.irq.as_ref().ok_or(Error::BadHandle)?;
                     message.handle("irq", dup_subset(irq.raw(), rights::CREATE | rights::DUPLICATE | rights::TRANSFER)?).map_err(bad)?;
+                }
+                // Hardware a machine may lack: without it the service gets
+                // no handle and says so itself.
+                "console" | "eventlog" | "tpm" => {
+                    let (held, wanted) = match cap.as_str() {
+                        "console" => (&self.console, rights::READ | rights::WRITE | rights::WAIT | rights::DUPLICATE),
+                        "eventlog" => (&self.eventlog, rights::READ | rights::MAP),
+                        _ => (&self.tpm, rights::READ | rights::WRITE | rights::MAP),
+                    };
+                    // TRANSFER: the handle travels in the bootstrap message.
+                    let wanted = wanted | rights::TRANSFER;
+                    if let Some(held) = held {
+                        message.handle(cap, dup_subset(held.raw(), wanted)?).map_err(bad)?;
+                    }
                 }
                 "logctl" => {
                     let (ours, server) = Channel::create(&self.me)?;

@@ -27,6 +27,9 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("logctl", "serve logs: the control channel over which init hands out log channels (the log server)"),
     ("spawn", "SPAWN on the service's own process handle: create child processes"),
     ("irq", "the interrupt resource with CREATE|DUPLICATE|TRANSFER: create physical interrupt objects (INTERRUPT_CREATE)"),
+    ("console", "the console object with READ|WRITE|WAIT|DUPLICATE: serial input and whole raw lines out (CONSOLE_READ, CONSOLE_WRITE)"),
+    ("eventlog", "the TCG event log MantraBoot handed over, a memory object with READ|MAP (none without a TPM)"),
+    ("tpm", "the TPM's TIS/FIFO registers, a device-memory object with READ|WRITE|MAP (none without a TPM)"),
 ];
 
 /// Longest service name (the kernel's process-name limit).

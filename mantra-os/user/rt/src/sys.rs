@@ -469,9 +469,21 @@ pub fn interrupt_trigger(interrupt: Handle) -> Result<(), Error> {
     unit(call(nr::INTERRUPT_TRIGGER, [h(interrupt), 0, 0, 0, 0, 0]))
 }
 
+/// `CONSOLE_READ`: takes buffered console input into `buffer`; returns
+/// how many bytes (`ShouldWait` when none: wait for READABLE).
+pub fn console_read(console: Handle, buffer: &mut [u8]) -> Result<usize, Error> {
+    call(nr::CONSOLE_READ, [h(console), buffer.as_mut_ptr() as u64, buffer.len() as u64, 0, 0, 0]).map(|n| n as usize)
+}
+
+/// `CONSOLE_WRITE`: writes whole lines (printable ASCII, ending with a
+/// line end, at most [`abi::console::MAX_WRITE`] bytes) in one piece.
+pub fn console_write(console: Handle, lines: &[u8]) -> Result<(), Error> {
+    unit(call(nr::CONSOLE_WRITE, [h(console), lines.as_ptr() as u64, lines.len() as u64, 0, 0, 0]))
+}
+
 /// Every syscall number this module wraps, for the completeness test.
 #[cfg(test)]
-const WRAPPED: [u64; nr::COUNT as usize] = [
+const WRAPPED: &[u64] = &[
     nr::HANDLE_CLOSE,
     nr::HANDLE_DUPLICATE,
     nr::HANDLE_REVOKE,
@@ -512,6 +524,8 @@ const WRAPPED: [u64; nr::COUNT as usize] = [
     nr::INTERRUPT_TRIGGER,
     nr::CHANNEL_CALL_SHORT,
     nr::CHANNEL_REPLY_RECEIVE_SHORT,
+    nr::CONSOLE_READ,
+    nr::CONSOLE_WRITE,
 ];
 
 #[cfg(test)]
@@ -521,7 +535,7 @@ mod tests {
     #[test]
     fn every_syscall_number_is_wrapped_once() {
         let mut seen = [false; nr::COUNT as usize];
-        for number in WRAPPED {
+        for &number in WRAPPED.iter().chain(nr::RESERVED) {
             assert!(!seen[number as usize], "syscall {number} listed twice");
             seen[number as usize] = true;
         }

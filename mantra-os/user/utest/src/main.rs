@@ -347,6 +347,41 @@ fn interrupt_ack_waits_for_room_on_the_port() -> TestResult {
 
 /// The interrupt resource (`irq`) from the startup message; 0 without it.
 static IRQ_RESOURCE: AtomicU32 = AtomicU32::new(0);
+/// The console object (`console`) from the startup message; 0 without it.
+static CONSOLE: AtomicU32 = AtomicU32::new(0);
+
+/// The console object: whole lines out, input buffered, every misuse
+/// refused with an error (and the output shows the good line whole).
+fn console_object_checks() -> TestResult {
+    let console = Handle(CONSOLE.load(Ordering::Relaxed));
+    let info = ok("console (manifests/utest grants `console`)", sys::handle_info(console))?;
+    if info.kind != ObjectKind::Console as u32 || info.rights & (rights::READ | rights::WRITE) != rights::READ | rights::WRITE {
+        return Err(format!("`console` is of kind {} with rights {:#x}", info.kind, info.rights));
+    }
+    ok("a whole line", sys::console_write(console, b"utest: console line written whole\n"))?;
+    let c = u64::from(console.0);
+    expect("no line end", sys::console_write(console, b"no line end").map(|()| 0), Error::InvalidArgs)?;
+    expect("a control byte", sys::console_write(console, b"bell \x07\n").map(|()| 0), Error::InvalidArgs)?;
+    expect("a byte above ASCII", sys::console_write(console, b"\xff\n").map(|()| 0), Error::InvalidArgs)?;
+    expect("empty", raw(nr::CONSOLE_WRITE, [c, 0, 0, 0, 0, 0]), Error::InvalidArgs)?;
+    let long = alloc::vec![b'x'; mantra_abi::console::MAX_WRITE + 1];
+    expect("too long", sys::console_write(console, &long).map(|()| 0), Error::InvalidArgs)?;
+    expect("write from the kernel", raw(nr::CONSOLE_WRITE, [c, KERNEL_ADDRESS, 8, 0, 0, 0]), Error::BadPointer)?;
+    expect("read capacity 0", raw(nr::CONSOLE_READ, [c, 0, 0, 0, 0, 0]), Error::InvalidArgs)?;
+    let mut buffer = [0u8; 64];
+    // Nobody types into the test machine's console: nothing is buffered.
+    expect("read with nothing buffered", sys::console_read(console, &mut buffer).map(|n| n as u64), Error::ShouldWait)?;
+    let write_only = ok("duplicate", sys::handle_duplicate(console, rights::WRITE))?;
+    expect("read without READ", sys::console_read(write_only, &mut buffer).map(|n| n as u64), Error::AccessDenied)?;
+    let read_only = ok("duplicate", sys::handle_duplicate(console, rights::READ))?;
+    expect("write without WRITE", sys::console_write(read_only, b"x\n").map(|()| 0), Error::AccessDenied)?;
+    let port = ok("port", sys::port_create(self_process()))?;
+    expect("console read on a port", raw(nr::CONSOLE_READ, [u64::from(port.0), buffer.as_mut_ptr() as u64, 64, 0, 0, 0]), Error::WrongType)?;
+    for h in [write_only, read_only, port] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
 /// The CMOS RTC's line (ISA IRQ 8; QEMU q35 does not move it).
 const RTC_GSI: u32 = 8;
 
@@ -567,6 +602,12 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
         pool.push(u64::from(ok("vmo", sys::vmo_create(self_process(), 65536))?.0));
         pool.push(u64::from(ok("interrupt", sys::interrupt_create_virtual(self_process()))?.0));
     }
+    // The console too (its writes need whole printable lines, so random
+    // bytes are refused; its reads find nothing buffered).
+    let console = CONSOLE.load(Ordering::Relaxed);
+    if console != 0 {
+        pool.push(u64::from(console));
+    }
     let mut scratch = alloc::vec![0u8; 256 * 1024];
     let scratch_ptr = scratch.as_mut_ptr() as u64;
     // Give up the address space: random VMAR_* calls must not be able to
@@ -637,7 +678,8 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
 // process that holds no handle at all. It issues every syscall number
 // (except the two exits) with plausible arguments — handle value (1,1),
 // pointers into its own stack — and exits 0 when each was refused with the
-// expected error (BAD_HANDLE; BAD_SYSCALL past the table; success only for
+// expected error (BAD_HANDLE; BAD_SYSCALL past the table and for the
+// reserved numbers, nr::RESERVED; success only for
 // THREAD_YIELD and CLOCK_GET, which need no capability), else
 // 200 + the first syscall number that was answered otherwise.
 core::arch::global_asm!(
@@ -666,6 +708,11 @@ core::arch::global_asm!(
     "je 5f",
     "cmp r12, {count}",
     "jae 4f",
+    "cmp r12, {reserved_first}",
+    "jb 3f",
+    "cmp r12, {reserved_last}",
+    "jbe 4f",
+    "3:",
     "cmp rax, -{bad_handle}",
     "jne 9f",
     "jmp 7f",
@@ -691,6 +738,10 @@ core::arch::global_asm!(
     "utest_zerocap_end:",
     last = const nr::COUNT + 2,
     count = const nr::COUNT,
+    // Reserved numbers (nr::RESERVED, a contiguous range; none: an empty
+    // range) answer BAD_SYSCALL like numbers past the table.
+    reserved_first = const RESERVED_FIRST,
+    reserved_last = const RESERVED_LAST,
     exit = const nr::PROCESS_EXIT,
     thread_exit = const nr::THREAD_EXIT,
     yield_ = const nr::THREAD_YIELD,
@@ -699,6 +750,11 @@ core::arch::global_asm!(
     bad_handle = const Error::BadHandle as i64,
     bad_syscall = const Error::BadSyscall as i64,
 );
+
+/// First and last number of nr::RESERVED (first > last when it is empty).
+const RESERVED_FIRST: u64 = if nr::RESERVED.is_empty() { 1 } else { nr::RESERVED[0] };
+const RESERVED_LAST: u64 = if nr::RESERVED.is_empty() { 0 } else { nr::RESERVED[nr::RESERVED.len() - 1] };
+const _: () = assert!(nr::RESERVED.is_empty() || RESERVED_LAST - RESERVED_FIRST + 1 == nr::RESERVED.len() as u64);
 
 extern "C" {
     static utest_zerocap_start: u8;
@@ -874,6 +930,9 @@ fn main(mut startup: Startup) -> i64 {
     if let Some(resource) = startup.take("irq") {
         IRQ_RESOURCE.store(resource.into_raw().0, Ordering::Relaxed);
     }
+    if let Some(console) = startup.take("console") {
+        CONSOLE.store(console.into_raw().0, Ordering::Relaxed);
+    }
     let count: u64 = startup.arg_value("fuzz").and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let seed: u64 = startup.arg_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5EED);
     let tests: &[(&str, fn() -> TestResult)] = &[
@@ -891,6 +950,7 @@ fn main(mut startup: Startup) -> i64 {
         ("virtual_interrupt_delivers_one_packet_per_firing", virtual_interrupt_delivers_one_packet_per_firing),
         ("interrupt_ack_waits_for_room_on_the_port", interrupt_ack_waits_for_room_on_the_port),
         ("physical_interrupts_need_the_irq_resource", physical_interrupts_need_the_irq_resource),
+        ("console_object_checks", console_object_checks),
         ("zero_capability_process", zero_capability_process),
         ("smp_message_exchange", smp_message_exchange),
     ];

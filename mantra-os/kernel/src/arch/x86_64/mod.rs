@@ -35,6 +35,10 @@ impl Arch for Machine {
         CONSOLE.write(bytes);
     }
 
+    fn console_read_byte() -> Option<u8> {
+        CONSOLE.read_byte()
+    }
+
     fn timestamp() -> u64 {
         cpu::rdtsc()
     }

@@ -9,6 +9,7 @@ pub struct Uart {
 
 const LINE_STATUS: u16 = 5;
 const THR_EMPTY: u8 = 1 << 5;
+const DATA_READY: u8 = 1 << 0;
 
 impl Uart {
     pub const fn new(base: u16) -> Self {
@@ -42,6 +43,17 @@ impl Uart {
         }
         // SAFETY: writing the transmit register sends one byte.
         unsafe { outb(self.base, byte) };
+    }
+
+    /// The next received byte, if one is waiting (the kernel polls the
+    /// receiver from the timer tick).
+    pub fn read_byte(&self) -> Option<u8> {
+        // SAFETY: reading the line status register has no side effects.
+        if unsafe { inb(self.base + LINE_STATUS) } & DATA_READY == 0 {
+            return None;
+        }
+        // SAFETY: with data ready, reading the receive buffer takes one byte.
+        Some(unsafe { inb(self.base) })
     }
 
     pub fn write(&self, bytes: &[u8]) {
