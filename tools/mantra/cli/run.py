@@ -62,6 +62,12 @@ def run(
         bool, typer.Option("--tpm", help="Give the board a TPM 2.0 (swtpm, started and stopped with QEMU; "
                                          "its state persists in tpm/ beside the image).")
     ] = False,
+    console_port: Annotated[
+        int | None,
+        typer.Option("--console-port", metavar="PORT", min=1, max=65535,
+                     help="Put the console on TCP 127.0.0.1:PORT (pyserial URL socket://127.0.0.1:PORT) instead of "
+                          "this terminal; the board starts once a program connects. --timeout S stops it.")
+    ] = None,
 ) -> None:
     """Build the image of BOARD and PRODUCT and boot it (QEMU: Ctrl-A X quits).
 
@@ -70,9 +76,13 @@ def run(
     (the guest's isa-debug-exit value v gives (v << 1) | 1), 0 when --until
     matched, 124 on --timeout. With --tpm the board has a TPM 2.0 emulated
     by swtpm, whose state is kept in tpm/ beside the image (delete it for a
-    fresh TPM).
+    fresh TPM). With --console-port PORT the console is a TCP socket on
+    127.0.0.1:PORT for a program (e.g. the attestation host) to talk to.
     """
-    if not headless and (timeout is not None or until is not None):
+    if console_port is not None and (headless or until is not None):
+        raise typer.BadParameter("--console-port puts the console on a socket: --headless and --until do not apply",
+                                 param_hint="--console-port")
+    if not headless and until is not None or (not headless and console_port is None and timeout is not None):
         raise typer.BadParameter("--timeout and --until need --headless", param_hint="--timeout/--until")
     ws = workspace(ctx)
     built = driver.build(ws, board, product, release=release, ktest=ktest)
@@ -80,6 +90,9 @@ def run(
     if smp is not None:
         board_data = dataclasses.replace(board_data, qemu=dataclasses.replace(board_data.qemu, smp=smp))
     runner = runner_for(board_data, built.config.values, built.image, built.image.parent)
+    if console_port is not None:
+        step(f"Booting {ws.relative(built.image)} with the console on a socket")
+        raise typer.Exit(runner.run_console_port(port=console_port, icount=icount, tpm=tpm, timeout=timeout))
     if not headless:
         raise typer.Exit(runner.run_interactive(icount=icount, tpm=tpm))
     step(f"Booting {ws.relative(built.image)} headless; console log: {ws.relative(runner.work_dir / 'console.log')}")

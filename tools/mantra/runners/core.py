@@ -8,6 +8,7 @@ and a HIL bench later) subclasses `BoardRunner`, declares what it can do in
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from abc import ABC, abstractmethod
@@ -15,10 +16,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from mantra.board import Board
 from mantra.errors import MantraError
+
+if TYPE_CHECKING:
+    from mantra.runners.console_socket import ConsoleSession
 
 # Exit status of `mantra run --headless` when the timeout ends the run, as timeout(1).
 TIMEOUT_EXIT_STATUS = 124
@@ -32,6 +36,8 @@ class RunnerCaps:
     icount: bool = False
     # An emulated TPM 2.0 for the run (`--tpm`), on boards that describe one.
     tpm: bool = False
+    # The console on a local TCP socket (`--console-port`, console_session()).
+    console_socket: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,44 @@ class BoardRunner(ABC):
         with _signals_end_the_run():
             return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
 
-    def _check_caps(self, icount: bool, tpm: bool = False) -> None:
+    def run_console_port(self, *, port: int, icount: bool = False, tpm: bool = False,
+                         timeout: float | None = None) -> int:
+        """Boots with the console on 127.0.0.1:`port` (a pyserial URL
+        `socket://127.0.0.1:PORT`) instead of this terminal; the board
+        starts once a program connects, so nothing it prints is lost. Runs
+        until the board stops, or `timeout` seconds (exit status 124)."""
+        self._check_caps(icount, tpm, console_socket=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with _signals_end_the_run():
+            return self.do_run_console_port(port=port, icount=icount, tpm=tpm, timeout=timeout)
+
+    @contextmanager
+    def console_session(self, *, icount: bool = False, tpm: bool = False, port: int | None = None,
+                        connect_timeout: float = 60) -> Iterator[ConsoleSession]:
+        """Boots the board with its console on a local socket (a free port
+        unless `port` is given), connects to it and yields the session
+        (runners/console_socket.py); the console is also written to
+        `work_dir`/console.log. Leaving the block stops the board (and its
+        TPM)."""
+        self._check_caps(icount, tpm, console_socket=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with _signals_end_the_run(), self.do_console_session(icount=icount, tpm=tpm, port=port,
+                                                             connect_timeout=connect_timeout) as session:
+            yield session
+
+    def do_run_console_port(self, *, port: int, icount: bool, tpm: bool, timeout: float | None) -> int:
+        """Back end of run_console_port (capabilities already checked, work_dir exists)."""
+        raise MantraError(f"the {self.name} runner cannot put the console on a socket", "run without --console-port")
+
+    def do_console_session(self, *, icount: bool, tpm: bool, port: int | None,
+                           connect_timeout: float) -> contextlib.AbstractContextManager[ConsoleSession]:
+        """Back end of console_session."""
+        raise MantraError(f"the {self.name} runner cannot put the console on a socket", "use another board")
+
+    def _check_caps(self, icount: bool, tpm: bool = False, console_socket: bool = False) -> None:
+        if console_socket and not self.capabilities.console_socket:
+            raise MantraError(f"the {self.name} runner of board {self.board.name} cannot put the console on a socket",
+                              "run without --console-port")
         if icount and not self.capabilities.icount:
             raise MantraError(f"the {self.name} runner of board {self.board.name} cannot count instructions",
                               "run without --icount")

@@ -27,7 +27,8 @@ from pathlib import Path
 from mantra import proc
 from mantra.console import err
 from mantra.errors import MantraError
-from mantra.runners.core import BoardRunner, BootResult, RunnerCaps
+from mantra.runners import console_socket
+from mantra.runners.core import TIMEOUT_EXIT_STATUS, BoardRunner, BootResult, RunnerCaps
 from mantra.runners.swtpm import Swtpm
 
 _QEMU_HINT = "see QEMU's message above; `./mantra -v run` shows the exact QEMU command"
@@ -70,7 +71,7 @@ def _line_complete(console: bytearray, marker: bytes) -> bool:
 
 class QemuRunner(BoardRunner):
     name = "qemu"
-    capabilities = RunnerCaps(icount=True, tpm=True)
+    capabilities = RunnerCaps(icount=True, tpm=True, console_socket=True)
     # The swtpm of the current (or last) run with a TPM.
     swtpm: Swtpm | None = None
 
@@ -243,6 +244,53 @@ class QemuRunner(BoardRunner):
                          "a fresh TPM), or run without --tpm")
             raise MantraError(message, hint)
         return BootResult(exit_code, console.decode(errors="replace"), timed_out, matched, log)
+
+    @staticmethod
+    def _socket_console(port: int) -> list[str]:
+        # wait=on: QEMU starts the guest only once a client is connected,
+        # so no early output is lost.
+        return ["-display", "none", "-monitor", "none", "-serial", f"tcp:{console_socket.HOST}:{port},server=on,wait=on"]
+
+    def do_run_console_port(self, *, port: int, icount: bool, tpm: bool, timeout: float | None) -> int:
+        with self._tpm(tpm) as tpm_socket:
+            cmd = self.command(self._socket_console(port), icount=icount, tpm_socket=tpm_socket)
+            qemu_log = self.work_dir / "qemu.log"
+            process = proc.start(cmd, what="QEMU", hint=_QEMU_HINT, output=qemu_log)
+            err.print(f"console on {console_socket.url(port)} (the board starts once a program connects)")
+            try:
+                status = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return TIMEOUT_EXIT_STATUS
+            finally:
+                if process.poll() is None:
+                    self._stop(process)
+            said = qemu_log.read_text(errors="replace").strip()
+            if status != 0 and said:
+                err.print(f"QEMU said:\n{said}")
+            return status
+
+    @contextmanager
+    def do_console_session(self, *, icount: bool, tpm: bool, port: int | None,
+                           connect_timeout: float) -> Iterator[console_socket.ConsoleSession]:
+        port = port or console_socket.free_port()
+        with self._tpm(tpm) as tpm_socket:
+            cmd = self.command(self._socket_console(port), icount=icount, tpm_socket=tpm_socket)
+            qemu_log = self.work_dir / "qemu.log"
+            process = proc.start(cmd, what="QEMU", hint=_QEMU_HINT, output=qemu_log)
+            session = None
+            try:
+                try:
+                    sock = console_socket.connect(port, connect_timeout, alive=lambda: process.poll() is None)
+                except MantraError as exc:
+                    said = qemu_log.read_text(errors="replace").strip()
+                    raise MantraError(f"{exc.message}\nQEMU said:\n{said}" if said else exc.message, exc.hint) from None
+                session = console_socket.ConsoleSession(sock, port, self.work_dir / "console.log")
+                yield session
+            finally:
+                if process.poll() is None:
+                    self._stop(process)
+                if session is not None:
+                    session.close()
 
     @staticmethod
     def _stop(process: subprocess.Popen[bytes]) -> None:

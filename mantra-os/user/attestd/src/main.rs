@@ -67,6 +67,9 @@ impl Transport for Tpm {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, String> {
         self.0.transmit(command).map_err(|e| alloc::format!("{e}"))
     }
+    fn pause(&mut self) {
+        let _ = mantra_rt::time::sleep_ms(10);
+    }
 }
 
 struct Service {

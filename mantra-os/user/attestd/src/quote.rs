@@ -12,23 +12,42 @@ use crate::tpm2::{self, NONCE_LEN, QUOTE_PCRS, TPM_ALG_SHA256};
 /// Something that runs a TPM command and returns its whole response.
 pub trait Transport {
     fn transmit(&mut self, command: &[u8]) -> Result<Vec<u8>, String>;
+    /// Waits a little before a command is retried.
+    fn pause(&mut self) {}
+}
+
+/// Response codes that ask to send the same command again: TPM_RC_RETRY,
+/// TPM_RC_YIELDED, TPM_RC_TESTING.
+const RETRY_CODES: [u32; 3] = [0x922, 0x908, 0x90A];
+/// Tries per command.
+pub const TRIES: usize = 50;
+
+/// Runs `command`, again while the TPM answers a retry code.
+fn run(tpm: &mut impl Transport, command: &[u8]) -> Result<Vec<u8>, String> {
+    let mut tries = 0;
+    loop {
+        let response = tpm.transmit(command)?;
+        let rc = response.get(6..10).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        tries += 1;
+        match rc {
+            Some(rc) if RETRY_CODES.contains(&rc) && tries < TRIES => tpm.pause(),
+            _ => return Ok(response),
+        }
+    }
 }
 
 /// Quotes PCRs 0–9 over `nonce` with the AK and returns the blob with
 /// `event_log`.
 pub fn attest(tpm: &mut impl Transport, nonce: &[u8; NONCE_LEN], event_log: &[u8]) -> Result<Vec<u8>, String> {
-    let created = tpm
-        .transmit(&tpm2::create_primary_command())
+    let created = run(tpm, &tpm2::create_primary_command())
         .and_then(|r| tpm2::parse_create_primary(&r).map_err(|e| format!("{e}")))
         .map_err(|e| format!("TPM2_CreatePrimary of the attestation key: {e}"))?;
-    let quoted = tpm
-        .transmit(&tpm2::quote_command(created.handle, nonce))
+    let quoted = run(tpm, &tpm2::quote_command(created.handle, nonce))
         .and_then(|r| tpm2::parse_quote(&r).map_err(|e| format!("{e}")))
         .map_err(|e| format!("TPM2_Quote: {e}"));
     // The AK is transient: flush it whatever the quote did (the TPM has
     // only a few object slots).
-    let flushed = tpm
-        .transmit(&tpm2::flush_context_command(created.handle))
+    let flushed = run(tpm, &tpm2::flush_context_command(created.handle))
         .and_then(|r| tpm2::parse_flush_context(&r).map_err(|e| format!("{e}")))
         .map_err(|e| format!("TPM2_FlushContext of the attestation key: {e}"));
     let quote = quoted?;
