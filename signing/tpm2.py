@@ -460,15 +460,17 @@ def hierarchy_name(handle: int) -> bytes:
 
 
 # The attestation key template (docs/boot-state.md, "Attestation console protocol").
-AK_ATTRIBUTES = (OBJ_FIXED_TPM | OBJ_FIXED_PARENT | OBJ_SENSITIVE_DATA_ORIGIN | OBJ_USER_WITH_AUTH | OBJ_RESTRICTED
-                 | OBJ_SIGN)
+AK_ATTRIBUTES = (OBJ_FIXED_TPM | OBJ_FIXED_PARENT | OBJ_SENSITIVE_DATA_ORIGIN | OBJ_USER_WITH_AUTH | OBJ_NO_DA
+                 | OBJ_RESTRICTED | OBJ_SIGN)
 AK_HIERARCHY = RH_ENDORSEMENT
 
 
 def ak_template() -> Public:
     """The AK template: ECC NIST P-256, nameAlg SHA-256, fixedTPM |
-    fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign, no
-    policy, no symmetric, ECDSA with SHA-256, no KDF, empty unique."""
+    fixedParent | sensitiveDataOrigin | userWithAuth | noDA | restricted |
+    sign, no policy, no symmetric, ECDSA with SHA-256, no KDF, empty unique.
+    (noDA: the auth is empty; a DA-protected key would lock the TPM out
+    after a few power cuts, see docs/boot-state.md.)"""
     return Public(ALG_ECC, ALG_SHA256, AK_ATTRIBUTES, b"", (ALG_NULL,), ALG_ECDSA, ALG_SHA256, curve=ECC_NIST_P256,
                   kdf=(ALG_NULL,))
 

@@ -200,13 +200,35 @@ def test_ak_not_of_the_template_is_refused(device: SimulatedDevice, reference: a
     template = dataclasses.replace(tpm2.ak_template(), attributes=tpm2.AK_ATTRIBUTES & ~tpm2.OBJ_RESTRICTED)
     reasons = refused(device.answer(NONCE, template=template), reference, pin)
     assert reasons == ("AK: not the AK template of docs/boot-state.md: objectAttributes is fixedTPM | fixedParent | "
-                       "sensitiveDataOrigin | userWithAuth | sign, the template has fixedTPM | fixedParent | "
-                       "sensitiveDataOrigin | userWithAuth | restricted | sign",), reasons
+                       "sensitiveDataOrigin | userWithAuth | noDA | sign, the template has fixedTPM | fixedParent | "
+                       "sensitiveDataOrigin | userWithAuth | noDA | restricted | sign",), reasons
     rsa = tpm2.Public(tpm2.ALG_RSA, tpm2.ALG_SHA256, tpm2.AK_ATTRIBUTES, b"", (tpm2.ALG_NULL,), tpm2.ALG_RSASSA,
                       tpm2.ALG_SHA256, key_bits=2048)
     reasons = refused(device.answer(NONCE, template=rsa), reference, pin)
     assert reasons == ("AK: not the AK template of docs/boot-state.md: type is RSA, the template has ECC",), reasons
     assert not pin.file.exists()  # nothing is pinned from a refused key
+
+
+def test_ak_template_survives_power_cuts(tmp_path: Path) -> None:
+    """Why the AK template has noDA: a dictionary-attack-protected key used
+    before a non-orderly shutdown (a power cut; MantraOS never sends
+    TPM2_Shutdown) counts as a failed try at the next startup, and after
+    swtpm's 3 tries the TPM refuses the key with TPM_RC_LOCKOUT. With noDA
+    the AK quotes on every boot."""
+    selection = [tpm2.PcrSelection(tpm2.ALG_SHA256, tuple(range(10)))]
+    without = dataclasses.replace(tpm2.ak_template(), attributes=tpm2.AK_ATTRIBUTES & ~tpm2.OBJ_NO_DA)
+    results: dict[str, list[str]] = {}
+    for name, template in (("without noDA", without), ("template", tpm2.ak_template())):
+        results[name] = []
+        for _ in range(5):  # five boots of the same TPM, each ended by a power cut
+            with SwtpmServer(tmp_path / name) as tpm:
+                handle, _, _ = tpm.create_primary(template)
+                try:
+                    tpm.quote(handle, NONCE, selection)
+                    results[name].append("ok")
+                except tpm2.TpmError as error:
+                    results[name].append(hex(error.code))
+    assert results == {"without noDA": ["ok", "ok", "ok", "0x921", "0x921"], "template": ["ok"] * 5}, results
 
 
 def test_rsa_quote_signature_verifies(device: SimulatedDevice) -> None:

@@ -6,8 +6,12 @@
 //! The attestation key (docs/boot-state.md, "Attestation console
 //! protocol"): a primary key in the endorsement hierarchy, empty auth,
 //! ECC NIST P-256, nameAlg SHA-256, fixedTPM | fixedParent |
-//! sensitiveDataOrigin | userWithAuth | restricted | sign, scheme ECDSA
-//! with SHA-256, empty unique: the same TPM always derives the same key.
+//! sensitiveDataOrigin | userWithAuth | noDA | restricted | sign, scheme
+//! ECDSA with SHA-256, empty unique: the same TPM always derives the same
+//! key. (noDA: with an empty auth, dictionary-attack protection protects
+//! nothing, and a DA-protected key used before a power cut counts as a
+//! failed try: three unclean resets and the TPM refused every quote with
+//! TPM_RC_LOCKOUT.)
 //!
 //! Every response is parsed strictly: the header's size must equal the
 //! bytes received, every TPM2B must fit, and nothing may be left over.
@@ -42,9 +46,11 @@ pub const FIXED_TPM: u32 = 1 << 1;
 pub const FIXED_PARENT: u32 = 1 << 4;
 pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
 pub const USER_WITH_AUTH: u32 = 1 << 6;
+pub const NO_DA: u32 = 1 << 10;
 pub const RESTRICTED: u32 = 1 << 16;
 pub const SIGN: u32 = 1 << 18;
-pub const AK_ATTRIBUTES: u32 = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | RESTRICTED | SIGN;
+pub const AK_ATTRIBUTES: u32 =
+    FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | NO_DA | RESTRICTED | SIGN;
 
 /// PCRs the quote covers: 0–9 of the SHA-256 bank (bitmap, 3 octets).
 pub const QUOTE_PCRS: [u8; 3] = [0xFF, 0x03, 0x00];
@@ -411,7 +417,7 @@ mod tests {
             "8002 00000041 00000131 4000000b
              00000009 40000009 0000 00 0000
              0004 0000 0000
-             0018 0023 000b 00050072 0000 0010 0018 000b 0003 0010 0000 0000
+             0018 0023 000b 00050472 0000 0010 0018 000b 0003 0010 0000 0000
              0000 00000000",
         );
         assert_eq!(create_primary_command(), expected);
