@@ -11,18 +11,21 @@ import dataclasses
 import hashlib
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from bootfs_reader import parse as parse_bootfs
 from mantra.build import BuildResult
 from mantra.image import bootfs
+from mantra.runners.console_socket import connect, free_port
 from mantra.signing import attest, keys, pe
 from mantra.signing.encoding import Envelope
 from mantra.signing.image import MANIFEST_PATH, open_esp
 from mantra.signing.sign import ImageInfo, sign_image
-from support import mantra
+from support import ROOT, mantra
 
 pytestmark = pytest.mark.boot
 
@@ -85,6 +88,44 @@ def test_attest_golden_boot_and_a_reference_that_differs(default_image: BuildRes
                          f"reference {bootfs_sha256(other)}"), output
     assert len(failed) == 2 and failed[1].startswith("attest: FAILED: manifest (PCR 8): measured "), output
     assert "is the AK pinned in" in output, output  # the same TPM: the pinned AK
+
+
+def test_attest_a_running_device_on_its_console_port(default_image: BuildResult, pin: Path) -> None:
+    """`./mantra run --tpm --console-port P` keeps the device running; once
+    attestd is up, `./mantra attest --port socket://127.0.0.1:P --ak FILE`
+    asks it over pyserial. The AK given with --ak is the one the same TPM
+    (tpm/ beside the image) presents to `./mantra attest` under QEMU."""
+    # The AK this TPM presents, as `./mantra attest` under QEMU pins it.
+    first = mantra("attest", "--timeout", str(TIMEOUT), timeout=TIMEOUT * 2)
+    assert first.returncode == 0 and pin.is_file(), first.stdout + first.stderr
+    port = free_port()
+    port_pin = attest.pin_file(default_image.image.parent, f"socket://127.0.0.1:{port}")
+    run = subprocess.Popen([str(ROOT / "mantra"), "run", "--tpm", "--console-port", str(port), "--timeout",
+                            str(TIMEOUT * 2)], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        # Watch the console until attestd serves requests, then hand it over.
+        console = connect(port, TIMEOUT)
+        console.settimeout(1)
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"answering MANTRA-ATTEST-REQUEST" not in seen:
+            assert time.monotonic() < deadline and run.poll() is None, seen.decode(errors="replace")[-2000:]
+            try:
+                seen += console.recv(65536)
+            except socket.timeout:
+                pass
+        console.close()
+        result = mantra("attest", "--port", f"socket://127.0.0.1:{port}", "--ak", str(pin), "--timeout", "60",
+                        timeout=TIMEOUT)
+    finally:
+        run.terminate()
+        _, errors = run.communicate(timeout=60)
+        port_pin.unlink(missing_ok=True)
+    output = result.stdout
+    assert result.returncode == 0, output + result.stderr + errors.decode(errors="replace")
+    assert f"is the AK given with --ak {pin}" in output, output
+    assert output.splitlines()[-1].startswith("attest: OK: the device booted default "), output
 
 
 def test_authenticode_of_mantraboot_matches_osslsigncode(default_image: BuildResult, tmp_path: Path) -> None:
