@@ -154,3 +154,9 @@ def test_reference_variant_is_signed(default_image: BuildResult, tmp_path: Path)
     assert reference.manifest.component(BOOTFS).sha256.hex() == bootfs_sha256(other) != \
         bootfs_sha256(default_image.image)
     assert Envelope.decode(open_esp(other).read(MANIFEST_PATH)).manifest.body == reference.manifest_body
+
+
+def test_attest_refuses_a_product_without_attestd() -> None:
+    result = mantra("attest", "-p", "utest", timeout=TIMEOUT * 2)
+    assert result.returncode == 1
+    assert "error: product utest has no attestation service (attestd)" in result.stderr, result.stderr

@@ -108,6 +108,10 @@ def attest(
     request_nonce = _nonce(nonce)
     if port is None:
         built = driver.build(ws, board, product)
+        if not any((service.program or service.name) == "attestd" for service in built.product.services):
+            raise MantraError(f"product {product} has no attestation service (attestd): nothing on the device "
+                              "would answer", "attest a product that runs attestd (e.g. -p default), or add it "
+                              "to product.toml as manifests/default/product.toml does")
         device_image = built.image
         reference_image = reference or built.image
     else:
