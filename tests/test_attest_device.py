@@ -44,8 +44,8 @@ READY = r"attestd: (TPM \(TIS/FIFO.*|no TPM.*)"
 ANSWERED = r"MANTRA-ATTEST-(END|ERROR) .*"
 BOOT_TIMEOUT = 240
 ANSWER_TIMEOUT = 120
-# The template's TPMA_OBJECT: fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign.
-AK_ATTRIBUTES = 0x00050072
+# The template's TPMA_OBJECT: fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | noDA | restricted | sign.
+AK_ATTRIBUTES = 0x00050472
 
 
 def tail(text: str, lines: int = 40) -> str:

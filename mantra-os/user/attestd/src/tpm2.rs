@@ -6,8 +6,8 @@
 //! The attestation key (docs/boot-state.md, "Attestation console
 //! protocol"): a primary key in the endorsement hierarchy, empty auth,
 //! ECC NIST P-256, nameAlg SHA-256, fixedTPM | fixedParent |
-//! sensitiveDataOrigin | userWithAuth | restricted | sign, scheme ECDSA
-//! with SHA-256, empty unique: the same TPM always derives the same key.
+//! sensitiveDataOrigin | userWithAuth | noDA | restricted | sign, scheme
+//! ECDSA with SHA-256, empty unique: the same TPM always derives the same key.
 //!
 //! Every response is parsed strictly: the header's size must equal the
 //! bytes received, every TPM2B must fit, and nothing may be left over.
@@ -42,9 +42,13 @@ pub const FIXED_TPM: u32 = 1 << 1;
 pub const FIXED_PARENT: u32 = 1 << 4;
 pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
 pub const USER_WITH_AUTH: u32 = 1 << 6;
+/// Not subject to dictionary-attack lockout: without it every unclean
+/// reset counts as an authorization failure (TPM2 Part 1, "Dictionary
+/// Attack Protection") and quotes end in TPM_RC_LOCKOUT.
+pub const NO_DA: u32 = 1 << 10;
 pub const RESTRICTED: u32 = 1 << 16;
 pub const SIGN: u32 = 1 << 18;
-pub const AK_ATTRIBUTES: u32 = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | RESTRICTED | SIGN;
+pub const AK_ATTRIBUTES: u32 = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | NO_DA | RESTRICTED | SIGN;
 
 /// PCRs the quote covers: 0–9 of the SHA-256 bank (bitmap, 3 octets).
 pub const QUOTE_PCRS: [u8; 3] = [0xFF, 0x03, 0x00];
@@ -81,6 +85,7 @@ fn rc_hint(rc: u32) -> &'static str {
         0x922 => " (TPM_RC_RETRY)",
         0x902 => " (TPM_RC_OBJECT_MEMORY: no room for another loaded object)",
         0x9a2 => " (TPM_RC_BAD_AUTH)",
+        0x921 => " (TPM_RC_LOCKOUT: dictionary-attack lockout; it heals after the TPM's recovery time)",
         rc if rc & 0xF3F == 0x08E || rc & 0xF3F == 0x0A2 => " (authorization failed: the endorsement hierarchy has a password?)",
         _ => "",
     }
@@ -411,7 +416,7 @@ mod tests {
             "8002 00000041 00000131 4000000b
              00000009 40000009 0000 00 0000
              0004 0000 0000
-             0018 0023 000b 00050072 0000 0010 0018 000b 0003 0010 0000 0000
+             0018 0023 000b 00050472 0000 0010 0018 000b 0003 0010 0000 0000
              0000 00000000",
         );
         assert_eq!(create_primary_command(), expected);
