@@ -64,7 +64,9 @@ def test_unknown_board_through_the_bootstrap_script() -> None:
     assert "try: pick one of those with -b BOARD" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["run", "--timeout", "5"], ["no-such-command"], ["build", "--no-such-option"]])
+@pytest.mark.parametrize("args", [["run", "--timeout", "5"], ["no-such-command"], ["build", "--no-such-option"],
+                                  ["run", "--console-port", "4555", "--headless"], ["run", "--console-port", "0"],
+                                  ["run", "--console-port", "4555", "--until", "x"]])
 def test_usage_errors_exit_with_status_2(args: list[str]) -> None:
     result = mantra(*args)
     assert result.returncode == 2, result.stderr

@@ -119,10 +119,12 @@ class ConsoleSession:
 
     def wait_for(self, pattern: str | re.Pattern[str], timeout: float, start: int = 0) -> re.Match[str]:
         """Waits until a whole line of the console after offset `start`
-        matches `pattern` (a regular expression, searched within the line);
+        matches `pattern` (a regular expression, searched within the line,
+        `^`/`$` at its ends; serial lines end with CR, use `\r?$`);
         returns the match (offsets into `text`). Raises MantraError on
         timeout or when the board stops first, with the console's tail."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        # MULTILINE: `^` and `$` match at the line's ends.
+        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
             text = self.text

@@ -16,9 +16,10 @@ pub trait Transport {
     fn pause(&mut self) {}
 }
 
-/// Response codes that ask to send the same command again: TPM_RC_RETRY,
-/// TPM_RC_YIELDED, TPM_RC_TESTING.
-const RETRY_CODES: [u32; 3] = [0x922, 0x908, 0x90A];
+/// Response codes after which the same command is sent again:
+/// TPM_RC_RETRY, TPM_RC_YIELDED, TPM_RC_TESTING, and TPM_RC_CANCELED (swtpm
+/// behind QEMU answers a quote now and then with RETRY or CANCELED).
+const RETRY_CODES: [u32; 4] = [0x922, 0x908, 0x90A, 0x909];
 /// Tries per command.
 pub const TRIES: usize = 50;
 

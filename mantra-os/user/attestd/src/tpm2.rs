@@ -7,11 +7,7 @@
 //! protocol"): a primary key in the endorsement hierarchy, empty auth,
 //! ECC NIST P-256, nameAlg SHA-256, fixedTPM | fixedParent |
 //! sensitiveDataOrigin | userWithAuth | noDA | restricted | sign, scheme
-//! ECDSA with SHA-256, empty unique: the same TPM always derives the same
-//! key. (noDA: with an empty auth, dictionary-attack protection protects
-//! nothing, and a DA-protected key used before a power cut counts as a
-//! failed try: three unclean resets and the TPM refused every quote with
-//! TPM_RC_LOCKOUT.)
+//! ECDSA with SHA-256, empty unique: the same TPM always derives the same key.
 //!
 //! Every response is parsed strictly: the header's size must equal the
 //! bytes received, every TPM2B must fit, and nothing may be left over.
@@ -46,11 +42,13 @@ pub const FIXED_TPM: u32 = 1 << 1;
 pub const FIXED_PARENT: u32 = 1 << 4;
 pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
 pub const USER_WITH_AUTH: u32 = 1 << 6;
+/// Not subject to dictionary-attack lockout: without it every unclean
+/// reset counts as an authorization failure (TPM2 Part 1, "Dictionary
+/// Attack Protection") and quotes end in TPM_RC_LOCKOUT.
 pub const NO_DA: u32 = 1 << 10;
 pub const RESTRICTED: u32 = 1 << 16;
 pub const SIGN: u32 = 1 << 18;
-pub const AK_ATTRIBUTES: u32 =
-    FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | NO_DA | RESTRICTED | SIGN;
+pub const AK_ATTRIBUTES: u32 = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN | USER_WITH_AUTH | NO_DA | RESTRICTED | SIGN;
 
 /// PCRs the quote covers: 0–9 of the SHA-256 bank (bitmap, 3 octets).
 pub const QUOTE_PCRS: [u8; 3] = [0xFF, 0x03, 0x00];
@@ -87,6 +85,7 @@ fn rc_hint(rc: u32) -> &'static str {
         0x922 => " (TPM_RC_RETRY)",
         0x902 => " (TPM_RC_OBJECT_MEMORY: no room for another loaded object)",
         0x9a2 => " (TPM_RC_BAD_AUTH)",
+        0x921 => " (TPM_RC_LOCKOUT: dictionary-attack lockout; it heals after the TPM's recovery time)",
         rc if rc & 0xF3F == 0x08E || rc & 0xF3F == 0x0A2 => " (authorization failed: the endorsement hierarchy has a password?)",
         _ => "",
     }
@@ -460,6 +459,46 @@ mod tests {
         r.extend_from_slice(&[0; 4]);
         r.extend_from_slice(&body);
         r
+    }
+
+    /// Responses recorded from swtpm 0.7 (libtpms) on a fresh TPM state, to
+    /// exactly the commands `create_primary_command()` and
+    /// `quote_command(0x80000000, &[0xA5; 32])` produce, sent over its TCP
+    /// data channel (then TPM2_FlushContext answered `80010000000a00000000`).
+    const RECORDED_CREATE_PRIMARY: &str = concat!(
+             "80020000013800000000800000000000012100580023000b00050472000000100018000b000300100020f95a7e9c13a5",
+             "480068ca1d13d555aeb98025e4055eda950cf1a1cedd572b4e2200203ad1acdf5d6a42851fc5b9cf26fab8f62db28bc7",
+             "6d0e613587a871c38888b4680037000000000020e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b",
+             "7852b85501001000044000000b00044000000b0000002028d026fafd749106743e27c4280551585e5d17668eb521835e",
+             "d60127effc05d480214000000b0040aee0a8f0dafffc9b27374779040d40a91fe35c52fc260dfed5e5075e1159460cbc",
+             "9b62347779aa8d6acf1858a06b20da4445c71658e2f69753075a9fdde3cffd0022000b372b3120b62f5ce57bfdc5480d",
+             "b3fe9e15afe6d323ac1a6d14c150ebb0db74ca0000010000",
+    );
+    const RECORDED_QUOTE: &str = concat!(
+             "8002000000ee00000000000000db0091ff54434780180022000b1242a39c705da80b2f1488403fd8c4f18fd1cda046e7",
+             "5ef8b0bc56a7baf25fb70020a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a500000000",
+             "000003fc000000010000000001201910230016363600000001000b03ff030000207b6436b0c98f62380866d9432c2af0",
+             "ee08ce16a171bda6951aecd95ee1307d610018000b00203ede44ca2063f70a8047648e007796e5480be1dd825b97f0fc",
+             "1bf99b23bc10d20020ecf5f56f6d49630853dc2cc31dc0a7a609057c4343f471cbfcec8063e96f74170000010000",
+    );
+
+    #[test]
+    fn parses_recorded_swtpm_responses() {
+        let created = parse_create_primary(&hex(RECORDED_CREATE_PRIMARY)).unwrap();
+        assert_eq!(created.handle, 0x8000_0000);
+        // The AK's public area: our template back, with the point filled in.
+        let public = &created.public;
+        assert_eq!(public.len(), 2 + 0x58);
+        assert_eq!(&public[2..22], &ak_template()[..20]);
+        assert_eq!(&public[22..24], &[0x00, 0x20]); // x: 32 bytes
+        let quote = parse_quote(&hex(RECORDED_QUOTE)).unwrap();
+        let info = parse_attest(&quote.attest).unwrap();
+        assert_eq!(info.extra_data, &[0xA5; 32]);
+        assert_eq!(info.pcr_select, &hex("00000001 000b 03 ff0300")[..]);
+        assert_eq!(info.pcr_digest.len(), 32);
+        assert_eq!(&quote.signature[..4], &hex("0018 000b")[..]); // ECDSA, SHA-256: the key's scheme
+        assert_eq!(quote.signature.len(), 4 + 34 + 34);
+        assert_eq!(parse_flush_context(&hex("80010000000a00000000")), Ok(()));
     }
 
     #[test]
