@@ -90,7 +90,7 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
         "qemu-x86_64", "default", "default", "debug")
     assert manifest["version"] == "0.1.0"
     assert [(s["name"], s["kind"]) for s in manifest["services"]] == [
-        ("MantraCore", "kernel"), ("logd", "user"), ("demo", "user"), ("crashy", "user")]
+        ("MantraCore", "kernel"), ("logd", "user"), ("demo", "user"), ("crashy", "user"), ("attestd", "user")]
     assert manifest["config"]["sha256"] == hashlib.sha256((root / "config" / ".config").read_bytes()).hexdigest()
     assert [(c["name"], c["kind"], c["partition"], c["path"]) for c in manifest["components"]] == [
         ("MantraBoot", "bootloader", "esp", "EFI/BOOT/BOOTX64.EFI"),

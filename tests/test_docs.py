@@ -41,6 +41,20 @@ def broken_abi(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
+def test_reserved_numbers_are_rendered_and_cannot_be_defined(tmp_path: Path) -> None:
+    abi = syscall_docs.parse(ABI)
+    text = syscall_docs.render(abi)
+    for number in abi.reserved:
+        assert f"| {number} | *reserved* |" in text
+    # A number both defined and reserved is refused.
+    text = ABI.read_text()
+    declared = re.search(r"pub const RESERVED: &\[u64\] = &\[([\d, ]*)\];", text)
+    if declared:
+        path = broken_abi(tmp_path, declared[0], f"pub const RESERVED: &[u64] = &[{declared[1]}, 0];".replace("[, ", "["))
+        with pytest.raises(syscall_docs.DocError, match=r"syscall numbers \[0\] are also RESERVED"):
+            syscall_docs.parse(path)
+
+
 def test_every_syscall_is_rendered_with_its_sections() -> None:
     abi = syscall_docs.parse(ABI)
     constants = abi_constants()
@@ -113,7 +127,11 @@ def test_cli_writes_the_reference_and_checks_it(scratch: Workspace, tmp_path: Pa
     result = invoke(ws, "docs")
     assert result.exit_code == 0, result.output
     written = ws.root / "docs" / "syscalls.md"
-    count = re.search(r"pub const COUNT: u64 = (\d+);", ABI.read_text())[1]
+    # COUNT, less the numbers kept RESERVED for syscalls another tree adds.
+    text = ABI.read_text()
+    reserved = re.search(r"pub const RESERVED: &\[u64\] = &\[([\d, ]*)\];", text)
+    count = int(re.search(r"pub const COUNT: u64 = (\d+);", text)[1])
+    count -= len([n for n in reserved[1].split(",") if n.strip()]) if reserved else 0
     assert f"wrote docs/syscalls.md ({count} syscalls" in result.stdout
     assert written.read_text().startswith("# MantraOS syscall reference")
     assert invoke(ws, "docs", "--check").exit_code == 0

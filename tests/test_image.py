@@ -58,7 +58,7 @@ def test_boot_filesystem_holds_product_and_config(default_image: BuildResult, wo
         (".config", (config_dir / ".config").read_bytes()),
     ]
     # Then init.manifest and the user programs (tests/test_userland_build.py looks inside).
-    assert [name for name, _ in bootfs[2:]] == ["init.manifest", "init", "logd", "demo", "crashy"]
+    assert [name for name, _ in bootfs[2:]] == ["init.manifest", "init", "logd", "demo", "crashy", "attestd"]
 
 
 def test_manifest_names_board_product_version_and_config(default_image: BuildResult, workspace: Workspace) -> None:

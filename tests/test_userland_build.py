@@ -25,8 +25,8 @@ from mantra.workspace import Workspace
 from support import ROOT, read_esp
 
 # Every program of mantra-os/user/, and those the default product packs.
-USER_PROGRAMS = ["init", "logd", "demo", "crashy", "utest", "bench"]
-DEFAULT_PROGRAMS = ["init", "logd", "demo", "crashy"]
+USER_PROGRAMS = ["init", "logd", "demo", "crashy", "utest", "bench", "attestd"]
+DEFAULT_PROGRAMS = ["init", "logd", "demo", "crashy", "attestd"]
 
 
 def write_product(workspace: Workspace, name: str, services: str, extra: str = "") -> None:
@@ -63,7 +63,7 @@ def with_user_crates(workspace: Workspace) -> Workspace:
 def test_default_product_services_and_init_manifest(workspace: Workspace) -> None:
     product = load_product(workspace, "default")
     assert [(s.name, s.kind) for s in product.services] == [
-        ("MantraCore", "kernel"), ("logd", "user"), ("demo", "user"), ("crashy", "user")]
+        ("MantraCore", "kernel"), ("logd", "user"), ("demo", "user"), ("crashy", "user"), ("attestd", "user")]
     crashy = product.services[3]
     assert (crashy.program, crashy.restart, crashy.after) == ("crashy", "always", ("logd",))
     assert (product.supervisor.crash_loop_limit, product.supervisor.crash_loop_window_ms) == (5, 10_000)
@@ -74,6 +74,7 @@ def test_default_product_services_and_init_manifest(workspace: Workspace) -> Non
         "service demo program=demo restart=on-failure after=logd caps= args=count=3,interval_ms=500",
         "service crashy program=crashy restart=always after=logd caps= args=fault=null,fault=divide,"
         "fault=stack-overflow,fault=illegal-instruction,fault=kernel-address",
+        "service attestd program=attestd restart=on-failure after=logd caps=console,eventlog,tpm args=",
         "crashloop 5 10000",
         "backoff 100 5000",
     ]
@@ -97,7 +98,7 @@ def test_defaults_of_a_user_service(scratch: Workspace) -> None:
          "dependency cycle a -> b -> c -> a"),
         (LOGD + user("a", after=["a"]), "", "service 'a' depends on itself"),
         (LOGD + user("demo", caps=["root"]), "",
-         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn, irq)"),
+         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn, irq, console, eventlog, tpm)"),
         (LOGD + user("demo", restart="sometimes"), "",
          "service 'demo': restart 'sometimes' is not one of always, on-failure, never"),
         (LOGD + user("demo", restrat="never"), "", "service 'demo': unknown key `service[2].restrat`"),
@@ -141,7 +142,7 @@ def test_unknown_program_names_the_service(scratch: Workspace) -> None:
     with pytest.raises(MantraError) as caught:
         userland.programs_for(scratch, load_product(scratch, "odd"))
     assert (f"{scratch.products_dir / 'odd' / 'product.toml'}: service 'web': program 'httpd' is unknown "
-            "(programs in mantra-os/user/: bench, crashy, demo, init, logd, utest)") in caught.value.message
+            "(programs in mantra-os/user/: attestd, bench, crashy, demo, init, logd, utest)") in caught.value.message
     write_product(scratch, "loop", LOGD + user("again", program="init"))
     with pytest.raises(MantraError, match="program 'init' is MantraInit itself"):
         userland.programs_for(scratch, load_product(scratch, "loop"))
@@ -213,10 +214,10 @@ def bootfs_of(result: BuildResult, tmp_path: Path) -> dict[str, bytes]:
 def test_userland_is_one_cargo_call_and_lands_stripped_in_the_bootfs(fake: Workspace, tmp_path: Path) -> None:
     result = build(fake, "qemu-x86_64", "default", release=True)
     userland_call = calls(tmp_path)[-1]
-    assert userland_call[:9] == ["build", "-p", "mantra-init", "-p", "mantra-logd", "-p", "mantra-demo",
-                                 "-p", "mantra-crashy"]
-    assert userland_call[9:19] == ["--bin", "init", "--bin", "logd", "--bin", "demo", "--bin", "crashy",
-                                   "--target", "x86_64-unknown-none"]
+    assert userland_call[:11] == ["build", "-p", "mantra-init", "-p", "mantra-logd", "-p", "mantra-demo",
+                                  "-p", "mantra-crashy", "-p", "mantra-attestd"]
+    assert userland_call[11:23] == ["--bin", "init", "--bin", "logd", "--bin", "demo", "--bin", "crashy",
+                                    "--bin", "attestd", "--target", "x86_64-unknown-none"]
     assert "-Zbuild-std=core,alloc,compiler_builtins" in userland_call and "--release" in userland_call
     bootfs = bootfs_of(result, tmp_path)
     assert list(bootfs) == ["product.toml", ".config", "init.manifest", *DEFAULT_PROGRAMS]

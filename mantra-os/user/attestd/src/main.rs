@@ -49,7 +49,9 @@ impl tis::Registers for Mmio {
     }
 }
 
-/// Polls at most every millisecond (the TPM needs no faster service).
+/// The monotonic clock; between two polls of a register the driver yields
+/// the CPU (a TPM command takes milliseconds: sleeping a 10 ms tick would
+/// add more than it takes).
 struct RtClock;
 
 impl tis::Clock for RtClock {
@@ -141,15 +143,13 @@ fn read_event_log(vmo: &Vmo) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn map_tpm(vmo: &Vmo) -> Result<Tis<Mmio, RtClock>, Error> {
-    let len = mantra_attestd_window();
-    let base = sys::vmar_map(mantra_rt::process::space(), vmo.raw(), 0, len, map::READ | map::WRITE, 0)?;
-    Ok(Tis::new(Mmio { base }, RtClock))
-}
+/// The TIS register window the `tpm` object covers: five localities of 4 KiB.
+const TPM_WINDOW: u64 = 5 * 4096;
 
-/// The TIS register window: five localities of 4 KiB.
-const fn mantra_attestd_window() -> u64 {
-    5 * 4096
+/// Maps the TPM's registers (uncached: the kernel maps device memory so).
+fn map_tpm(vmo: &Vmo) -> Result<Tis<Mmio, RtClock>, Error> {
+    let base = sys::vmar_map(mantra_rt::process::space(), vmo.raw(), 0, TPM_WINDOW, map::READ | map::WRITE, 0)?;
+    Ok(Tis::new(Mmio { base }, RtClock))
 }
 
 impl Service {

@@ -84,9 +84,12 @@ fn rc_hint(rc: u32) -> &'static str {
         0x101 => " (TPM_RC_FAILURE: the TPM is in failure mode)",
         0x922 => " (TPM_RC_RETRY)",
         0x902 => " (TPM_RC_OBJECT_MEMORY: no room for another loaded object)",
-        0x9a2 => " (TPM_RC_BAD_AUTH)",
         0x921 => " (TPM_RC_LOCKOUT: dictionary-attack lockout; it heals after the TPM's recovery time)",
-        rc if rc & 0xF3F == 0x08E || rc & 0xF3F == 0x0A2 => " (authorization failed: the endorsement hierarchy has a password?)",
+        // Format 1 (bit 7) TPM_RC_AUTH_FAIL / TPM_RC_BAD_AUTH, whatever
+        // handle, session or parameter number bits 8-11 and 6 name.
+        rc if rc & 0x0BF == 0x08E || rc & 0x0BF == 0x0A2 => {
+            " (authorization failed: does the endorsement hierarchy have a password?)"
+        }
         _ => "",
     }
 }
@@ -515,6 +518,14 @@ mod tests {
         let mut longer = response.clone();
         longer.push(0);
         assert!(parse_create_primary(&longer).is_err());
+    }
+
+    #[test]
+    fn response_codes_are_named() {
+        assert!(alloc::format!("{}", Error::Tpm(0x9a2)).contains("authorization failed"));
+        assert!(alloc::format!("{}", Error::Tpm(0x98e)).contains("authorization failed"));
+        assert!(alloc::format!("{}", Error::Tpm(0x921)).contains("TPM_RC_LOCKOUT"));
+        assert_eq!(alloc::format!("{}", Error::Tpm(0x1c4)), "TPM response code 0x1c4");
     }
 
     #[test]
