@@ -17,7 +17,9 @@ device answers with a blob (`Blob`): the TCG event log, the attestation key
 7. the selection is SHA-256 PCRs 0-9;
 8. the event log replays to the quoted pcrDigest;
 9. every PCR 8/9 event equals the reference events of the signed manifest
-   of the reference image (`Reference`, whose signature is checked first).
+   of the reference image (`Reference`, whose signature is checked first),
+   and the bootloader the firmware measured into PCR 4 is the reference
+   image's (its Authenticode hash).
 
 A failure raises `AttestFailure`, whose reasons name what differs, e.g.
 `component MANTRA/BOOTFS.IMG: measured <hex>, reference <hex>`.
@@ -484,8 +486,8 @@ def verify(blob_bytes: bytes, nonce: bytes, reference: Reference, pin: AkPin,
     report(f"event log: {len(log.events)} events, banks {log.spec_id.describe()}; replays to the quoted pcrDigest "
            f"{digest.hex()}")
     firmware = [e for e in measured if e.pcr <= 7]
-    report(f"firmware: {len(firmware)} events in PCRs 0-7 (not compared: the signed manifest holds no reference "
-           "values for the firmware)")
+    report(f"firmware: {len(firmware)} events in PCRs 0-7, replayed (the signed manifest has reference values only "
+           "for the bootloader the firmware started, PCR 4)")
 
     compare_events(log, reference, report)
     return Attested(ak, attest, log, values)
@@ -536,6 +538,7 @@ def compare_events(log: eventlog.EventLog, reference: Reference, report: Callabl
                         f"{', '.join(reference_order)}")
 
     # PCR 4: the bootloader, as the firmware started it.
+    bootloader = None
     if reference.bootloader is not None:
         path, want_digest = reference.bootloader
         apps = [e for e in log.events if e.pcr == 4 and e.event_type == eventlog.EV_EFI_BOOT_SERVICES_APPLICATION]
@@ -548,8 +551,7 @@ def compare_events(log: eventlog.EventLog, reference: Reference, report: Callabl
                 problems.append(f"component {path}: measured {got.hex()} (PCR 4, Authenticode), reference "
                                 f"{want_digest.hex()}")
             else:
-                matched.insert(0, f"component {path}: {got.hex()} = reference (PCR 4, Authenticode, the firmware's "
-                                  "measurement)")
+                bootloader = f"component {path}: {got.hex()} = reference (PCR 4, Authenticode, the firmware's measurement)"
             others = [e.digest(tpm2.ALG_SHA256).hex() for e in apps[:-1]]
             if others:
                 problems.append(f"PCR 4: the firmware started {len(others)} other boot application(s) before "
@@ -571,7 +573,7 @@ def compare_events(log: eventlog.EventLog, reference: Reference, report: Callabl
             matched.insert(0, f"manifest (PCR 8): {got.hex()} = reference")
     if problems:
         raise AttestFailure(*problems)
-    for line in matched:
+    for line in ([bootloader] if bootloader else []) + matched:
         report(line)
 
 
