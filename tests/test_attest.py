@@ -592,3 +592,15 @@ def test_attest_command_reports_device_errors_and_silence(golden_image: Path, ke
     assert result.exit_code == 1 and "cannot open the device's console socket://127.0.0.1:1" in result.output
     result = run_cli("--nonce", "abcd", "--port", "x")
     assert result.exit_code == 2 and "--nonce" in result.output
+
+
+def test_attest_command_checks_the_reference_before_the_device(golden_image: Path, keyset: KeySet,
+                                                               other_keyset: KeySet) -> None:
+    """A reference that does not verify against --root stops `attest`
+    before it talks to the device (the port here would refuse a connection)."""
+    result = run_cli("--port", "socket://127.0.0.1:1", "--reference", str(golden_image), "--root",
+                     str(other_keyset.dir / "root.pub"))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"attest: FAILED: reference image {golden_image}: key record: issued by root key "
+                                    f"{keyset.root_id.hex()}, not by the given root key"), result.output
+    assert "cannot open the device's console" not in result.output
