@@ -1,5 +1,6 @@
-"""Writer of the EFI System Partition: a FAT32 file system image made with
-mtools (mformat, mmd, mcopy), without mounting anything.
+"""Writer of the FAT file systems of a disk image, the EFI System Partition
+and the A/B slots: FAT32 images made with mtools (mformat, mmd, mcopy),
+without mounting anything.
 
 The volume serial is fixed and file times come from SOURCE_DATE_EPOCH, so
 the same files give a byte-identical partition.
@@ -13,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from mantra import proc
 
 VOLUME_LABEL = "MANTRA ESP"
+SLOT_LABEL = "MANTRA SLOT"
 VOLUME_SERIAL = "4d414e54"  # "MANT"
 # 1980-01-01 00:00:00 UTC: the FAT epoch.
 FILE_TIME = "315532800"
@@ -20,9 +22,10 @@ FILE_TIME = "315532800"
 _MTOOLS_HINT = "install the Debian package mtools (./mantra installs it)"
 
 
-def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
+def write_esp(path: Path, size_mib: int, files: Mapping[str, Path], label: str = VOLUME_LABEL) -> None:
     """Creates the FAT32 image `path` of `size_mib` MiB holding `files`
-    (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy)."""
+    (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy); a
+    slot's file system is the same with `label` SLOT_LABEL."""
     mformat = proc.require_tool("mformat", "mtools")
     mmd = proc.require_tool("mmd", "mtools")
     mcopy = proc.require_tool("mcopy", "mtools")
@@ -31,7 +34,7 @@ def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
     with path.open("wb") as image:
         image.truncate(size_mib * 1024 * 1024)
     proc.run(
-        [mformat, "-i", path, "-F", "-N", VOLUME_SERIAL, "-v", VOLUME_LABEL, "-T", str(sectors),
+        [mformat, "-i", path, "-F", "-N", VOLUME_SERIAL, "-v", label, "-T", str(sectors),
          "-h", "64", "-s", "32", "::"],
         env=env, capture=True, what="mformat of the ESP", hint=_MTOOLS_HINT,
     )
@@ -53,6 +56,16 @@ BOOTFS_PATH = "MANTRA/BOOTFS.IMG"
 CMDLINE_PATH = "MANTRA/CMDLINE.TXT"
 MANIFEST_PATH = "MANTRA/MANIFEST.SIG"
 BOOTLOADER_DIR = "EFI/BOOT"
+
+
+def is_fat(image: Path, offset: int) -> bool:
+    """Whether the partition at byte `offset` of `image` starts with a FAT
+    boot sector (an empty slot does not)."""
+    with image.open("rb") as disk:
+        disk.seek(offset)
+        sector = disk.read(512)
+    return len(sector) == 512 and sector[510:512] == b"\x55\xaa" and (
+        sector[82:87] == b"FAT32" or sector[54:59] in (b"FAT12", b"FAT16"))
 
 
 def _fat(image: Path, offset: int) -> str:
