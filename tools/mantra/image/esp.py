@@ -88,6 +88,22 @@ def list_files(image: Path, offset: int) -> list[str]:
     return sorted(files)
 
 
+def _directories(image: Path, offset: int) -> set[str]:
+    """Every directory of the FAT file system at `offset` in `image`."""
+    mdir = proc.require_tool("mdir", "mtools")
+    listing = proc.run([mdir, "-/", "-b", "-i", _fat(image, offset), "::"],
+                       env={"MTOOLS_SKIP_CHECK": "1"}, capture=True, what="mdir", hint=_MTOOLS_HINT)
+    found = set()
+    for line in listing.stdout.splitlines():
+        path = line.strip().removeprefix("::/")
+        for parent in PurePosixPath(path.rstrip("/")).parents if path else ():
+            if str(parent) != ".":
+                found.add(str(parent))
+        if path.endswith("/"):
+            found.add(path.rstrip("/"))
+    return found
+
+
 def read_file(image: Path, offset: int, path: str, scratch: Path) -> bytes:
     """The content of `path` on the FAT file system at `offset` in `image`
     (copied out through `scratch`, a directory of the caller's)."""
@@ -106,5 +122,10 @@ def write_file(image: Path, offset: int, path: str, source: Path) -> None:
     system at `offset` in `image`, with the fixed file time of write_esp."""
     mcopy = proc.require_tool("mcopy", "mtools")
     env = {"SOURCE_DATE_EPOCH": FILE_TIME, "MTOOLS_SKIP_CHECK": "1"}
+    parent = str(PurePosixPath(path).parent)
+    if parent != "." and parent.upper() not in {p.upper() for p in _directories(image, offset)}:
+        mmd = proc.require_tool("mmd", "mtools")
+        proc.run([mmd, "-i", _fat(image, offset), f"::/{parent}"], env=env, capture=True,
+                 what=f"mmd of {parent}", hint=_MTOOLS_HINT)
     proc.run([mcopy, "-o", "-i", _fat(image, offset), source, f"::/{path}"],
              env=env, capture=True, what=f"mcopy of {path} to the ESP", hint=_MTOOLS_HINT)
