@@ -15,6 +15,9 @@ from mantra import proc
 
 VOLUME_LABEL = "MANTRA ESP"
 SLOT_LABEL = "MANTRA SLOT"
+# Smallest FAT32 volume mformat makes (65525 clusters of 512 bytes); a
+# smaller partition gets FAT12/16, which UEFI reads just as well.
+FAT32_MIN_MIB = 33
 VOLUME_SERIAL = "4d414e54"  # "MANT"
 # 1980-01-01 00:00:00 UTC: the FAT epoch.
 FILE_TIME = "315532800"
@@ -23,7 +26,7 @@ _MTOOLS_HINT = "install the Debian package mtools (./mantra installs it)"
 
 
 def write_esp(path: Path, size_mib: int, files: Mapping[str, Path], label: str = VOLUME_LABEL) -> None:
-    """Creates the FAT32 image `path` of `size_mib` MiB holding `files`
+    """Creates the FAT32 (FAT12/16 below FAT32_MIN_MIB) image `path` of `size_mib` MiB holding `files`
     (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy); a
     slot's file system is the same with `label` SLOT_LABEL."""
     mformat = proc.require_tool("mformat", "mtools")
@@ -34,8 +37,8 @@ def write_esp(path: Path, size_mib: int, files: Mapping[str, Path], label: str =
     with path.open("wb") as image:
         image.truncate(size_mib * 1024 * 1024)
     proc.run(
-        [mformat, "-i", path, "-F", "-N", VOLUME_SERIAL, "-v", label, "-T", str(sectors),
-         "-h", "64", "-s", "32", "::"],
+        [mformat, "-i", path, *(["-F"] if size_mib >= FAT32_MIN_MIB else []), "-N", VOLUME_SERIAL, "-v", label,
+         "-T", str(sectors), "-h", "64", "-s", "32", "::"],
         env=env, capture=True, what="mformat of the ESP", hint=_MTOOLS_HINT,
     )
     # Parents before children; sorted so the directory order never varies.
