@@ -258,7 +258,7 @@ impl Rollback {
 /// What MantraBoot found in a slot this boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Found {
-    /// No partition, no file system or no signed manifest: nothing installed.
+    /// No partition or no file system: nothing installed.
     Empty,
     /// It failed a check; `envelope_hash` is the SHA-256 of its
     /// `MANTRA/MANIFEST.SIG` when the file could be read.

@@ -33,7 +33,7 @@ const SLOTS_VAR: &CStr16 = cstr16!("MantraSlots");
 const CURRENT_VAR: &CStr16 = cstr16!("MantraBootCurrent");
 const ROLLBACK_VAR: &CStr16 = cstr16!("MantraRollback");
 /// What to do when no slot can boot.
-const NOTHING_HINT: &str = "install a signed image into a slot (./mantra slot install TARGET_IMAGE --slot a --from SIGNED_IMAGE) or flash a new image (./mantra build)";
+const NOTHING_HINT: &str = "install a signed image into a slot (./mantra slot install TARGET_IMAGE --slot a --from SIGNED_IMAGE) or flash a new image: ./mantra build";
 const VAR_HINT: &str = "check the firmware's variable store (under QEMU: delete firmware-vars.fd beside the image)";
 const TPM_HINT: &str = "check the TPM (firmware setup; under QEMU, swtpm: delete tpm/ beside the image for a fresh one)";
 
@@ -268,8 +268,9 @@ fn find_slots() -> Result<[Option<Handle>; 2], Fatal> {
     Ok(found)
 }
 
-/// Reads and verifies one slot. `Ok(Err(why))`: empty (no partition, no
-/// file system, no signed manifest); `Err`: refused.
+/// Reads and verifies one slot. `Ok(Err(why))`: empty (no partition, or
+/// no file system); `Err`: refused (a file system without a signed
+/// manifest is an unsigned image, refused).
 fn load_slot(slot: Slot, handle: Option<Handle>, minimum: Rollback) -> Result<Result<SlotImage, &'static str>, Refusal> {
     let Some(handle) = handle else { return Ok(Err("no partition slot-x of the slot type")) };
     let refusal = |fatal: Fatal, hash| Refusal { what: fatal.what, envelope_hash: hash };
@@ -306,7 +307,15 @@ fn load_slot(slot: Slot, handle: Option<Handle>, minimum: Rollback) -> Result<Re
                 envelope_hash: None,
             })
         }
-        Ok(None) => return Ok(Err("no MANTRA/MANIFEST.SIG")),
+        Ok(None) => {
+            return Err(Refusal {
+                what: format!(
+                    "image signature check failed: signed manifest {} not found in the slot (unsigned image)",
+                    verify::MANIFEST_PATH
+                ),
+                envelope_hash: None,
+            })
+        }
         Err(fatal) => return Err(refusal(fatal, None)),
     };
     let hash = Some(sha256(&envelope));
