@@ -22,6 +22,7 @@ use uefi::{cstr16, guid, CStr16, Guid, Handle, Status};
 
 use super::fail::Fatal;
 use super::files::{Esp, PageFile};
+use super::platform::rdtsc;
 use super::verify;
 use mantra_boot::memmap;
 
@@ -58,6 +59,8 @@ struct Refusal {
 /// Everything up to the choice: see the module comment. Returns the slot to
 /// boot, or stops with `no bootable slot`.
 pub fn choose() -> Result<SlotImage, Fatal> {
+    let start = rdtsc();
+    let mut verify_tsc = 0u64;
     let handles = find_slots()?;
     let mut tpm = Tpm::open()?;
     let var_minimum = read_rollback()?;
@@ -87,7 +90,10 @@ pub fn choose() -> Result<SlotImage, Fatal> {
     let mut reasons: [String; 2] = [String::new(), String::new()];
     for slot in Slot::ALL {
         let i = slot as usize;
-        match load_slot(slot, handles[i], minimum) {
+        let slot_start = rdtsc();
+        let loaded = load_slot(slot, handles[i], minimum);
+        verify_tsc += rdtsc().wrapping_sub(slot_start);
+        match loaded {
             Ok(Ok(image)) => {
                 image.image.report_slot(slot.name());
                 found[i] = Found::Verified {
@@ -169,6 +175,11 @@ pub fn choose() -> Result<SlotImage, Fatal> {
         other.bootfs.free();
     }
     let image = chosen.ok_or_else(|| Fatal::new("chose a slot that did not verify", "report this MantraBoot bug"))?;
+    let total = rdtsc().wrapping_sub(start);
+    say!(
+        "MantraBoot: A/B: slot chosen in {total} tsc: reading and verifying the slots {verify_tsc}, partitions, variables and TPM NV {}",
+        total.wrapping_sub(verify_tsc)
+    );
     match boot.state {
         State::Pending => say!(
             "MantraBoot: booting slot {} (pending, {} {} left, security counter {})",
