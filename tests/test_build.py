@@ -161,3 +161,20 @@ def test_missing_toolchain_says_what_to_install(fake: Workspace, monkeypatch: py
         build(fake, "qemu-x86_64", "default")
     assert "/nonexistent/cargo not found" in caught.value.message
     assert "rustc-web cargo-web rust-web-src" in caught.value.hint and "MANTRA_CARGO" in caught.value.hint
+
+
+def test_a_new_image_is_a_new_device(fake: Workspace) -> None:
+    """Repacking forgets the runner's firmware variable store and TPM state
+    (MantraSlots, MantraRollback, the TPM NV index); an up-to-date build keeps them."""
+    first = build(fake, "qemu-x86_64", "default")
+    store = first.image.parent / "firmware-vars.fd"
+    tpm = first.image.parent / "tpm"
+    store.write_bytes(b"vars")
+    tpm.mkdir()
+    (tpm / "tpm2-00.permall").write_bytes(b"state")
+    assert not build(fake, "qemu-x86_64", "default").packed
+    assert store.is_file() and tpm.is_dir()
+    prj = fake.products_dir / "default" / "prj.conf"
+    prj.write_text(prj.read_text() + "CONFIG_BOOT_TRIES=5\n")
+    assert build(fake, "qemu-x86_64", "default").packed
+    assert not store.exists() and not tpm.exists()
