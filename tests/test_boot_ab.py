@@ -10,7 +10,10 @@ store, and a fresh swtpm with --tpm):
   rollback minimum to its security counter (in the UEFI variable and the TPM
   NV index); an older image installed into slot b is then refused as a
   downgrade, also after the variable store is wiped (the TPM still holds the
-  minimum).
+  minimum);
+- likewise the revocation list version: once an image carrying a list that
+  revokes a key is confirmed, an image signed by that key with the older
+  list is refused; a slot without a file system is just empty.
 
 What MantraBoot wrote is read back from the firmware's variable store
 (tests/uefi_vars.py). Each boot stops at MantraBoot's `booting slot` line: a
@@ -155,3 +158,49 @@ def test_rollback_minimum_refuses_a_downgrade_with_the_tpm(default_image: BuildR
     assert booting(console) == "a (active, security counter 5)", tail(console)
     found = read_variable(store, "MantraRollback")
     assert found is not None and found[1][16:] == struct.pack("<QQ", 5, 1)  # written back from the TPM's copy
+
+
+def test_revocation_list_minimum_refuses_an_old_list(default_image: BuildResult, tmp_path: Path,
+                                                     workspace: Workspace) -> None:
+    """A key revoked after it signed images: the factory image carries the
+    revocation list that revokes it (version 2); once that image is
+    confirmed, an image signed by the old key with the old list (version 1,
+    which does not revoke it) is refused. An empty slot is just empty."""
+    import shutil
+
+    assert default_image.keys is not None
+    copy = tmp_path / "keys"
+    shutil.copytree(default_image.keys, copy)
+    keyset = keys.load_keyset(copy)
+    old = keyset.active()
+    keys.rotate(keyset, keys.DEV_PASSPHRASE)
+    keys.revoke(keyset, keys.DEV_PASSPHRASE, old.id.hex())
+
+    directory = tmp_path / "device"
+    directory.mkdir()
+    device = SpoiledImage(default_image, directory)
+    device.keys = copy
+    device.resign()  # both slots: the new key, revocation list version 2
+    console = boot_until_choice(device, workspace)
+    assert re.search(r"^MantraBoot: slot a: verified \(key [0-9a-f]{8}, security counter 0, revocation list 2,",
+                     console, re.M), tail(console)
+    console = boot_until_choice(device, workspace)
+    assert "MantraBoot: rollback minimum raised to 0 (slot a confirmed; revocation list minimum 2)" in console, \
+        tail(console)
+
+    # Slot b wiped (no file system): empty, not refused.
+    partition = device.fat["b"].rsplit("@@", 1)[1]
+    with device.image.open("r+b") as disk:
+        disk.seek(int(partition))
+        disk.write(bytes(1 << 20))
+    console = boot_until_choice(device, workspace)
+    assert "MantraBoot: slot b: empty (no file system)" in console, tail(console)
+    assert booting(console) == "a (active, security counter 0)", tail(console)
+
+    # The build's own image: signed by the revoked key, with list version 1.
+    original = SpoiledImage(default_image, (tmp_path / "original").mkdir() or tmp_path / "original")
+    stage(device, "b", original, copy / keys.ROOT_PUB)
+    console = boot_until_choice(device, workspace)
+    assert ("MantraBoot: slot b: refused: image signature check failed: revocation list: version 1 is older than "
+            "the minimum 2 (rollback of the revocation list refused)") in console, tail(console)
+    assert booting(console) == "a (active, security counter 0)", tail(console)
