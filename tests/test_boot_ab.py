@@ -70,7 +70,8 @@ def mantra_slots(device: SpoiledImage) -> tuple[int, list[tuple[int, int, int, b
 
 def stage(device: SpoiledImage, slot: str, source: SpoiledImage, root: Path) -> None:
     """`mantra slot install`: source's slot a into `slot` of the device."""
-    done = mantra("slot", "install", str(device.image), "--slot", slot, "--from", str(source.image), "--root", str(root))
+    done = mantra("slot", "install", str(device.image), "--slot", slot, "--from", str(source.image),
+                  "--root", str(root))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"into slot {slot} of {device.image}" in done.stdout, done.stdout
 
