@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from mantra.errors import MantraError
 from mantra.signing import eventlog, pcr, pe, tpm2
 from mantra.signing.encoding import ComponentKind, DecodeError, Manifest
-from mantra.signing.image import MANIFEST_PATH, open_esp
+from mantra.signing.image import MANIFEST_PATH, FatFiles, open_esp, open_slot
 from mantra.signing.verify import VerifyFailure, check_envelope
 
 NONCE_SIZE = 32
@@ -353,34 +353,38 @@ class Reference:
     bootloader: tuple[str, bytes] | None = None
 
 
-def load_reference(image: Path, root_public: bytes, report: Callable[[str], None] = lambda line: None) -> Reference:
-    """Reads and verifies the signed manifest of `image` (its envelope's
-    signatures against `root_public`, docs/signing.md steps 2-8)."""
+def load_reference(image: Path, root_public: bytes, report: Callable[[str], None] = lambda line: None,
+                   slot: str = "a") -> Reference:
+    """Reads and verifies the signed manifests of `image` (each envelope's
+    signatures against `root_public`, docs/signing.md steps 2-8): the one of
+    slot `slot`, whose kernel, boot filesystem and command line MantraBoot
+    measures into PCRs 8 and 9 when it boots that slot, and the ESP's, which
+    lists the bootloader the firmware measures into PCR 4."""
     try:
-        files = open_esp(image)
-        stored = {p.upper(): p for p in files.paths()}
-        if MANIFEST_PATH not in stored:
-            raise AttestFailure(f"reference image {image}: no signed manifest ({MANIFEST_PATH} is not on its ESP)")
-        raw = files.read(stored[MANIFEST_PATH])
+        slot_files = open_slot(image, slot)
+        if not slot_files.has_filesystem():
+            raise AttestFailure(f"reference image {image}: slot {slot} is empty (no file system)")
+        slot_raw = _manifest_of(image, slot_files)
+        esp_files = open_esp(image)
+        esp_raw = _manifest_of(image, esp_files)
     except AttestFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - GptError, MantraError: the image is unusable
         raise AttestFailure(f"reference image {image}: {exc}") from None
-    try:
-        verified = check_envelope(raw, root_public)
-    except VerifyFailure as failure:
-        raise AttestFailure(*(f"reference image {image}: {reason}" for reason in failure.reasons)) from None
+    verified = _verified(image, slot_raw, root_public, slot_files.label)
     body = verified.envelope.manifest.body
     manifest = verified.manifest
-    report(f"reference: {image}: {manifest.product} {manifest.version} for {manifest.board}, signed manifest verified "
-           f"(key {verified.key.key_id.hex()}, security counter {manifest.security_counter})")
+    report(f"reference: {image} slot {slot}: {manifest.product} {manifest.version} for {manifest.board}, signed "
+           f"manifest verified (key {verified.key.key_id.hex()}, security counter {manifest.security_counter})")
+    esp_manifest = _verified(image, esp_raw, root_public, "ESP").manifest
     bootloader = None
-    for component in manifest.components:
+    for component in esp_manifest.components:
         if component.kind != ComponentKind.BOOTLOADER:
             continue
         # The firmware measures the bootloader's Authenticode hash, not its
         # SHA-256: computed from the file, once it is the file the manifest lists.
-        data = files.read(stored[component.path.upper()]) if component.path.upper() in stored else None
+        stored = {p.upper(): p for p in esp_files.paths()}
+        data = esp_files.read(stored[component.path.upper()]) if component.path.upper() in stored else None
         if data is None or hashlib.sha256(data).digest() != component.sha256:
             raise AttestFailure(f"reference image {image}: component {component.path}: "
                                 + ("missing from the ESP" if data is None else "sha256 mismatch with the manifest"))
@@ -389,6 +393,21 @@ def load_reference(image: Path, root_public: bytes, report: Callable[[str], None
         except DecodeError as exc:
             raise AttestFailure(f"reference image {image}: component {component.path}: {exc}") from None
     return Reference(image, manifest, body, tuple(pcr.events(body)), bootloader)
+
+
+def _manifest_of(image: Path, files: FatFiles) -> bytes:
+    stored = {p.upper(): p for p in files.paths()}
+    if MANIFEST_PATH not in stored:
+        raise AttestFailure(f"reference image {image}: no signed manifest ({MANIFEST_PATH} is not on its "
+                            f"{files.label})")
+    return files.read(stored[MANIFEST_PATH])
+
+
+def _verified(image: Path, raw: bytes, root_public: bytes, label: str):
+    try:
+        return check_envelope(raw, root_public)
+    except VerifyFailure as failure:
+        raise AttestFailure(*(f"reference image {image} ({label}): {reason}" for reason in failure.reasons)) from None
 
 
 # --- verification ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from attest_sim import SimulatedDevice, tiny_pe
 from mantra.image import esp, gpt
 from mantra.signing import attest, eventlog, keys, pcr, pe, tpm2
 from mantra.signing.encoding import DecodeError, Envelope
-from mantra.signing.image import MANIFEST_PATH, open_esp
+from mantra.signing.image import MANIFEST_PATH, open_slot
 from mantra.signing.keys import KeySet
 from mantra.signing.sign import ImageInfo, sign_image
 from tpm_sim import SwtpmServer
@@ -51,15 +51,21 @@ def other_keyset(tmp_path_factory: pytest.TempPathFactory) -> KeySet:
 
 
 def make_image(directory: Path, files: dict[str, bytes], keyset: KeySet) -> Path:
-    """A signed disk image whose ESP holds `files` (no slots needed here)."""
+    """A signed disk image laid out as ./mantra build does: the bootloader
+    on the ESP, the other `files` in slot a (slot b left empty)."""
     directory.mkdir(parents=True, exist_ok=True)
     sources = {}
     for path, data in files.items():
         sources[path] = directory / path.replace("/", "_")
         sources[path].write_bytes(data)
-    esp.write_esp(directory / "esp.img", ESP_MIB, sources)
+    boot = {p: f for p, f in sources.items() if p.startswith("EFI/")}
+    esp.write_esp(directory / "esp.img", ESP_MIB, boot)
+    esp.write_esp(directory / "slot.img", ESP_MIB, {p: f for p, f in sources.items() if p not in boot},
+                  label=esp.SLOT_LABEL)
     image = directory / "image.img"
-    gpt.write_image(image, [gpt.PartitionSpec("esp", gpt.ESP_TYPE, ESP_MIB * MIB, directory / "esp.img")],
+    gpt.write_image(image, [gpt.PartitionSpec("esp", gpt.ESP_TYPE, ESP_MIB * MIB, directory / "esp.img"),
+                            gpt.PartitionSpec("slot-a", gpt.MANTRA_SLOT_TYPE, ESP_MIB * MIB, directory / "slot.img"),
+                            gpt.PartitionSpec("slot-b", gpt.MANTRA_SLOT_TYPE, ESP_MIB * MIB)],
                     align=MIB, disk_guid=uuid.UUID(int=7))
     info = ImageInfo(board="qemu-x86_64", product="default", version="0.1.0", security_counter=3,
                      config_sha256=bytes(32), source_revision="test", toolchain=(), built_components={})
@@ -79,7 +85,7 @@ def other_image(keyset: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def manifest_body(image: Path) -> bytes:
-    return Envelope.decode(open_esp(image).read(MANIFEST_PATH)).manifest.body
+    return Envelope.decode(open_slot(image, "a").read(MANIFEST_PATH)).manifest.body
 
 
 @pytest.fixture(scope="module")
@@ -345,11 +351,11 @@ def test_reference_manifest_must_verify(golden_image: Path, keyset: KeySet, othe
     with pytest.raises(attest.AttestFailure) as failure:
         attest.load_reference(golden_image, other_keyset.root_public)
     (reason,) = failure.value.reasons
-    assert reason.startswith(f"reference image {golden_image}: key record: issued by root key "), reason
+    assert reason.startswith(f"reference image {golden_image} (slot a): key record: issued by root key "), reason
     # A manifest changed after signing.
     copy = tmp_path / "image.img"
     copy.write_bytes(golden_image.read_bytes())
-    files = open_esp(copy)
+    files = open_slot(copy, "a")
     raw = bytearray(files.read(MANIFEST_PATH))
     envelope = Envelope.decode(bytes(raw))
     at = bytes(raw).index(envelope.manifest.body) + 16  # the security counter
@@ -358,7 +364,7 @@ def test_reference_manifest_must_verify(golden_image: Path, keyset: KeySet, othe
     with pytest.raises(attest.AttestFailure) as failure:
         attest.load_reference(copy, keyset.root_public)
     (reason,) = failure.value.reasons
-    assert reason == (f"reference image {copy}: manifest: signature by key {keyset.active_id().hex()} does not verify "
+    assert reason == (f"reference image {copy} (slot a): manifest: signature by key {keyset.active_id().hex()} does not verify "
                       "(the manifest or its signature was changed after signing)"), reason
 
 
@@ -553,7 +559,7 @@ def test_attest_command_over_a_socket(device: SimulatedDevice, golden_image: Pat
     assert server.requests == [f"MANTRA-ATTEST-REQUEST {NONCE.hex()}"]
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith(f"attest: reference: {golden_image}: default 0.1.0 for qemu-x86_64"), result.output
+    assert lines[0].startswith(f"attest: reference: {golden_image} slot a: default 0.1.0 for qemu-x86_64"), result.output
     assert lines[-1].startswith("attest: OK: the device booted default 0.1.0 for qemu-x86_64 as signed"), result.output
     pinned = golden_image.parent / "attest" / f"ak-socket_127.0.0.1_{server.url.rsplit(':', 1)[1]}.pem"
     assert pinned.is_file() and "first use" in result.output
@@ -601,6 +607,6 @@ def test_attest_command_checks_the_reference_before_the_device(golden_image: Pat
     result = run_cli("--port", "socket://127.0.0.1:1", "--reference", str(golden_image), "--root",
                      str(other_keyset.dir / "root.pub"))
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(f"attest: FAILED: reference image {golden_image}: key record: issued by root key "
+    assert result.output.startswith(f"attest: FAILED: reference image {golden_image} (slot a): key record: issued by root key "
                                     f"{keyset.root_id.hex()}, not by the given root key"), result.output
     assert "cannot open the device's console" not in result.output

@@ -23,7 +23,7 @@ from mantra.image import bootfs
 from mantra.runners.console_socket import connect, free_port
 from mantra.signing import attest, keys, pe
 from mantra.signing.encoding import Envelope
-from mantra.signing.image import MANIFEST_PATH, open_esp
+from mantra.signing.image import MANIFEST_PATH, open_esp, open_slot
 from mantra.signing.sign import ImageInfo, sign_image
 from support import ROOT, mantra
 
@@ -41,7 +41,7 @@ def reference_with_other_bootfs(image: BuildResult, directory: Path) -> Path:
     copy = directory / "image.img"
     subprocess.run(["cp", "--sparse=always", str(image.image), str(copy)], check=True)
     shutil.copy(image.manifest, directory / "manifest.json")
-    files = open_esp(copy)
+    files = open_slot(copy, "a")
     entries = parse_bootfs(files.read(BOOTFS))
     changed = [(name, data + b"\n# a reference variant\n" if name == "product.toml" else data)
                for name, data in entries]
@@ -54,7 +54,7 @@ def reference_with_other_bootfs(image: BuildResult, directory: Path) -> Path:
 
 
 def bootfs_sha256(image: Path) -> str:
-    return hashlib.sha256(open_esp(image).read(BOOTFS)).hexdigest()
+    return hashlib.sha256(open_slot(image, "a").read(BOOTFS)).hexdigest()
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_reference_variant_is_signed(default_image: BuildResult, tmp_path: Path)
     reference = attest.load_reference(other, keyset.root_public)
     assert reference.manifest.component(BOOTFS).sha256.hex() == bootfs_sha256(other) != \
         bootfs_sha256(default_image.image)
-    assert Envelope.decode(open_esp(other).read(MANIFEST_PATH)).manifest.body == reference.manifest_body
+    assert Envelope.decode(open_slot(other, "a").read(MANIFEST_PATH)).manifest.body == reference.manifest_body
 
 
 def test_attest_refuses_a_product_without_attestd() -> None:

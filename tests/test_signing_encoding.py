@@ -190,6 +190,12 @@ def test_manifest_components_are_checked() -> None:
     bootfs = Component(ComponentKind.BOOTFS, "MANTRA/BOOTFS.IMG", 1, b"\0" * 32)
     with pytest.raises(ValueError, match="exactly one kernel"):
         manifest(components=(bootfs,)).encode()
+    # The ESP's manifest: only the bootloader.
+    loader = Component(ComponentKind.BOOTLOADER, "EFI/BOOT/BOOTX64.EFI", 1, b"\0" * 32)
+    esp_only = manifest(components=(loader,))
+    assert Manifest.decode(esp_only.encode()) == esp_only
+    with pytest.raises(ValueError, match="exactly one kernel"):
+        manifest(components=(loader, Component(ComponentKind.CMDLINE, "MANTRA/CMDLINE.TXT", 1, b"\0" * 32))).encode()
     with pytest.raises(ValueError, match="path is listed twice"):
         manifest(components=(kernel, bootfs, Component(ComponentKind.CMDLINE, "mantra/kernel.elf", 1,
                                                        b"\0" * 32))).encode()

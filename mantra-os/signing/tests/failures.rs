@@ -274,6 +274,11 @@ fn malformed_manifests() {
     assert_eq!(manifest(vec![]), (Structure::Manifest, Problem::ComponentCount(0)));
     assert_eq!(manifest(vec![(2, k)]), (Structure::Manifest, Problem::KernelAndBootfs));
     assert_eq!(manifest(vec![(2, k), (2, "A"), (3, b)]), (Structure::Manifest, Problem::KernelAndBootfs));
+    // Only a bootloader is the ESP's manifest (well-formed); a bootloader
+    // with anything but a kernel and a boot filesystem is not.
+    let boot = "EFI/BOOT/BOOTX64.EFI";
+    assert_eq!(manifest(vec![(1, boot), (4, "A")]), (Structure::Manifest, Problem::KernelAndBootfs));
+    assert_eq!(manifest(vec![(1, boot), (2, k)]), (Structure::Manifest, Problem::KernelAndBootfs));
     assert_eq!(manifest(vec![(2, k), (3, b), (4, "mantra/kernel.elf")]), (Structure::Manifest, Problem::PathTwice));
     assert_eq!(manifest(vec![(2, k), (3, b), (4, "A"), (4, "B")]), (Structure::Manifest, Problem::KindTwice));
     assert!(matches!(manifest(vec![(2, k), (3, b), (9, "X")]), (_, Problem::UnknownKind { index: 2, kind: 9 })));

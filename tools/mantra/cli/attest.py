@@ -89,6 +89,10 @@ def attest(
         "--ak", metavar="FILE", dir_okay=False,
         help="Pin the device's attestation key: a PEM/DER public key or TPM2B_PUBLIC (default: the AK seen on "
              "first use, pinned in attest/ beside the image).")] = None,
+    slot: Annotated[str, typer.Option(
+        "--slot", metavar="a|b",
+        help="The reference image's slot whose signed manifest the device must have booted (MantraBoot prints "
+             "'booting slot X').")] = "a",
     nonce: Annotated[str | None, typer.Option(
         "--nonce", metavar="HEX", help="The 32-byte nonce, 64 hex digits (default: random).")] = None,
     timeout: Annotated[float, typer.Option(
@@ -122,7 +126,9 @@ def attest(
                               f"build it (./mantra build -b {board} -p {product}) or give --reference IMAGE")
     root_public = load_root_public(root) if root is not None else _product_root(ws, product)
     try:
-        expected = attestation.load_reference(reference_image, root_public, _report)
+        if slot not in ("a", "b"):
+            raise MantraError(f"no slot {slot!r}", "give --slot a or --slot b")
+        expected = attestation.load_reference(reference_image, root_public, _report, slot=slot)
     except attestation.AttestFailure as failure:
         raise _failed(failure.reasons) from None
 
