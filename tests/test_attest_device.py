@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from mantra.build import BuildResult
 from mantra.qemu import console_session
 from mantra.signing.encoding import Envelope
-from mantra.signing.image import MANIFEST_PATH, open_esp
+from mantra.signing.image import MANIFEST_PATH, open_slot
 from mantra.signing.pcr import EV_IPL, events
 
 pytestmark = pytest.mark.boot
@@ -53,7 +53,7 @@ def tail(text: str, lines: int = 40) -> str:
 
 
 def test_quote_over_the_console(default_image: BuildResult) -> None:
-    body = Envelope.decode(open_esp(default_image.image).read(MANIFEST_PATH)).manifest.body
+    body = Envelope.decode(open_slot(default_image.image, "a").read(MANIFEST_PATH)).manifest.body
     with console_session(default_image.image, tpm=True) as console:
         ready = console.wait_for(READY, timeout=BOOT_TIMEOUT)
         assert ready[0].startswith("attestd: TPM (TIS/FIFO"), tail(console.text)
