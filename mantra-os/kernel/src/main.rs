@@ -12,6 +12,7 @@ extern crate alloc;
 mod arch;
 mod boot;
 mod console;
+mod efirt;
 mod fastpath;
 mod interrupt;
 mod ipc;

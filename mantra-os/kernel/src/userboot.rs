@@ -107,6 +107,11 @@ pub fn start_init() -> Result<Arc<Process>, BootError> {
         ("log", Object::Log(log.clone()), rights::WRITE | rights::DUPLICATE | rights::TRANSFER),
         ("klog", Object::Log(log), rights::READ | rights::DUPLICATE | rights::TRANSFER),
         ("irq", Object::Resource(Arc::new(Resource::interrupts())), rights::CREATE | rights::DUPLICATE | rights::TRANSFER),
+        (
+            "fwvar",
+            Object::Resource(Arc::new(Resource::firmware_variables())),
+            rights::READ | rights::WRITE | rights::DUPLICATE | rights::TRANSFER,
+        ),
     ];
     let mut text = String::from("MANTRA-STARTUP 1\n");
     let mut caps = Vec::new();
