@@ -1,11 +1,16 @@
 //! MantraInit: the first user process. The kernel starts it with `self`,
-//! `space`, `bootfs`, `log`, `klog` and `irq` (contract/USERLAND.md). It reads
+//! `space`, `bootfs`, `log`, `klog`, `irq` and `fwvar` (contract/USERLAND.md). It reads
 //! `init.manifest` from the boot filesystem, starts the services in
 //! dependency order (the log server first), giving each exactly the
 //! capabilities its manifest line grants, and supervises them: a port
 //! collects TERMINATED of every service process and the restart timer's
 //! TIMER_FIRED; a crashed service is restarted after an exponential backoff
 //! until it crashes too often (crash loop), and the others keep running.
+//!
+//! Boot confirmation (docs/boot-state.md): once every service that counts
+//! is healthy (supervisor::Health), init confirms the boot through `fwvar`:
+//! a pending A/B slot becomes active in `MantraSlots`. A failed service
+//! means no confirmation, so MantraBoot falls back after the slot's tries.
 //!
 //! Logging: until MantraLogd runs, init writes to the kernel log (`log`);
 //! afterwards through its own log channel to MantraLogd, and back to the
@@ -25,7 +30,8 @@ use mantra_bootinfo::bootfs::{BootFs, HEADER_SIZE};
 use mantra_init::loader::{self, STACK_SIZE, STACK_TOP};
 use mantra_init::manifest::{self, Manifest, ServiceSpec};
 use mantra_init::order;
-use mantra_init::supervisor::{self, Outcome, State, Supervisor};
+use mantra_init::confirm::{self, BootCurrent};
+use mantra_init::supervisor::{self, Health, Outcome, State, Supervisor};
 use mantra_rt::exit::ExitStatus;
 use mantra_rt::log::control;
 use mantra_rt::startup::StartupBuilder;
@@ -85,6 +91,12 @@ struct Init {
     klog: Option<OwnedHandle>,
     /// The interrupt resource (for services granted `irq`).
     irq: Option<OwnedHandle>,
+    /// The firmware-variable resource (boot confirmation; services granted `fwvar`).
+    fwvar: Option<OwnedHandle>,
+    /// The boot confirmation is still to be decided.
+    confirm_pending: bool,
+    /// When to look at the services' health again (settle times).
+    confirm_at: Option<u64>,
 }
 
 fn main(mut startup: Startup) -> Result<(), Error> {
@@ -122,6 +134,9 @@ fn main(mut startup: Startup) -> Result<(), Error> {
         kernel_log: mantra_rt::log::kernel_log(),
         klog: startup.take("klog"),
         irq: startup.take("irq"),
+        fwvar: startup.take("fwvar"),
+        confirm_pending: true,
+        confirm_at: None,
     };
     init.start_all();
     init.supervise()
@@ -149,6 +164,14 @@ fn load_manifest(bootfs: &[u8]) -> Result<Manifest, String> {
 fn dup_subset(handle: Handle, wanted: u32) -> Result<OwnedHandle, Error> {
     let have = mantra_rt::sys::handle_info(handle)?.rights;
     mantra_rt::sys::handle_duplicate(handle, have & wanted).map(OwnedHandle::from_raw)
+}
+
+/// Why the boot was not confirmed.
+enum Skip {
+    /// Nothing to confirm with (no runtime services, no A/B record).
+    Skipped(String),
+    /// Something is wrong: the slot stays pending.
+    NotConfirmed(String),
 }
 
 /// Why a start failed: worth retrying (a syscall failed) or not (the
@@ -195,7 +218,7 @@ impl Init {
             Ok((running, koid)) => {
                 info!("{}", supervisor::started_line(&spec.name, koid));
                 self.running[index] = Some(running);
-                self.supervisor.started(index);
+                self.supervisor.started(index, mantra_rt::time::now());
                 if spec.is_log_server() {
                     self.log_server_started();
                 }
@@ -298,6 +321,11 @@ impl Init {
                     let irq = self.irq.as_ref().ok_or(Error::BadHandle)?;
                     message.handle("irq", dup_subset(irq.raw(), rights::CREATE | rights::DUPLICATE | rights::TRANSFER)?).map_err(bad)?;
                 }
+                "fwvar" => {
+                    let fwvar = self.fwvar.as_ref().ok_or(Error::BadHandle)?;
+                    let wanted = rights::READ | rights::WRITE | rights::TRANSFER;
+                    message.handle("fwvar", dup_subset(fwvar.raw(), wanted)?).map_err(bad)?;
+                }
                 "logctl" => {
                     let (ours, server) = Channel::create(&self.me)?;
                     self.logs.control = Some(ours);
@@ -396,7 +424,12 @@ impl Init {
     fn supervise(&mut self) -> ! {
         let mut packets = [PortPacket::default(); 16];
         loop {
-            let deadline = self.supervisor.next_deadline().unwrap_or(NO_DEADLINE);
+            self.check_confirmation();
+            let next = match (self.supervisor.next_deadline(), self.confirm_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let deadline = next.unwrap_or(NO_DEADLINE);
             let count = match mantra_rt::sys::port_wait(self.port.raw(), deadline, &mut packets) {
                 Ok(n) => n.min(packets.len()),
                 Err(Error::TimedOut) => 0,
@@ -417,6 +450,69 @@ impl Init {
             }
             self.restart_due();
         }
+    }
+
+    /// Decides the boot confirmation once the services' health allows:
+    /// confirms when all that count are healthy, refuses when one failed,
+    /// else notes when to look again.
+    fn check_confirmation(&mut self) {
+        if !self.confirm_pending {
+            return;
+        }
+        let now = mantra_rt::time::now();
+        match self.supervisor.health(now) {
+            Health::Waiting { until } => self.confirm_at = until,
+            Health::Failed { service } => {
+                self.confirm_pending = false;
+                self.confirm_at = None;
+                error!("init: boot not confirmed: service {} failed", self.manifest.services[service].name);
+            }
+            Health::Healthy => {
+                self.confirm_pending = false;
+                self.confirm_at = None;
+                info!("init: all services healthy ({} ms since boot)", now / 1_000_000);
+                match self.confirm_boot() {
+                    Ok(line) => info!("{line}"),
+                    Err(Skip::Skipped(why)) => info!("init: boot confirmation skipped: {why}"),
+                    Err(Skip::NotConfirmed(why)) => error!("init: boot not confirmed: {why}"),
+                }
+            }
+        }
+    }
+
+    /// docs/boot-state.md "Boot confirmation": reads MantraBootCurrent and,
+    /// for a pending slot, marks it active and preferred in MantraSlots.
+    /// Returns the console line.
+    fn confirm_boot(&self) -> Result<String, Skip> {
+        use mantra_abi::fwvar::ATTRS_NV;
+        use mantra_rt::sys::{firmware_variable_get, firmware_variable_set};
+        let fwvar = self.fwvar.as_ref().ok_or(Skip::Skipped("no fwvar capability".into()))?.raw();
+        let mut bytes = [0u8; confirm::BOOT_CURRENT_SIZE + 8];
+        let current: BootCurrent = match firmware_variable_get(fwvar, confirm::BOOT_CURRENT, &mut bytes, None) {
+            Ok(n) => confirm::parse_boot_current(&bytes[..n]).map_err(Skip::NotConfirmed)?,
+            Err(Error::NotSupported) => return Err(Skip::Skipped("no UEFI runtime services".into())),
+            Err(Error::NotFound) => {
+                return Err(Skip::Skipped(format!(
+                    "no {} variable (MantraBoot did not record an A/B slot)",
+                    confirm::BOOT_CURRENT
+                )))
+            }
+            Err(e) => return Err(Skip::NotConfirmed(format!("reading {}: {}", confirm::BOOT_CURRENT, e.name()))),
+        };
+        let slot = confirm::slot_name(current.slot);
+        if current.state != confirm::STATE_PENDING {
+            return Ok(format!(
+                "init: boot healthy: slot {slot} is already active (security counter {}); nothing to confirm",
+                current.security_counter
+            ));
+        }
+        let mut slots = [0u8; confirm::SLOTS_SIZE + 8];
+        let n = firmware_variable_get(fwvar, confirm::SLOTS, &mut slots, None)
+            .map_err(|e| Skip::NotConfirmed(format!("reading {}: {}", confirm::SLOTS, e.name())))?;
+        let updated = confirm::confirm_slots(&slots[..n], &current).map_err(|e| Skip::NotConfirmed(format!("{e}")))?;
+        firmware_variable_set(fwvar, confirm::SLOTS, ATTRS_NV, &updated)
+            .map_err(|e| Skip::NotConfirmed(format!("writing {}: {}", confirm::SLOTS, e.name())))?;
+        Ok(confirm::confirmed_line(&current))
     }
 
     fn service_signalled(&mut self, index: usize, observed: u32) {
