@@ -323,7 +323,7 @@ impl Init {
                 }
                 "fwvar" => {
                     let fwvar = self.fwvar.as_ref().ok_or(Error::BadHandle)?;
-                    let wanted = rights::READ | rights::WRITE | rights::TRANSFER;
+                    let wanted = rights::READ | rights::WRITE | rights::DUPLICATE | rights::TRANSFER;
                     message.handle("fwvar", dup_subset(fwvar.raw(), wanted)?).map_err(bad)?;
                 }
                 "logctl" => {

@@ -30,7 +30,7 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("logctl", "serve logs: the control channel over which init hands out log channels (the log server)"),
     ("spawn", "SPAWN on the service's own process handle: create child processes"),
     ("irq", "the interrupt resource with CREATE|DUPLICATE|TRANSFER: create physical interrupt objects (INTERRUPT_CREATE)"),
-    ("fwvar", "the firmware-variable resource with READ|WRITE|TRANSFER: UEFI variables of the MantraOS vendor GUID (FIRMWARE_VARIABLE_GET/_SET)"),
+    ("fwvar", "the firmware-variable resource with READ|WRITE|DUPLICATE|TRANSFER: UEFI variables of the MantraOS vendor GUID (FIRMWARE_VARIABLE_GET/_SET)"),
 ];
 
 /// Longest service name (the kernel's process-name limit).
