@@ -148,13 +148,15 @@ def test_bootinfo_version_mismatch_is_refused(spoiled_default: SpoiledImage, wor
     at = kernel.find(note)
     assert at >= 0 and kernel.find(note, at + 1) < 0, "expected exactly one Mantra note in the kernel"
     version_at = at + len(note)
-    assert struct.unpack_from("<I", kernel, version_at)[0] == 1
+    source = (workspace.root / "mantra-os" / "bootinfo" / "src" / "lib.rs").read_text()
+    version = int(re.search(r"pub const VERSION: u32 = (\d+);", source)[1])
+    assert struct.unpack_from("<I", kernel, version_at)[0] == version
     struct.pack_into("<I", kernel, version_at, 99)
     spoiled_default.write(KERNEL_PATH, bytes(kernel))
     spoiled_default.resign()
     message = boot_error(spoiled_default, workspace)
     assert "BootInfo version 99" in message, message
-    assert "MantraBoot speaks version 1" in message, message
+    assert f"MantraBoot speaks version {version}" in message, message
     assert message.endswith("./mantra build"), message
 
 

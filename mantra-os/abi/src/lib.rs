@@ -294,7 +294,10 @@ pub mod fwvar {
     pub const BOOTSERVICE_ACCESS: u32 = 1 << 1;
     pub const RUNTIME_ACCESS: u32 = 1 << 2;
     /// The two attribute sets FIRMWARE_VARIABLE_SET accepts: kept across
-    /// power cycles, or volatile (gone at the next boot).
+    /// power cycles, or volatile (gone at the next boot). UEFI makes
+    /// volatile variables read-only after ExitBootServices, so firmware
+    /// following the specification refuses volatile writes from the OS
+    /// (INVALID_ARGS); MantraBoot's volatile `MantraBootCurrent` is read-only.
     pub const ATTRS_NV: u32 = NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS;
     pub const ATTRS_VOLATILE: u32 = BOOTSERVICE_ACCESS | RUNTIME_ACCESS;
     /// Names only MantraBoot writes: FIRMWARE_VARIABLE_SET refuses them
@@ -755,10 +758,10 @@ pub mod nr {
     /// MantraOS vendor GUID. Runs the firmware's variable services with
     /// interrupts off on this CPU (a flash write can take a while).
     ///
-    /// Arguments: `fwvar` (firmware-variable resource), `name`, `name_len` (1..=64), `attributes` (fwvar::ATTRS_NV or fwvar::ATTRS_VOLATILE), `data`, `len` (<= fwvar::MAX_DATA_LEN).
+    /// Arguments: `fwvar` (firmware-variable resource), `name`, `name_len` (1..=64), `attributes` (fwvar::ATTRS_NV; fwvar::ATTRS_VOLATILE, which UEFI firmware refuses after ExitBootServices), `data`, `len` (<= fwvar::MAX_DATA_LEN).
     /// Rights: WRITE on `fwvar`.
     /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE (not the firmware-variable resource), ACCESS_DENIED (no WRITE, a boot-owned name such as MantraRollback, or the firmware refuses: write protected, security violation), INVALID_ARGS (bad name, attributes other than the two allowed, `len` too big, or the firmware rejects the attributes of an existing variable), BAD_POINTER, NOT_FOUND (deleting a variable that does not exist), NO_RESOURCES (the variable store is full), NOT_SUPPORTED (no UEFI runtime services), IO_ERROR (the firmware failed), NO_MEMORY.
+    /// Errors: BAD_HANDLE, WRONG_TYPE (not the firmware-variable resource), ACCESS_DENIED (no WRITE, a boot-owned name such as MantraRollback, or the firmware refuses: write protected, security violation), INVALID_ARGS (bad name, attributes other than the two allowed, `len` too big, or the firmware rejects them: a volatile variable, other attributes than an existing variable's), BAD_POINTER, NOT_FOUND (deleting a variable that does not exist), NO_RESOURCES (the variable store is full), NOT_SUPPORTED (no UEFI runtime services), IO_ERROR (the firmware failed), NO_MEMORY.
     pub const FIRMWARE_VARIABLE_SET: u64 = 41;
 
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.

@@ -374,7 +374,7 @@ fn rdtsc() -> u64 {
 }
 
 /// FIRMWARE_VARIABLE_GET/_SET refuse every bad argument with the right
-/// error, before or after reaching the firmware; a volatile variable
+/// error, before or after reaching the firmware; an NV variable
 /// round-trips (value, attributes, size on BUFFER_TOO_SMALL, delete).
 fn firmware_variables_refuse_bad_arguments() -> TestResult {
     let fw = fwvar_resource()?;
@@ -417,22 +417,26 @@ fn firmware_variables_refuse_bad_arguments() -> TestResult {
     expect("get without READ", fw_get(write_only, name, &mut buffer, &mut info), Error::AccessDenied)?;
     expect("interrupt_create with fwvar (no CREATE)", raw(nr::INTERRUPT_CREATE, [f, 8, 0, 0, 0, 0]), Error::AccessDenied)?;
 
-    // A volatile variable round-trips.
+    // UEFI makes volatile variables read-only after ExitBootServices: the
+    // firmware refuses to create one (INVALID_PARAMETER).
     let volatile = u64::from(fwvar::ATTRS_VOLATILE);
-    let value = b"volatile value 0123456789";
-    ok("set volatile", fw_set(fw, b"MantraUtestVolatile", volatile, value))?;
+    expect("set a volatile variable at runtime", fw_set(fw, b"MantraUtestVolatile", volatile, b"x"), Error::InvalidArgs)?;
+    // An NV variable round-trips: value, attributes, size, delete.
+    let value = b"nv value 0123456789";
+    let scratch = b"MantraUtestScratch";
+    ok("set NV", fw_set(fw, scratch, nv, value))?;
     let mut small = [0u8; 4];
-    expect("buffer too small", fw_get(fw, b"MantraUtestVolatile", &mut small, &mut info), Error::BufferTooSmall)?;
+    expect("buffer too small", fw_get(fw, scratch, &mut small, &mut info), Error::BufferTooSmall)?;
     if info.size as usize != value.len() {
         return Err(format!("BUFFER_TOO_SMALL reported {} bytes needed, not {}", info.size, value.len()));
     }
-    let n = ok("get volatile", fw_get(fw, b"MantraUtestVolatile", &mut buffer, &mut info))? as usize;
-    if &buffer[..n] != value || info.attributes != fwvar::ATTRS_VOLATILE || info.size as usize != n {
+    let n = ok("get NV", fw_get(fw, scratch, &mut buffer, &mut info))? as usize;
+    if &buffer[..n] != value || info.attributes != fwvar::ATTRS_NV || info.size as usize != n {
         return Err(format!("read back {:?} with attributes {:#x}", &buffer[..n], info.attributes));
     }
-    ok("delete", fw_set(fw, b"MantraUtestVolatile", volatile, b""))?;
-    expect("get after delete", fw_get(fw, b"MantraUtestVolatile", &mut buffer, &mut info), Error::NotFound)?;
-    expect("delete twice", fw_set(fw, b"MantraUtestVolatile", volatile, b""), Error::NotFound)?;
+    ok("delete", fw_set(fw, scratch, nv, b""))?;
+    expect("get after delete", fw_get(fw, scratch, &mut buffer, &mut info), Error::NotFound)?;
+    expect("delete twice", fw_set(fw, scratch, nv, b""), Error::NotFound)?;
     for h in [read_only, write_only] {
         ok("close", sys::handle_close(h))?;
     }
