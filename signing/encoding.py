@@ -329,12 +329,14 @@ class Manifest:
 
 
 def _check_components(components, error) -> None:
-    """One kernel and one boot filesystem; no kind or path (FAT names are
+    """One kernel and one boot filesystem (a slot's manifest), or only a
+    bootloader (the ESP's manifest); no kind or path (FAT names are
     case-insensitive) twice."""
     kinds = [c.kind for c in components]
     paths = [c.path.upper() for c in components]
-    if kinds.count(ComponentKind.KERNEL) != 1 or kinds.count(ComponentKind.BOOTFS) != 1:
-        raise error("a manifest lists exactly one kernel and one boot filesystem")
+    boot_only = kinds == [ComponentKind.BOOTLOADER]
+    if not boot_only and (kinds.count(ComponentKind.KERNEL) != 1 or kinds.count(ComponentKind.BOOTFS) != 1):
+        raise error("a manifest lists exactly one kernel and one boot filesystem (or only a bootloader)")
     if len(set(kinds)) != len(kinds):
         raise error("a component kind is listed twice")
     if len(set(paths)) != len(paths):

@@ -1,5 +1,6 @@
-"""`mantra sign`: the signed manifest of a built image, written into its ESP
-as MANTRA/MANIFEST.SIG."""
+"""`mantra sign`: the signed manifests of a built image, written as
+MANTRA/MANIFEST.SIG into its ESP (the bootloader) and each slot (kernel,
+boot filesystem, command line)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from mantra.errors import MantraError
 from mantra.image import gpt
 from mantra.signing.encoding import Envelope, Manifest, Signed
-from mantra.signing.image import MANIFEST_PATH, components, open_esp
+from mantra.signing.image import MANIFEST_PATH, SLOTS, FatFiles, components, kind_of, open_esp, open_slot
 from mantra.signing.keys import KeySet, StoredKey, utc
 
 
@@ -58,6 +59,8 @@ class SignResult:
     key: StoredKey
     manifest: Manifest
     envelope: bytes
+    # What was signed: "ESP", "slot a", "slot b".
+    target: str = "ESP"
 
 
 def usable_key(keyset: KeySet, now: int) -> StoredKey:
@@ -73,39 +76,71 @@ def usable_key(keyset: KeySet, now: int) -> StoredKey:
     return key
 
 
-def sign_image(image: Path, keyset: KeySet, passphrase: str, *, info: ImageInfo | None = None,
-               security_counter: int | None = None, now: int | None = None) -> SignResult:
-    """Signs the components on the ESP of `image` with the key set's active
-    key and writes the envelope to MANTRA/MANIFEST.SIG (replacing an older one)."""
-    info = info or ImageInfo.beside(image)
-    now = int(time.time()) if now is None else now
+def targets(image: Path, slot: str | None) -> list[FatFiles]:
+    """What `sign`/`verify` cover: the ESP and every slot that holds a file
+    system (slot None), or the one slot `slot`."""
     try:
-        files = open_esp(image)
+        if slot is not None:
+            return [open_slot(image, slot)]
+        return [open_esp(image)] + [f for f in (open_slot(image, s) for s in SLOTS) if f.has_filesystem()]
     except gpt.GptError as exc:
         raise MantraError(f"{image}: {exc}", "rebuild the image with ./mantra build") from None
-    found = components(files)
-    for component in found:
-        built = info.built_components.get(component.path)
-        if built is not None and built != component.sha256.hex():
-            raise MantraError(f"{component.path} on the ESP is not what the build wrote (sha256 "
-                              f"{component.sha256.hex()}, manifest.json says {built})",
-                              "rebuild the image before signing it")
-    missing = sorted(set(info.built_components) - {c.path for c in found})
-    if missing:
-        raise MantraError(f"{image}: the ESP lacks {', '.join(missing)}, which manifest.json lists",
-                          "rebuild the image before signing it")
+
+
+def sign_disk(image: Path, keyset: KeySet, passphrase: str, *, info: ImageInfo | None = None,
+              security_counter: int | None = None, now: int | None = None, slot: str | None = None
+              ) -> list[SignResult]:
+    """Signs the components of each file system of `image` (the ESP's
+    bootloader, each slot's kernel, boot filesystem and command line; with
+    `slot`, that slot only) with the key set's active key, and writes each
+    one's envelope to its MANTRA/MANIFEST.SIG (replacing an older one)."""
+    info = info or ImageInfo.beside(image)
+    now = int(time.time()) if now is None else now
+    chosen = targets(image, slot)
+    for files in chosen:
+        if not files.has_filesystem():
+            raise MantraError(f"{image}: {files.label} holds no file system (an empty slot)",
+                              f"install an image into it first: ./mantra slot install {image} --slot "
+                              f"{files.label.removeprefix('slot ')} --from SIGNED_IMAGE")
     key = usable_key(keyset, now)
     revocations, _ = keyset.revocations()
     private = keyset.signing_key(key.id, passphrase)
-    manifest = Manifest(
-        security_counter=info.security_counter if security_counter is None else security_counter,
-        signed_at=now, signing_key=key.id, config_sha256=info.config_sha256, board=info.board,
-        product=info.product, version=info.version, source_revision=info.source_revision,
-        toolchain=info.toolchain, components=tuple(found))
-    try:
-        body = manifest.encode()
-    except (ValueError, struct.error) as exc:
-        raise MantraError(f"cannot encode the manifest: {exc}", "see docs/signing.md for what it may hold") from None
-    envelope = Envelope(key.signed, revocations, Signed(body, private.sign(body))).encode()
-    files.write(MANIFEST_PATH, envelope)
-    return SignResult(key, manifest, envelope)
+    results = []
+    for files in chosen:
+        found = components(files)
+        for component in found:
+            built = info.built_components.get(component.path)
+            if built is not None and built != component.sha256.hex():
+                raise MantraError(f"{component.path} on the {files.label} is not what the build wrote (sha256 "
+                                  f"{component.sha256.hex()}, manifest.json says {built})",
+                                  "rebuild the image before signing it")
+        expected = {p for p in info.built_components if kind_of(p) in files.kinds}
+        missing = sorted(expected - {c.path for c in found})
+        if missing:
+            raise MantraError(f"{image}: the {files.label} lacks {', '.join(missing)}, which manifest.json lists",
+                              "rebuild the image before signing it")
+        if not found:
+            raise MantraError(f"{image}: the {files.label} holds no component to sign", "rebuild the image")
+        manifest = Manifest(
+            security_counter=info.security_counter if security_counter is None else security_counter,
+            signed_at=now, signing_key=key.id, config_sha256=info.config_sha256, board=info.board,
+            product=info.product, version=info.version, source_revision=info.source_revision,
+            toolchain=info.toolchain, components=tuple(found))
+        try:
+            body = manifest.encode()
+        except (ValueError, struct.error) as exc:
+            raise MantraError(f"cannot encode the manifest of the {files.label}: {exc}",
+                              "see docs/signing.md for what it may hold") from None
+        envelope = Envelope(key.signed, revocations, Signed(body, private.sign(body))).encode()
+        files.write(MANIFEST_PATH, envelope)
+        results.append(SignResult(key, manifest, envelope, files.label))
+    return results
+
+
+def sign_image(image: Path, keyset: KeySet, passphrase: str, *, info: ImageInfo | None = None,
+               security_counter: int | None = None, now: int | None = None, slot: str | None = None
+               ) -> SignResult:
+    """sign_disk, returning the result of the first slot signed (the ESP's
+    when the image has no slot contents)."""
+    results = sign_disk(image, keyset, passphrase, info=info, security_counter=security_counter, now=now, slot=slot)
+    return next((r for r in results if r.target != "ESP"), results[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mantra.image import gpt
+from mantra.image import esp, gpt
 from mantra.signing.encoding import (
     ComponentKind,
     DecodeError,
@@ -30,7 +30,7 @@ from mantra.signing.encoding import (
     Signed,
     key_id,
 )
-from mantra.signing.image import MANIFEST_PATH, kind_of, open_esp
+from mantra.signing.image import MANIFEST_PATH, SLOTS, FatFiles, kind_of, open_esp, open_slot
 from mantra.signing.keys import utc
 
 
@@ -73,33 +73,105 @@ def _short(kid: bytes) -> str:
     return kid.hex()
 
 
+@dataclass(frozen=True)
+class DiskVerified:
+    """What verify_disk checked: the ESP's envelope (None when only a slot
+    was asked for) and each slot's, by slot name; `empty` lists the slots
+    that hold no file system."""
+
+    esp: Verified | None
+    slots: dict[str, Verified]
+    empty: tuple[str, ...] = ()
+
+    @property
+    def primary(self) -> Verified:
+        """The first slot's (a, then b), else the ESP's."""
+        first = next(iter(self.slots.values()), None) or self.esp
+        assert first is not None
+        return first
+
+
 def verify_image(image: Path, root_public: bytes, *, min_counter: int | None = None,
                  min_revocations: int | None = None, board: str | None = None, now: int | None = None,
-                 report: Callable[[str], None] = lambda line: None) -> Verified:
-    """Checks `image` against the root public key; `report` receives one line
-    per check passed. Raises VerifyFailure when the image is refused."""
-    # The image and its envelope.
+                 slot: str | None = None, report: Callable[[str], None] = lambda line: None) -> Verified:
+    """verify_disk, returning the first slot's verified envelope (the
+    ESP's when no slot holds an image)."""
+    return verify_disk(image, root_public, min_counter=min_counter, min_revocations=min_revocations, board=board,
+                       now=now, slot=slot, report=report).primary
+
+
+def verify_disk(image: Path, root_public: bytes, *, min_counter: int | None = None,
+                min_revocations: int | None = None, board: str | None = None, now: int | None = None,
+                slot: str | None = None, report: Callable[[str], None] = lambda line: None) -> DiskVerified:
+    """Checks `image` against the root public key: the ESP (its manifest
+    lists the bootloader) and every slot that holds a file system, or only
+    `slot`. `report` receives one line per check passed. Raises
+    VerifyFailure when anything is refused; each reason ends with
+    ` (ESP)` / ` (slot a)` saying where."""
     try:
-        files = open_esp(image)
+        esp_files = open_esp(image)
+        slot_files = [open_slot(image, s) for s in (SLOTS if slot is None else (slot,))]
     except gpt.GptError as exc:
         raise VerifyFailure(str(exc)) from None
+    report(f"image: GPT ok, ESP at byte {esp_files.offset} ({esp_files.partition.size} bytes)")
+    targets = [] if slot is not None else [esp_files]
+    empty = []
+    for files in slot_files:
+        if files.has_filesystem():
+            targets.append(files)
+            report(f"{files.label}: partition {files.partition.name} at byte {files.offset} "
+                   f"({files.partition.size} bytes)")
+        elif slot is not None:
+            raise VerifyFailure(f"{files.label} holds no file system (an empty slot) ({files.label})")
+        else:
+            empty.append(files.label.removeprefix("slot "))
+            report(f"{files.label}: empty (partition {files.partition.name} holds no file system)")
+    if slot is None and not any(not f.is_esp for f in targets):
+        raise VerifyFailure("no slot holds an image: both slot partitions are empty (install one: ./mantra slot "
+                            "install IMAGE --slot a --from SIGNED_IMAGE)")
+    failures: list[str] = []
+    esp_verified = None
+    slots: dict[str, Verified] = {}
+    for files in targets:
+        report(f"--- {files.label} ---")
+        try:
+            verified = _verify_files(files, root_public, min_counter=min_counter, min_revocations=min_revocations,
+                                     board=board, now=now, report=report)
+        except VerifyFailure as failure:
+            failures += [f"{reason} ({files.label})" for reason in failure.reasons]
+            continue
+        if files.is_esp:
+            esp_verified = verified
+        else:
+            slots[files.label.removeprefix("slot ")] = verified
+    if failures:
+        raise VerifyFailure(*failures)
+    return DiskVerified(esp_verified, slots, tuple(empty))
+
+
+def _verify_files(files: FatFiles, root_public: bytes, *, min_counter: int | None, min_revocations: int | None,
+                  board: str | None, now: int | None, report: Callable[[str], None]) -> Verified:
+    """One file system: its envelope, then every component, and nothing else
+    MantraBoot or the firmware would load."""
     paths = files.paths()
-    report(f"image: GPT ok, ESP at byte {files.offset} ({files.partition.size} bytes)")
     stored = {p.upper(): p for p in paths}
     if MANIFEST_PATH not in stored:
-        raise VerifyFailure(f"no signed manifest: {MANIFEST_PATH} is not on the ESP (sign the image with "
+        raise VerifyFailure(f"no signed manifest: {MANIFEST_PATH} is not on the {files.label} (sign the image with "
                             "./mantra sign IMAGE --keys DIR)")
     raw = files.read(stored[MANIFEST_PATH])
     verified = check_envelope(raw, root_public, min_counter=min_counter, min_revocations=min_revocations,
                               board=board, now=now, report=report)
     manifest = verified.manifest
 
-    # Every component, and nothing else MantraBoot or the firmware would load.
     failures = []
     for component in manifest.components:
+        if component.kind not in files.kinds:
+            failures.append(f"component {component.path}: a {component.kind.label} does not belong on the "
+                            f"{files.label} (a manifest of the other partition kind)")
+            continue
         path = stored.get(component.path.upper())
         if path is None:
-            failures.append(f"component {component.path}: missing from the ESP")
+            failures.append(f"component {component.path}: missing from the {files.label}")
             continue
         data = files.read(path)
         if len(data) != component.size:
@@ -112,12 +184,15 @@ def verify_image(image: Path, root_public: bytes, *, min_counter: int | None = N
                             f"got {digest.hex()})")
             continue
         report(f"component {component.path}: {component.kind.label}, {component.size} bytes, sha256 ok")
+    if not files.is_esp and manifest.component(esp.KERNEL_PATH) is None:
+        failures.append("the manifest lists no kernel: not a slot's manifest")
     listed = {c.path.upper() for c in manifest.components} | {MANIFEST_PATH}
     for upper, path in sorted(stored.items()):
         if upper not in listed:
             kind = kind_of(path)
             what = f"a {kind.label} MantraBoot would load" if kind not in (None, ComponentKind.BOOTLOADER) else "a file"
-            failures.append(f"ESP file {path} is not in the manifest ({what} that nothing verifies)")
+            where = "ESP" if files.is_esp else files.label
+            failures.append(f"{where} file {path} is not in the manifest ({what} that nothing verifies)")
     if failures:
         raise VerifyFailure(*failures)
     return verified

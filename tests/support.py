@@ -41,3 +41,14 @@ def read_esp(image: Path, offset: int, scratch: Path) -> dict[str, bytes]:
         subprocess.run(["mcopy", "-n", "-i", source, f"::/{path}", str(target)], check=True)
         files[path] = target.read_bytes()
     return files
+
+
+def read_partition(image: Path, name: str, scratch: Path) -> dict[str, bytes]:
+    """Every file of the FAT file system on the GPT partition `name` ("esp",
+    "slot-a", "slot-b") of `image` (path -> content)."""
+    from gpt_reader import read_gpt
+
+    partition = next(p for p in read_gpt(image).partitions if p.name == name)
+    directory = scratch / f"fs-{name}"
+    directory.mkdir(exist_ok=True)
+    return read_esp(image, partition.first_lba * 512, directory)

@@ -5,11 +5,12 @@ into a kernel it cannot trust), and MantraCore reports an unexpected fault
 halts instead of triple-faulting.
 
 Each test copies a built image (and its manifest.json, which mantra.qemu.boot
-reads) to tmp_path, changes files on its ESP with mtools and boots the copy.
-A changed component is refused by MantraBoot's signature check first
-(tests/test_boot_verify.py); the tests here re-sign the changed image with
-the build's own keys (`SpoiledImage.resign`), so they reach the checks that
-come after it (ELF, BootInfo version, the kernel itself).
+reads) to tmp_path, changes files in both of its slots with mtools and boots
+the copy. A changed component is refused by MantraBoot's signature check
+first (tests/test_boot_verify.py); the tests here re-sign the changed slots
+with the build's own keys (`SpoiledImage.resign`), so they reach the checks
+that come after it (ELF, BootInfo version, the kernel itself). A file
+missing from both slots leaves no bootable slot.
 """
 
 from __future__ import annotations
@@ -52,47 +53,57 @@ def tail(text: str) -> str:
 
 
 class SpoiledImage:
-    """A copy of a built image in `directory` whose ESP files can be changed."""
+    """A copy of a built image in `directory` whose slot files can be
+    changed: in both slots (the default, so that neither can boot) or in the
+    slots given. A fresh copy is a new device: a fresh firmware variable
+    store (and TPM) beside it."""
 
-    def __init__(self, built: BuildResult, directory: Path) -> None:
+    def __init__(self, built: BuildResult, directory: Path, slots: tuple[str, ...] = ("a", "b")) -> None:
         self.image = directory / "image.img"
-        # The image is mostly empty slot partitions: keep the copy sparse.
+        # Keep the copy sparse (the slots are mostly empty space).
         subprocess.run(["cp", "--sparse=always", str(built.image), str(self.image)], check=True)
         shutil.copyfile(built.manifest, directory / "manifest.json")
-        esp = read_gpt(self.image).partitions[0]
-        assert esp.name == "esp"
-        self.esp = f"{self.image}@@{esp.first_lba * 512}"
-        self.scratch = directory / "esp-files"
+        partitions = {p.name: p for p in read_gpt(self.image).partitions}
+        assert set(partitions) == {"esp", "slot-a", "slot-b"}
+        self.fat = {slot: f"{self.image}@@{partitions[f'slot-{slot}'].first_lba * 512}" for slot in ("a", "b")}
+        self.slots = slots
+        self.scratch = directory / "slot-files"
         self.scratch.mkdir()
         self.keys = built.keys
 
-    def resign(self) -> None:
-        """Signs the ESP as it is now with the key set the build signed with
-        (which MantraBoot trusts), as if the build had made these files."""
+    def resign(self, **options) -> None:
+        """Signs the changed slots as they are now with the key set the build
+        signed with (which MantraBoot trusts), as if the build had made these
+        files; `options` go to sign_image (e.g. security_counter)."""
         assert self.keys is not None
         keyset = signing_keys.load_keyset(self.keys)
         info = dataclasses.replace(ImageInfo.beside(self.image), built_components={})
-        sign_image(self.image, keyset, signing_keys.passphrase_for(keyset.dir), info=info)
+        for slot in self.slots:
+            sign_image(self.image, keyset, signing_keys.passphrase_for(keyset.dir), info=info, slot=slot, **options)
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, slot: str | None = None) -> bytes:
+        slot = slot or self.slots[0]
         target = self.scratch / path.replace("/", "_")
-        subprocess.run(["mcopy", "-n", "-o", "-i", self.esp, f"::/{path}", str(target)], check=True)
+        subprocess.run(["mcopy", "-n", "-o", "-i", self.fat[slot], f"::/{path}", str(target)], check=True)
         return target.read_bytes()
 
     def write(self, path: str, content: bytes) -> None:
         source = self.scratch / (path.replace("/", "_") + ".new")
         source.write_bytes(content)
-        subprocess.run(["mcopy", "-n", "-o", "-i", self.esp, str(source), f"::/{path}"], check=True)
-        assert self.read(path) == content
+        for slot in self.slots:
+            subprocess.run(["mcopy", "-n", "-o", "-i", self.fat[slot], str(source), f"::/{path}"], check=True)
+            assert self.read(path, slot) == content
 
     def delete(self, path: str) -> None:
-        subprocess.run(["mdel", "-i", self.esp, f"::/{path}"], check=True)
-        listing = subprocess.run(["mdir", "-/", "-b", "-i", self.esp, "::"], capture_output=True, text=True,
-                                 check=True)
-        assert path not in listing.stdout
+        for slot in self.slots:
+            subprocess.run(["mdel", "-i", self.fat[slot], f"::/{path}"], check=True)
+            listing = subprocess.run(["mdir", "-/", "-b", "-i", self.fat[slot], "::"], capture_output=True,
+                                     text=True, check=True)
+            assert path not in listing.stdout
 
-    def boot(self, workspace: Workspace, timeout: float, until: str | None = None) -> BootResult:
-        return boot(self.image, timeout=timeout, until=until, workspace=workspace)
+    def boot(self, workspace: Workspace, timeout: float, until: str | None = None, *, tpm: bool = False,
+             icount: bool = False) -> BootResult:
+        return boot(self.image, timeout=timeout, until=until, workspace=workspace, tpm=tpm, icount=icount)
 
 
 @pytest.fixture

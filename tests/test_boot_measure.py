@@ -19,7 +19,7 @@ from mantra.build import BuildResult
 from mantra.workspace import Workspace
 from mantra.qemu import BootResult, boot
 from mantra.signing.encoding import Envelope
-from mantra.signing.image import MANIFEST_PATH, open_esp
+from mantra.signing.image import MANIFEST_PATH, open_slot
 from mantra.signing.pcr import PCR_COMPONENTS, PCR_MANIFEST, events, expected_pcrs
 from test_boot_errors import ERROR_TIMEOUT, SpoiledImage, boot_error, tail
 
@@ -34,7 +34,7 @@ NO_TPM = "MantraBoot: no TPM (EFI_TCG2_PROTOCOL absent): boot not measured"
 
 
 def manifest_body(image: BuildResult) -> bytes:
-    return Envelope.decode(open_esp(image.image).read(MANIFEST_PATH)).manifest.body
+    return Envelope.decode(open_slot(image.image, "a").read(MANIFEST_PATH)).manifest.body
 
 
 def test_tpm_boot_measures_the_reference_values(default_image: BuildResult) -> None:
@@ -70,7 +70,7 @@ class TpmImage(SpoiledImage):
     """A copy of the default image that boots with swtpm; its TPM state is
     `<directory>/tpm`, next to the copy."""
 
-    def boot(self, workspace: Workspace, timeout: float, until: str | None = None) -> BootResult:
+    def boot(self, workspace: Workspace, timeout: float, until: str | None = None, **_) -> BootResult:
         return boot(self.image, timeout=timeout, until=until, workspace=workspace, tpm=True)
 
 

@@ -17,7 +17,7 @@ from mantra.build import build
 from mantra.errors import MantraError
 from mantra.image import gpt
 from mantra.workspace import Workspace
-from support import ROOT, add_product, read_esp
+from support import ROOT, add_product, read_partition
 
 FAKE_CARGO = '''#!{python}
 """Stand-in for cargo: records its call, writes the artifact cargo would."""
@@ -94,13 +94,15 @@ def test_build_calls_cargo_and_packs_the_image(fake: Workspace, tmp_path: Path) 
     assert manifest["config"]["sha256"] == hashlib.sha256((root / "config" / ".config").read_bytes()).hexdigest()
     assert [(c["name"], c["kind"], c["partition"], c["path"]) for c in manifest["components"]] == [
         ("MantraBoot", "bootloader", "esp", "EFI/BOOT/BOOTX64.EFI"),
-        ("MantraCore", "kernel", "esp", "MANTRA/KERNEL.ELF"),
-        ("boot filesystem", "bootfs", "esp", "MANTRA/BOOTFS.IMG"),
+        ("MantraCore", "kernel", "slots", "MANTRA/KERNEL.ELF"),
+        ("boot filesystem", "bootfs", "slots", "MANTRA/BOOTFS.IMG"),
     ]
-    disk = read_gpt(result.image)
-    esp = disk.partitions[0]
-    files = read_esp(result.image, esp.first_lba * 512, tmp_path)
-    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
+    esp = read_partition(result.image, "esp", tmp_path)
+    slots = [read_partition(result.image, name, tmp_path) for name in ("slot-a", "slot-b")]
+    assert sorted(esp) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/MANIFEST.SIG"]
+    assert sorted(slots[0]) == ["MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
+    assert slots[0] == slots[1]
+    files = {**slots[0], **esp}
     for component in manifest["components"]:
         data = files[component["path"]]
         assert (len(data), hashlib.sha256(data).hexdigest()) == (component["size"], component["sha256"])
@@ -127,11 +129,10 @@ def test_changed_configuration_repacks(fake: Workspace) -> None:
     assert build(fake, "qemu-x86_64", "default").packed
 
 
-def test_cmdline_goes_to_the_esp(fake: Workspace, tmp_path: Path) -> None:
+def test_cmdline_goes_to_the_slots(fake: Workspace, tmp_path: Path) -> None:
     add_product(fake, "withcmd", "", extra_toml='cmdline = "log=debug ktest=all"')
     result = build(fake, "qemu-x86_64", "withcmd")
-    disk = read_gpt(result.image)
-    files = read_esp(result.image, disk.partitions[0].first_lba * 512, tmp_path)
+    files = read_partition(result.image, "slot-b", tmp_path)
     assert files["MANTRA/CMDLINE.TXT"] == b"log=debug ktest=all"
     kinds = [c["kind"] for c in json.loads(result.manifest.read_text())["components"]]
     assert kinds == ["bootloader", "kernel", "bootfs", "cmdline"]

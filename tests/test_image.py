@@ -1,6 +1,6 @@
 """The real image of the default product (MantraBoot and MantraCore built
-by cargo): GPT layout from board.toml, ESP files as manifest.json says, boot
-filesystem contents, and a second build that changes nothing."""
+by cargo): GPT layout from board.toml, ESP and slot files as manifest.json
+says, boot filesystem contents, and a second build that changes nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mantra.board import Board
 from mantra.build import BuildResult, build
 from mantra.image import gpt
 from mantra.workspace import Workspace
-from support import read_esp
+from support import read_partition
 
 MIB = 1024 * 1024
 
@@ -32,12 +32,18 @@ def test_gpt_layout_follows_board_data(default_image: BuildResult, board: Board)
         (p.name, p.first_lba, p.last_lba) for p in disk.partitions]
 
 
-def test_esp_holds_the_components_of_the_manifest(default_image: BuildResult, tmp_path: Path) -> None:
-    disk = read_gpt(default_image.image)
-    files = read_esp(default_image.image, disk.partitions[0].first_lba * 512, tmp_path)
+def test_esp_and_slots_hold_the_components_of_the_manifest(default_image: BuildResult, tmp_path: Path) -> None:
+    esp = read_partition(default_image.image, "esp", tmp_path)
+    slot_a = read_partition(default_image.image, "slot-a", tmp_path)
+    slot_b = read_partition(default_image.image, "slot-b", tmp_path)
     manifest = json.loads(default_image.manifest.read_text())
-    assert sorted(files) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
-    assert sorted(c["path"] for c in manifest["components"]) == sorted(files)[:3]  # and the signed manifest
+    assert sorted(esp) == ["EFI/BOOT/BOOTX64.EFI", "MANTRA/MANIFEST.SIG"]
+    assert sorted(slot_a) == ["MANTRA/BOOTFS.IMG", "MANTRA/KERNEL.ELF", "MANTRA/MANIFEST.SIG"]
+    assert slot_a == slot_b  # the factory image in both slots
+    assert esp["MANTRA/MANIFEST.SIG"] != slot_a["MANTRA/MANIFEST.SIG"]  # each lists its own components
+    files = {**slot_a, **esp}
+    assert [(c["partition"], c["path"]) for c in manifest["components"]] == [
+        ("esp", "EFI/BOOT/BOOTX64.EFI"), ("slots", "MANTRA/KERNEL.ELF"), ("slots", "MANTRA/BOOTFS.IMG")]
     for component in manifest["components"]:
         data = files[component["path"]]
         assert len(data) == component["size"], component["path"]
@@ -49,8 +55,7 @@ def test_esp_holds_the_components_of_the_manifest(default_image: BuildResult, tm
 
 def test_boot_filesystem_holds_product_and_config(default_image: BuildResult, workspace: Workspace,
                                                   tmp_path: Path) -> None:
-    disk = read_gpt(default_image.image)
-    files = read_esp(default_image.image, disk.partitions[0].first_lba * 512, tmp_path)
+    files = read_partition(default_image.image, "slot-a", tmp_path)
     config_dir = workspace.build_paths("qemu-x86_64", "default").config_dir
     bootfs = parse_bootfs(files["MANTRA/BOOTFS.IMG"])
     assert bootfs[:2] == [

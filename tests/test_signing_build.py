@@ -14,8 +14,8 @@ import pytest
 from mantra.build import BuildResult, build
 from mantra.errors import MantraError
 from mantra.signing import keys
-from mantra.signing.image import MANIFEST_PATH, open_esp
-from mantra.signing.verify import verify_image
+from mantra.signing.image import MANIFEST_PATH, open_esp, open_slot
+from mantra.signing.verify import verify_disk, verify_image
 from mantra.workspace import Workspace
 from support import ROOT
 from test_build import fake  # noqa: F401  (the stand-in cargo fixture)
@@ -33,14 +33,21 @@ def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_real_image_is_signed_with_the_development_keys(default_image: BuildResult, workspace: Workspace) -> None:
     root = workspace.root / "build" / "keys" / "default" / "root.pub"
-    verified = verify_image(default_image.image, keys.load_root_public(root))
+    disk = verify_disk(default_image.image, keys.load_root_public(root))
+    verified = disk.primary
+    assert disk.esp is not None and set(disk.slots) == {"a", "b"}
     manifest = json.loads(default_image.manifest.read_text())
     assert verified.key.key_id.hex() == manifest["signing"]["key_id"] == default_image.signed_by
     assert manifest["signing"]["development"] is True
-    assert [(c.path, c.size, c.sha256.hex()) for c in verified.manifest.components] == [
+    # The ESP's manifest lists MantraBoot, each slot's the rest.
+    listed = disk.esp.manifest.components + verified.manifest.components
+    assert [(c.path, c.size, c.sha256.hex()) for c in listed] == [
         (c["path"], c["size"], c["sha256"]) for c in manifest["components"]]
-    envelope = open_esp(default_image.image).read(MANIFEST_PATH)
+    assert disk.slots["b"].manifest == verified.manifest
+    envelope = open_slot(default_image.image, "a").read(MANIFEST_PATH)
     assert hashlib.sha256(envelope).hexdigest() == manifest["signing"]["manifest_sig_sha256"]
+    envelope = open_esp(default_image.image).read(MANIFEST_PATH)
+    assert hashlib.sha256(envelope).hexdigest() == manifest["signing"]["esp_manifest_sig_sha256"]
     assert verified.manifest.source_revision == manifest["provenance"]["source_revision"]
     assert manifest["provenance"]["toolchain"]["rustc"].startswith("rustc ")
     assert verified.manifest.config_sha256.hex() == manifest["config"]["sha256"]

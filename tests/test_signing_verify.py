@@ -1,7 +1,8 @@
 """`mantra sign` and `mantra verify`, and the tamper corpus: an image
-holding the real MantraBoot, MantraCore and boot filesystem of the default
-build (repacked on a small ESP so each case copies a few MiB), signed with a
-key set made in a temporary directory, then changed one way per test.
+holding the real MantraBoot (on a small ESP), MantraCore and boot filesystem
+(in slot a; slot b empty) of the default build, so each case copies a few
+MiB, signed with a key set made in a temporary directory, then changed one
+way per test. Most cases change slot a; the ESP's manifest covers MantraBoot.
 `verify` must refuse each with the right reason and a nonzero exit status."""
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from mantra.errors import MantraError
 from mantra.image import esp, gpt
 from mantra.signing import keys, pcr
 from mantra.signing.encoding import Envelope, KeyPurpose, KeyRecord, Manifest, RevocationList, Signed, key_id
-from mantra.signing.image import MANIFEST_PATH, EspFiles, components, open_esp
+from mantra.signing.image import MANIFEST_PATH, EspFiles, FatFiles, components, open_esp, open_slot
 from mantra.signing.keys import KeySet, raw_public
 from mantra.signing.sign import ImageInfo, sign_image
-from mantra.signing.verify import VerifyFailure, verify_image
-from support import read_esp
+from mantra.signing.verify import VerifyFailure, verify_disk, verify_image
+from support import read_partition
 from typer.testing import CliRunner
 
 PASSPHRASE = "tamper corpus passphrase"
@@ -63,18 +64,19 @@ def copy_image(source: Path, directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def unsigned(default_image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default build's components on a 34 MiB ESP and two 1 MiB slots, unsigned."""
+    """The default build's components on a 34 MiB ESP and 34 MiB slot a (slot b empty, sparse), unsigned."""
     work = tmp_path_factory.mktemp("unsigned")
-    disk = read_gpt(default_image.image)
-    files = read_esp(default_image.image, disk.partitions[0].first_lba * 512, work)
+    files = {**read_partition(default_image.image, "esp", work), **read_partition(default_image.image, "slot-a", work)}
     sources = {}
     for path in COMPONENT_PATHS:
         sources[path] = work / path.replace("/", "_")
         sources[path].write_bytes(files[path])
-    esp.write_esp(work / "esp.img", ESP_MIB, sources)
+    esp.write_esp(work / "esp.img", ESP_MIB, {p: f for p, f in sources.items() if p.startswith("EFI/")})
+    esp.write_esp(work / "slot.img", ESP_MIB, {p: f for p, f in sources.items() if not p.startswith("EFI/")},
+                  label=esp.SLOT_LABEL)
     specs = [gpt.PartitionSpec("esp", gpt.ESP_TYPE, ESP_MIB * MIB, work / "esp.img"),
-             gpt.PartitionSpec("slot-a", gpt.MANTRA_SLOT_TYPE, MIB),
-             gpt.PartitionSpec("slot-b", gpt.MANTRA_SLOT_TYPE, MIB)]
+             gpt.PartitionSpec("slot-a", gpt.MANTRA_SLOT_TYPE, ESP_MIB * MIB, work / "slot.img"),
+             gpt.PartitionSpec("slot-b", gpt.MANTRA_SLOT_TYPE, ESP_MIB * MIB)]
     gpt.write_image(work / "image.img", specs, align=MIB, disk_guid=uuid.UUID(int=1))
     shutil.copy(default_image.manifest, work / "manifest.json")
     return work / "image.img"
@@ -116,16 +118,25 @@ def flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
+def slot_a(image: Path) -> FatFiles:
+    return open_slot(image, "a")
+
+
+def files_of(image: Path, path: str) -> FatFiles:
+    """The file system holding `path`: the ESP for MantraBoot, else slot a."""
+    return open_esp(image) if path.startswith("EFI/") else slot_a(image)
+
+
 def rewrite_envelope(image: Path, change: Callable[[bytes], bytes]) -> None:
-    files = open_esp(image)
+    files = slot_a(image)
     files.write(MANIFEST_PATH, change(files.read(MANIFEST_PATH)))
 
 
 def sign_by_hand(image: Path, *, record: Signed, revocations: Signed, private: Ed25519PrivateKey,
                  **changes) -> None:
     """Writes an envelope assembled from the given parts, bypassing the
-    checks `sign` makes: for images `sign` would never produce."""
-    files = open_esp(image)
+    checks `sign` makes: for images `sign` would never produce (in slot a)."""
+    files = slot_a(image)
     info = ImageInfo.beside(image)
     manifest = Manifest(security_counter=0, signed_at=int(time.time()),
                         signing_key=key_id(raw_public(private.public_key())), config_sha256=info.config_sha256,
@@ -165,8 +176,10 @@ def test_manifest_describes_the_image(signed: Path, keyset: KeySet, default_imag
     assert (manifest.board, manifest.product, manifest.version) == ("qemu-x86_64", "default", "0.1.0")
     assert manifest.config_sha256 == info.config_sha256
     assert [(c.kind.label, c.path) for c in manifest.components] == [
-        ("bootloader", "EFI/BOOT/BOOTX64.EFI"), ("kernel", "MANTRA/KERNEL.ELF"), ("bootfs", "MANTRA/BOOTFS.IMG")]
-    assert [c.sha256.hex() for c in manifest.components] == [info.built_components[p] for p in COMPONENT_PATHS]
+        ("kernel", "MANTRA/KERNEL.ELF"), ("bootfs", "MANTRA/BOOTFS.IMG")]
+    assert [c.sha256.hex() for c in manifest.components] == [info.built_components[p] for p in COMPONENT_PATHS[1:]]
+    esp_manifest = verify_disk(signed, keyset.root_public).esp.manifest
+    assert [(c.kind.label, c.path) for c in esp_manifest.components] == [("bootloader", "EFI/BOOT/BOOTX64.EFI")]
     assert dict(manifest.toolchain).keys() == {"rustc", "python", "mantra"}
     assert manifest.source_revision == info.source_revision != ""
     assert verified.key.key_id == keyset.active_id()
@@ -189,9 +202,9 @@ def test_sign_through_the_cli(unsigned: Path, keyset: KeySet, tmp_path: Path, mo
 
 def test_sign_refuses_a_changed_image(unsigned: Path, keyset: KeySet, tmp_path: Path) -> None:
     image = copy_image(unsigned, tmp_path)
-    files = open_esp(image)
+    files = slot_a(image)
     files.write("MANTRA/KERNEL.ELF", flip(files.read("MANTRA/KERNEL.ELF"), 100))
-    with pytest.raises(MantraError, match="MANTRA/KERNEL.ELF on the ESP is not what the build wrote"):
+    with pytest.raises(MantraError, match="MANTRA/KERNEL.ELF on the slot a is not what the build wrote"):
         sign_image(image, keyset, PASSPHRASE)
     files.write("MANTRA/EXTRA.BIN", b"rides along")
     with pytest.raises(MantraError, match="not a component MantraBoot knows"):
@@ -210,7 +223,7 @@ def test_sign_refuses_a_wrong_passphrase(unsigned: Path, keyset: KeySet, tmp_pat
 
 @pytest.mark.parametrize("path", COMPONENT_PATHS)
 def test_flipped_byte_in_a_component(image: Path, keyset: KeySet, path: str) -> None:
-    files = open_esp(image)
+    files = files_of(image, path)
     original = files.read(path)
     files.write(path, flip(original, len(original) // 2))
     output = refused(image, root_pub(keyset), f"component {path}: sha256 mismatch (expected ")
@@ -221,7 +234,7 @@ def test_flipped_byte_in_a_component(image: Path, keyset: KeySet, path: str) -> 
 
 
 def test_component_of_another_size(image: Path, keyset: KeySet) -> None:
-    files = open_esp(image)
+    files = slot_a(image)
     kernel = files.read("MANTRA/KERNEL.ELF")
     files.write("MANTRA/KERNEL.ELF", kernel + b"\0")
     refused(image, root_pub(keyset),
@@ -229,7 +242,7 @@ def test_component_of_another_size(image: Path, keyset: KeySet) -> None:
 
 
 def test_flipped_byte_in_the_manifest(image: Path, keyset: KeySet) -> None:
-    envelope = Envelope.decode(open_esp(image).read(MANIFEST_PATH))
+    envelope = Envelope.decode(slot_a(image).read(MANIFEST_PATH))
     start = envelope.encode().index(envelope.manifest.body)
     for at in (16, 60, len(envelope.manifest.body) - 5):  # counter, config hash, last component's path
         rewrite_envelope(image, lambda data: flip(data, start + at))
@@ -248,7 +261,7 @@ def test_flipped_byte_in_the_key_record(image: Path, keyset: KeySet) -> None:
 
 
 def test_flipped_byte_in_the_revocation_list(image: Path, keyset: KeySet) -> None:
-    envelope = Envelope.decode(open_esp(image).read(MANIFEST_PATH))
+    envelope = Envelope.decode(slot_a(image).read(MANIFEST_PATH))
     start = envelope.encode().index(envelope.revocations.body)
     rewrite_envelope(image, lambda data: flip(data, start + 16))  # the list version
     refused(image, root_pub(keyset), "revocation list: root signature does not verify")
@@ -373,15 +386,19 @@ def test_unsigned_image(unsigned: Path, keyset: KeySet) -> None:
 def test_file_outside_the_manifest(image: Path, keyset: KeySet) -> None:
     """A kernel command line added after signing would change how the kernel
     runs without touching a signed byte: refused."""
-    open_esp(image).write("MANTRA/CMDLINE.TXT", b"log=debug")
-    refused(image, root_pub(keyset), "ESP file MANTRA/CMDLINE.TXT is not in the manifest (a cmdline MantraBoot "
+    slot_a(image).write("MANTRA/CMDLINE.TXT", b"log=debug")
+    refused(image, root_pub(keyset), "slot a file MANTRA/CMDLINE.TXT is not in the manifest (a cmdline MantraBoot "
                                      "would load")
+    # Nothing unsigned rides along on the ESP either.
+    slot_a(image).write("MANTRA/CMDLINE.TXT", b"")
+    open_esp(image).write("EFI/BOOT/EXTRA.EFI", b"MZ")
+    refused(image, root_pub(keyset), "ESP file EFI/BOOT/EXTRA.EFI is not in the manifest (a file")
 
 
 def test_missing_component(image: Path, keyset: KeySet) -> None:
-    files = open_esp(image)
+    files = slot_a(image)
     subprocess.run(["mdel", "-i", f"{image}@@{files.offset}", "::/MANTRA/BOOTFS.IMG"], check=True)
-    refused(image, root_pub(keyset), "component MANTRA/BOOTFS.IMG: missing from the ESP")
+    refused(image, root_pub(keyset), "component MANTRA/BOOTFS.IMG: missing from the slot a")
 
 
 def test_wrong_board(image: Path, keyset: KeySet) -> None:
@@ -390,7 +407,7 @@ def test_wrong_board(image: Path, keyset: KeySet) -> None:
 
 
 def test_verify_library_reports_every_failed_component(image: Path, keyset: KeySet) -> None:
-    files = open_esp(image)
+    files = slot_a(image)
     for path in ("MANTRA/KERNEL.ELF", "MANTRA/BOOTFS.IMG"):
         files.write(path, flip(files.read(path), 0))
     with pytest.raises(VerifyFailure) as failure:
@@ -410,7 +427,7 @@ def test_verify_through_the_bootstrap_script(signed: Path, keyset: KeySet, image
 
     result = mantra("verify", str(signed), "--root", str(root_pub(keyset)))
     assert result.returncode == 0 and "verify: OK" in result.stdout, result.stdout + result.stderr
-    files = open_esp(image)
+    files = slot_a(image)
     files.write("MANTRA/KERNEL.ELF", flip(files.read("MANTRA/KERNEL.ELF"), 7))
     result = mantra("verify", str(image), "--root", str(root_pub(keyset)))
     assert result.returncode == 1
@@ -425,7 +442,62 @@ def test_esp_files_round_trip(image: Path) -> None:
 
 
 def test_envelope_overhead_is_small(signed: Path) -> None:
-    envelope = open_esp(signed).read(MANIFEST_PATH)
+    envelope = slot_a(signed).read(MANIFEST_PATH)
     decoded = Envelope.decode(envelope)
     assert len(envelope) < 2048, len(envelope)
     assert RevocationList.decode(decoded.revocations.body).version == 1
+
+
+# --- slots: --slot, a manifest on the wrong partition, slot install -------------------
+
+
+def test_verify_one_slot_and_report_an_empty_one(image: Path, keyset: KeySet) -> None:
+    status, output = verify(image, root_pub(keyset))
+    assert status == 0 and "verify: slot b: empty" in output and "verify: note: slot b is empty" in output, output
+    assert "(slot a)" in output and "verify: OK: " in output
+    status, output = verify(image, root_pub(keyset), "--slot", "a")
+    assert status == 0 and "--- ESP ---" not in output and "(slot a)" in output, output
+    refused(image, root_pub(keyset), "slot b holds no file system (an empty slot)", "--slot", "b")
+    status, output = verify(image, root_pub(keyset), "--slot", "c")
+    assert status == 1 and "no slot 'c'" in output
+
+
+def test_esp_manifest_in_a_slot_is_refused(image: Path, keyset: KeySet) -> None:
+    """The ESP's envelope is validly signed but lists only MantraBoot: in a
+    slot it covers neither the kernel nor the boot filesystem."""
+    slot_a(image).write(MANIFEST_PATH, open_esp(image).read(MANIFEST_PATH))
+    output = refused(image, root_pub(keyset), "component EFI/BOOT/BOOTX64.EFI: a bootloader does not belong on "
+                                              "the slot a")
+    assert "verify: FAILED: slot a file MANTRA/KERNEL.ELF is not in the manifest" in output
+
+
+def test_slot_install_stages_a_signed_slot(image: Path, signed: Path, keyset: KeySet, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`slot install` copies slot a of a newer signed image into slot b of a
+    device image; only that slot changes."""
+    newer = copy_image(signed, tmp_path / "newer")
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, PASSPHRASE)
+    result = CliRunner().invoke(app, ["sign", str(newer), "--keys", str(keyset.dir), "--counter", "7", "--slot", "a"])
+    assert result.exit_code == 0 and "security counter 7" in result.output and "(slot a)" in result.output, \
+        result.output
+    before = image.read_bytes()
+    esp_before = open_esp(image).read(MANIFEST_PATH)
+    result = CliRunner().invoke(app, ["slot", "install", str(image), "--slot", "b", "--from", str(newer),
+                                      "--root", str(root_pub(keyset))])
+    assert result.exit_code == 0, result.output
+    assert f"into slot b of {image}" in result.output
+    disk = verify_disk(image, keyset.root_public)
+    assert disk.slots["a"].manifest.security_counter == 0 and disk.slots["b"].manifest.security_counter == 7
+    assert open_esp(image).read(MANIFEST_PATH) == esp_before
+    slot_b = open_slot(image, "b").partition
+    after = image.read_bytes()
+    assert after[:slot_b.offset] == before[:slot_b.offset]
+    assert after[slot_b.offset + slot_b.size:] == before[slot_b.offset + slot_b.size:]
+    # A source that does not verify against the given root is not installed.
+    files = slot_a(newer)
+    files.write("MANTRA/KERNEL.ELF", flip(files.read("MANTRA/KERNEL.ELF"), 3))
+    result = CliRunner().invoke(app, ["slot", "install", str(image), "--slot", "a", "--from", str(newer),
+                                      "--root", str(root_pub(keyset))])
+    assert result.exit_code == 1 and "slot a does not verify: component MANTRA/KERNEL.ELF: sha256 mismatch" in \
+        result.output, result.output
+    assert verify_disk(image, keyset.root_public).slots["a"].manifest.security_counter == 0

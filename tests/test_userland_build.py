@@ -22,7 +22,7 @@ from mantra.build import BuildResult, build
 from mantra.errors import MantraError
 from mantra.product import CAPABILITIES, init_manifest, load_product
 from mantra.workspace import Workspace
-from support import ROOT, read_esp
+from support import ROOT, read_partition
 
 # Every program of mantra-os/user/, and those the default product packs.
 USER_PROGRAMS = ["init", "logd", "demo", "crashy", "utest", "bench"]
@@ -208,8 +208,7 @@ def calls(tmp_path: Path) -> list[list[str]]:
 
 
 def bootfs_of(result: BuildResult, tmp_path: Path) -> dict[str, bytes]:
-    disk = read_gpt(result.image)
-    files = read_esp(result.image, disk.partitions[0].first_lba * 512, tmp_path)
+    files = read_partition(result.image, "slot-a", tmp_path)
     return dict(parse_bootfs(files["MANTRA/BOOTFS.IMG"]))
 
 

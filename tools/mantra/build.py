@@ -10,11 +10,18 @@
    (mantra-os/user/, same bare-metal target; see mantra.userland).
 3. Pack the boot filesystem (the product's product.toml, the resolved
    .config and, with user services, `init.manifest` and the programs), the
-   ESP (FAT32) and the GPT disk image with the ESP and the empty A/B slots.
-4. Sign it (mantra.signing): MANTRA/MANIFEST.SIG on the ESP, with the
-   product's key set (--keys, MANTRA_KEYS, or development keys made on first
-   use in build/keys/<product>), and write manifest.json listing every
-   component, the build provenance and the signature.
+   ESP (FAT32, MantraBoot), the slot file system (FAT32: kernel, boot
+   filesystem, command line) and the GPT disk image with the ESP and the
+   A/B slots, both holding the slot file system (the factory image).
+4. Sign it (mantra.signing): MANTRA/MANIFEST.SIG on the ESP (MantraBoot) and
+   in each slot (its components), with the product's key set (--keys,
+   MANTRA_KEYS, or development keys made on first use in build/keys/<product>),
+   and write manifest.json listing every component, the build provenance and
+   the signatures.
+
+A newly packed image is a new device: the runner's copy of the firmware
+variable store (MantraSlots, MantraRollback) and the swtpm state beside the
+image are deleted, so the next boot starts from fresh ones.
 
 cargo is incremental; steps 3 and 4 are skipped when the hashes of
 everything that goes into the image (and the signing key) are those of the
@@ -28,6 +35,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 import tomllib
 import uuid
@@ -43,11 +51,11 @@ from mantra.image import bootfs, esp, gpt
 from mantra.kconfig import ResolvedConfig
 from mantra.product import Product, init_manifest, load_product
 from mantra.signing import keys as signing_keys
-from mantra.signing.sign import ImageInfo, SignResult, sign_image, usable_key
+from mantra.signing.sign import ImageInfo, SignResult, sign_disk, usable_key
 from mantra.toolchain import RustToolchain
 from mantra.workspace import BuildPaths, Workspace
 
-# Paths on the ESP (MantraBoot's is EFI/BOOT/<board's efi_boot_file>).
+# Paths in a slot (MantraBoot's, on the ESP, is EFI/BOOT/<board's efi_boot_file>).
 KERNEL_PATH = esp.KERNEL_PATH
 BOOTFS_PATH = esp.BOOTFS_PATH
 CMDLINE_PATH = esp.CMDLINE_PATH
@@ -66,6 +74,8 @@ ROOT_KEY_FILE = "root_key.bin"
 # Partition names of the GPT image.
 ESP_PARTITION = "esp"
 SLOT_PARTITIONS = ("slot-a", "slot-b")
+# manifest.json's partition of a component that is in every slot.
+SLOTS_PARTITION = "slots"
 
 MANIFEST_FORMAT = 1
 _GUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://mantra-os/disk-image")
@@ -128,8 +138,9 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 class _EspFile:
     name: str
     kind: str
-    path: str  # on the ESP
+    path: str  # on its partition's file system
     source: Path
+    partition: str = SLOTS_PARTITION  # ESP_PARTITION, or SLOTS_PARTITION (each slot)
 
 
 def _compile(workspace: Workspace, board: Board, paths: BuildPaths, *, release: bool,
@@ -178,15 +189,32 @@ def _compile_programs(workspace: Workspace, board: Board, paths: BuildPaths, pro
 
 
 def _pack(image_dir: Path, board: Board, esp_files: list[_EspFile], disk_guid: uuid.UUID) -> list[gpt.Partition]:
-    """Writes esp.img and the GPT disk image.img in `image_dir`."""
-    step(f"Packing the ESP ({board.disk.esp_size_mib} MiB FAT32)")
+    """Writes esp.img (MantraBoot), slot.img (the other components) and the
+    GPT disk image.img, both slots holding slot.img, in `image_dir`."""
+    step(f"Packing the ESP ({board.disk.esp_size_mib} MiB FAT32) and the slot file system "
+         f"({board.disk.slot_size_mib} MiB FAT32)")
     esp_image = image_dir / "esp.img"
-    esp.write_esp(esp_image, board.disk.esp_size_mib, {f.path: f.source for f in esp_files})
-    step("Writing the GPT disk image")
+    esp.write_esp(esp_image, board.disk.esp_size_mib,
+                  {f.path: f.source for f in esp_files if f.partition == ESP_PARTITION})
+    slot_image = image_dir / "slot.img"
+    esp.write_esp(slot_image, board.disk.slot_size_mib,
+                  {f.path: f.source for f in esp_files if f.partition == SLOTS_PARTITION}, label=esp.SLOT_LABEL)
+    step("Writing the GPT disk image (the same image in slot a and slot b)")
     mib = 1024 * 1024
     specs = [gpt.PartitionSpec(ESP_PARTITION, gpt.ESP_TYPE, board.disk.esp_size_mib * mib, esp_image)]
-    specs += [gpt.PartitionSpec(name, gpt.MANTRA_SLOT_TYPE, board.disk.slot_size_mib * mib) for name in SLOT_PARTITIONS]
-    return gpt.write_image(image_dir / "image.img", specs, align=board.disk.align_mib * mib, disk_guid=disk_guid)
+    specs += [gpt.PartitionSpec(name, gpt.MANTRA_SLOT_TYPE, board.disk.slot_size_mib * mib, slot_image)
+              for name in SLOT_PARTITIONS]
+    partitions = gpt.write_image(image_dir / "image.img", specs, align=board.disk.align_mib * mib,
+                                 disk_guid=disk_guid)
+    slot_image.unlink()  # its bytes are in both slots
+    return partitions
+
+
+def _new_device(image_dir: Path) -> None:
+    """A new image is a new device: forget the runner's firmware variable
+    store and TPM state of the previous image (see mantra.runners)."""
+    (image_dir / "firmware-vars.fd").unlink(missing_ok=True)
+    shutil.rmtree(image_dir / "tpm", ignore_errors=True)
 
 
 def _output(cmd: list[str], what: str) -> str | None:
@@ -294,7 +322,7 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     _write_if_changed(loaded_kernel, userland.strip("MantraCore", kernel.read_bytes(),
                                                     "check the kernel's linker script (mantra-os/kernel)"))
     esp_files = [
-        _EspFile("MantraBoot", "bootloader", f"EFI/BOOT/{board.build.efi_boot_file}", boot),
+        _EspFile("MantraBoot", "bootloader", f"EFI/BOOT/{board.build.efi_boot_file}", boot, ESP_PARTITION),
         _EspFile("MantraCore", "kernel", KERNEL_PATH, loaded_kernel),
         _EspFile("boot filesystem", "bootfs", BOOTFS_PATH, bootfs_image),
     ]
@@ -303,7 +331,7 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
         _write_if_changed(cmdline, product.cmdline.encode("utf-8"))
         esp_files.append(_EspFile("kernel command line", "cmdline", CMDLINE_PATH, cmdline))
     components = tuple(
-        Component(f.name, f.kind, ESP_PARTITION, f.path, f.source.stat().st_size, _file_sha256(f.source))
+        Component(f.name, f.kind, f.partition, f.path, f.source.stat().st_size, _file_sha256(f.source))
         for f in esp_files
     )
 
@@ -341,9 +369,12 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
 
     disk_guid = uuid.uuid5(_GUID_NAMESPACE, f"{board.name}/{product.name}/{variant}")
     stamp.unlink(missing_ok=True)  # an interrupted pack or sign must not look up to date
+    _new_device(image_dir)
     partitions = _pack(image_dir, board, esp_files, disk_guid)
     signed = _sign(workspace, image, keyset, manifest)
-    manifest["signing"]["manifest_sig_sha256"] = _sha256(signed.envelope)
+    # The slots' envelope (the same in both), and the ESP's.
+    manifest["signing"]["manifest_sig_sha256"] = _sha256(next(r for r in signed if r.target != "ESP").envelope)
+    manifest["signing"]["esp_manifest_sig_sha256"] = _sha256(next(r for r in signed if r.target == "ESP").envelope)
     manifest["image"] = {"path": image.name, "size": image.stat().st_size, "sha256": _file_sha256(image)}
     manifest["partitions"] = [
         {"name": p.name, "type_guid": str(p.type_guid), "guid": str(p.unique_guid), "first_lba": p.first_lba,
@@ -353,10 +384,10 @@ def build(workspace: Workspace, board_name: str, product_name: str, *, release: 
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     stamp.write_text(inputs)
     return BuildResult(board, product, config, image, manifest_path, components, packed=True,
-                       signed_by=signed.key.id.hex(), keys=keyset.dir)
+                       signed_by=signed[0].key.id.hex(), keys=keyset.dir)
 
 
-def _sign(workspace: Workspace, image: Path, keyset: signing_keys.KeySet, manifest: dict) -> SignResult:
+def _sign(workspace: Workspace, image: Path, keyset: signing_keys.KeySet, manifest: dict) -> list[SignResult]:
     """Signs the freshly packed `image` from the build's own `manifest`."""
     kind = "development keys" if keyset.development else "keys"
     step(f"Signing the image with the {kind} in {workspace.relative(keyset.dir)}")
@@ -368,4 +399,4 @@ def _sign(workspace: Workspace, image: Path, keyset: signing_keys.KeySet, manife
         toolchain=tuple(sorted(provenance_data["toolchain"].items())),
         built_components={c["path"]: c["sha256"] for c in manifest["components"]})
     passphrase = signing_keys.passphrase_for(keyset.dir)
-    return sign_image(image, keyset, passphrase, info=info)
+    return sign_disk(image, keyset, passphrase, info=info)

@@ -1,13 +1,16 @@
 //! MantraBoot's machine-independent logic, host-testable: the page-table
 //! builder, the conversion of the UEFI memory map into BootInfo regions and
-//! the checks and sizing of the kernel's memory layout. The UEFI application
+//! the checks and sizing of the kernel's memory layout, the A/B slot state
+//! machine and the TPM commands MantraBoot marshals itself. The UEFI application
 //! itself is `main.rs` (built for `x86_64-unknown-uefi` only).
 #![no_std]
 
 pub mod layout;
 pub mod memmap;
 pub mod paging;
+pub mod slots;
 pub mod tpm;
+pub mod tpm_nv;
 
 /// Size of a small page and of a page-table frame.
 pub const PAGE_SIZE: u64 = 4096;

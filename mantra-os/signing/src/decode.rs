@@ -115,7 +115,7 @@ impl fmt::Display for Problem {
                 f,
                 "component {index}: path must be relative, '/'-separated, with no empty, '.' or '..' parts"
             ),
-            Problem::KernelAndBootfs => f.write_str("a manifest lists exactly one kernel and one boot filesystem"),
+            Problem::KernelAndBootfs => f.write_str("a manifest lists exactly one kernel and one boot filesystem (or only a bootloader)"),
             Problem::KindTwice => f.write_str("a component kind is listed twice"),
             Problem::PathTwice => f.write_str("a component path is listed twice"),
         }
@@ -457,7 +457,10 @@ impl<'a> Manifest<'a> {
 
         let listed = &components[..components_len];
         let count_of = |kind| listed.iter().filter(|c| c.kind == kind).count();
-        if count_of(ComponentKind::Kernel) != 1 || count_of(ComponentKind::Bootfs) != 1 {
+        // A slot's manifest (kernel and boot filesystem), or the ESP's,
+        // which lists only the bootloader (docs/signing.md).
+        let boot_only = components_len == 1 && listed[0].kind == ComponentKind::Bootloader;
+        if !boot_only && (count_of(ComponentKind::Kernel) != 1 || count_of(ComponentKind::Bootfs) != 1) {
             return Err(r.fail(Problem::KernelAndBootfs));
         }
         for (i, a) in listed.iter().enumerate() {

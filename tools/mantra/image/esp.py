@@ -1,5 +1,6 @@
-"""Writer of the EFI System Partition: a FAT32 file system image made with
-mtools (mformat, mmd, mcopy), without mounting anything.
+"""Writer of the FAT file systems of a disk image, the EFI System Partition
+and the A/B slots: FAT32 images made with mtools (mformat, mmd, mcopy),
+without mounting anything.
 
 The volume serial is fixed and file times come from SOURCE_DATE_EPOCH, so
 the same files give a byte-identical partition.
@@ -13,6 +14,10 @@ from pathlib import Path, PurePosixPath
 from mantra import proc
 
 VOLUME_LABEL = "MANTRA ESP"
+SLOT_LABEL = "MANTRA SLOT"
+# Smallest FAT32 volume mformat makes (65525 clusters of 512 bytes); a
+# smaller partition gets FAT12/16, which UEFI reads just as well.
+FAT32_MIN_MIB = 33
 VOLUME_SERIAL = "4d414e54"  # "MANT"
 # 1980-01-01 00:00:00 UTC: the FAT epoch.
 FILE_TIME = "315532800"
@@ -20,9 +25,10 @@ FILE_TIME = "315532800"
 _MTOOLS_HINT = "install the Debian package mtools (./mantra installs it)"
 
 
-def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
-    """Creates the FAT32 image `path` of `size_mib` MiB holding `files`
-    (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy)."""
+def write_esp(path: Path, size_mib: int, files: Mapping[str, Path], label: str = VOLUME_LABEL) -> None:
+    """Creates the FAT32 (FAT12/16 below FAT32_MIN_MIB) image `path` of `size_mib` MiB holding `files`
+    (path on the ESP such as "EFI/BOOT/BOOTX64.EFI" -> file to copy); a
+    slot's file system is the same with `label` SLOT_LABEL."""
     mformat = proc.require_tool("mformat", "mtools")
     mmd = proc.require_tool("mmd", "mtools")
     mcopy = proc.require_tool("mcopy", "mtools")
@@ -31,8 +37,8 @@ def write_esp(path: Path, size_mib: int, files: Mapping[str, Path]) -> None:
     with path.open("wb") as image:
         image.truncate(size_mib * 1024 * 1024)
     proc.run(
-        [mformat, "-i", path, "-F", "-N", VOLUME_SERIAL, "-v", VOLUME_LABEL, "-T", str(sectors),
-         "-h", "64", "-s", "32", "::"],
+        [mformat, "-i", path, *(["-F"] if size_mib >= FAT32_MIN_MIB else []), "-N", VOLUME_SERIAL, "-v", label,
+         "-T", str(sectors), "-h", "64", "-s", "32", "::"],
         env=env, capture=True, what="mformat of the ESP", hint=_MTOOLS_HINT,
     )
     # Parents before children; sorted so the directory order never varies.
@@ -55,6 +61,16 @@ MANIFEST_PATH = "MANTRA/MANIFEST.SIG"
 BOOTLOADER_DIR = "EFI/BOOT"
 
 
+def is_fat(image: Path, offset: int) -> bool:
+    """Whether the partition at byte `offset` of `image` starts with a FAT
+    boot sector (an empty slot does not)."""
+    with image.open("rb") as disk:
+        disk.seek(offset)
+        sector = disk.read(512)
+    return len(sector) == 512 and sector[510:512] == b"\x55\xaa" and (
+        sector[82:87] == b"FAT32" or sector[54:59] in (b"FAT12", b"FAT16"))
+
+
 def _fat(image: Path, offset: int) -> str:
     """mtools' name of the FAT file system at byte `offset` of `image`."""
     return f"{image}@@{offset}"
@@ -75,6 +91,22 @@ def list_files(image: Path, offset: int) -> list[str]:
     return sorted(files)
 
 
+def _directories(image: Path, offset: int) -> set[str]:
+    """Every directory of the FAT file system at `offset` in `image`."""
+    mdir = proc.require_tool("mdir", "mtools")
+    listing = proc.run([mdir, "-/", "-b", "-i", _fat(image, offset), "::"],
+                       env={"MTOOLS_SKIP_CHECK": "1"}, capture=True, what="mdir", hint=_MTOOLS_HINT)
+    found = set()
+    for line in listing.stdout.splitlines():
+        path = line.strip().removeprefix("::/")
+        for parent in PurePosixPath(path.rstrip("/")).parents if path else ():
+            if str(parent) != ".":
+                found.add(str(parent))
+        if path.endswith("/"):
+            found.add(path.rstrip("/"))
+    return found
+
+
 def read_file(image: Path, offset: int, path: str, scratch: Path) -> bytes:
     """The content of `path` on the FAT file system at `offset` in `image`
     (copied out through `scratch`, a directory of the caller's)."""
@@ -93,5 +125,10 @@ def write_file(image: Path, offset: int, path: str, source: Path) -> None:
     system at `offset` in `image`, with the fixed file time of write_esp."""
     mcopy = proc.require_tool("mcopy", "mtools")
     env = {"SOURCE_DATE_EPOCH": FILE_TIME, "MTOOLS_SKIP_CHECK": "1"}
+    parent = str(PurePosixPath(path).parent)
+    if parent != "." and parent.upper() not in {p.upper() for p in _directories(image, offset)}:
+        mmd = proc.require_tool("mmd", "mtools")
+        proc.run([mmd, "-i", _fat(image, offset), f"::/{parent}"], env=env, capture=True,
+                 what=f"mmd of {parent}", hint=_MTOOLS_HINT)
     proc.run([mcopy, "-o", "-i", _fat(image, offset), source, f"::/{path}"],
              env=env, capture=True, what=f"mcopy of {path} to the ESP", hint=_MTOOLS_HINT)

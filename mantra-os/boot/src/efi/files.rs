@@ -1,5 +1,6 @@
-//! Reading files from the ESP MantraBoot was loaded from
-//! (LoadedImage -> device -> SimpleFileSystem).
+//! Reading files from a FAT file system the firmware exposes as a
+//! SimpleFileSystem: the ESP MantraBoot was loaded from (LoadedImage ->
+//! device), or an A/B slot partition (its own handle, see `ab.rs`).
 
 use alloc::format;
 use alloc::vec;
@@ -7,13 +8,13 @@ use alloc::vec::Vec;
 use uefi::boot::{self, AllocateType, MemoryType, ScopedProtocol};
 use uefi::proto::media::file::{Directory, File, FileAttribute, FileInfo, FileMode, RegularFile};
 use uefi::proto::media::fs::SimpleFileSystem;
-use uefi::{CStr16, Status};
+use uefi::{CStr16, Handle, Status};
 
 use super::fail::Fatal;
 
-const ESP_HINT: &str = "start MantraBoot as EFI/BOOT/BOOTX64.EFI from the image's FAT ESP";
+const SLOT_HINT: &str = "install a signed image into the slot (./mantra slot install)";
 
-/// The root directory of the boot partition.
+/// The root directory of a FAT file system (an A/B slot).
 pub struct Esp {
     root: Directory,
     // Keeps the protocol open while `root` is used; dropped after it.
@@ -27,6 +28,16 @@ pub struct PageFile {
 }
 
 impl PageFile {
+    /// Gives the pages back to the firmware (a slot that is not booted).
+    pub fn free(self) {
+        let pages = self.len.div_ceil(4096).max(1);
+        if let Some(ptr) = core::ptr::NonNull::new(self.addr as *mut u8) {
+            // SAFETY: `addr` is the start of `pages` pages `read_to_pages`
+            // allocated; `self` is consumed, so nothing uses them after this.
+            let _ = unsafe { boot::free_pages(ptr, pages) };
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `addr` is an allocation of at least `len` bytes that
         // `read_to_pages` filled and that is never freed.
@@ -35,14 +46,20 @@ impl PageFile {
 }
 
 impl Esp {
-    pub fn open() -> Result<Self, Fatal> {
-        let mut fs = boot::get_image_file_system(boot::image_handle()).map_err(|e| {
-            Fatal::new(format!("cannot open the partition MantraBoot was loaded from: {}", e.status()), ESP_HINT)
-        })?;
+    /// The file system on the partition `handle` (an A/B slot); `None`
+    /// when the partition holds none the firmware recognizes.
+    pub fn open_handle(handle: Handle, name: &str) -> Result<Option<Self>, Fatal> {
+        let mut fs = match boot::open_protocol_exclusive::<SimpleFileSystem>(handle) {
+            Ok(fs) => fs,
+            Err(e) if matches!(e.status(), Status::UNSUPPORTED | Status::NOT_FOUND) => return Ok(None),
+            Err(e) => {
+                return Err(Fatal::new(format!("cannot open the file system of {name}: {}", e.status()), SLOT_HINT))
+            }
+        };
         let root = fs.open_volume().map_err(|e| {
-            Fatal::new(format!("cannot open the boot partition's file system: {}", e.status()), ESP_HINT)
+            Fatal::new(format!("cannot open the file system of {name}: {}", e.status()), SLOT_HINT)
         })?;
-        Ok(Self { root, _fs: fs })
+        Ok(Some(Self { root, _fs: fs }))
     }
 
     /// Opens `path`; `None` if it does not exist.

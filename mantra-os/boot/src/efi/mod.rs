@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod console;
+mod ab;
 mod fail;
 mod files;
 mod handoff;
@@ -15,12 +16,11 @@ use fail::Fatal;
 use mantra_boot::{layout, memmap};
 use mantra_bootinfo::bootfs::BootFs;
 use mantra_bootinfo::{KernelSegment, MemoryKind};
-use mantra_signing::ComponentKind;
 use uefi::boot::MemoryType;
 use uefi::mem::memory_map::MemoryMap;
 use uefi::prelude::*;
 
-/// What the ESP paths are called in messages.
+/// What the slot paths are called in messages.
 const KERNEL_PATH: &str = "\\MANTRA\\KERNEL.ELF";
 const BOOTFS_PATH: &str = "\\MANTRA\\BOOTFS.IMG";
 const CMDLINE_PATH: &str = "\\MANTRA\\CMDLINE.TXT";
@@ -42,50 +42,13 @@ fn main() -> Status {
 }
 
 fn run() -> Result<core::convert::Infallible, Fatal> {
-    // 1. The signed manifest, then the files from the ESP, each checked
+    // 1. A/B: every slot's signed manifest, then its files, each checked
     //    against it (size, SHA-256) as soon as it is read, before any byte
-    //    of it is parsed. The handles are closed when `esp` goes out of
-    //    scope, well before ExitBootServices.
+    //    of it is parsed; the state machine picks the slot to boot and
+    //    records it (UEFI variables, TPM NV index) before anything of it runs.
+    //    The file system handles are closed before ExitBootServices.
     let (kernel_file, bootfs, cmdline) = {
-        let mut esp = files::Esp::open()?;
-        let envelope = match esp.read_bounded(
-            cstr16!("\\MANTRA\\MANIFEST.SIG"),
-            verify::MANIFEST_PATH,
-            mantra_signing::MAX_ENVELOPE,
-        )? {
-            Some(Ok(bytes)) => bytes,
-            Some(Err(size)) => {
-                return Err(verify::refused(alloc::format!(
-                    "signed manifest {} is {size} bytes, at most {}",
-                    verify::MANIFEST_PATH,
-                    mantra_signing::MAX_ENVELOPE
-                )))
-            }
-            None => {
-                return Err(verify::refused(alloc::format!(
-                    "signed manifest {} not found on the boot partition (unsigned image)",
-                    verify::MANIFEST_PATH
-                )))
-            }
-        };
-        let mut image = verify::Image::verify(&envelope)?;
-
-        let kernel_file = esp.read(cstr16!("\\MANTRA\\KERNEL.ELF"), KERNEL_PATH)?.ok_or_else(|| {
-            Fatal::new(alloc::format!("kernel {KERNEL_PATH} not found on the boot partition"), REBUILD)
-        })?;
-        image.check("MANTRA/KERNEL.ELF", ComponentKind::Kernel, Some(&kernel_file))?;
-        let bootfs = esp
-            .read_to_pages(
-                cstr16!("\\MANTRA\\BOOTFS.IMG"),
-                BOOTFS_PATH,
-                MemoryType::custom(memmap::BOOT_DATA_MEMORY_TYPE),
-            )?
-            .ok_or_else(|| {
-                Fatal::new(alloc::format!("boot filesystem {BOOTFS_PATH} not found on the boot partition"), REBUILD)
-            })?;
-        image.check("MANTRA/BOOTFS.IMG", ComponentKind::Bootfs, Some(bootfs.bytes()))?;
-        let cmdline_file = esp.read(cstr16!("\\MANTRA\\CMDLINE.TXT"), CMDLINE_PATH)?;
-        image.check("MANTRA/CMDLINE.TXT", ComponentKind::Cmdline, cmdline_file.as_deref())?;
+        let ab::SlotImage { image, kernel: kernel_file, bootfs, cmdline: cmdline_file } = ab::choose()?;
         image.report();
 
         // 1b. Measured boot: the verified manifest and files into the TPM

@@ -6,6 +6,8 @@
 use alloc::format;
 use mantra_signing::{check_component, verify_envelope, ComponentKind, Error, Hex, Policy, Verified};
 
+use mantra_boot::slots::Rollback;
+
 use super::fail::Fatal;
 use super::platform::rdtsc;
 
@@ -30,6 +32,8 @@ fn refusal(error: Error<'_>) -> Fatal {
 /// A verified envelope and the components checked against it so far.
 pub struct Image<'a> {
     pub verified: Verified<'a>,
+    /// The envelope's bytes (MANTRA/MANIFEST.SIG).
+    pub envelope: &'a [u8],
     /// Components checked (files MantraBoot loads that the manifest lists).
     pub components: usize,
     /// Guest time (TSC) spent on the envelope's checks and on hashing.
@@ -39,13 +43,17 @@ pub struct Image<'a> {
 
 impl<'a> Image<'a> {
     /// Steps 2 to 8: framing, key record and revocation list (root key),
-    /// manifest (certified key), validity, board. No NV storage yet: the
-    /// stored minimums (security counter, revocation list) are not checked.
-    pub fn verify(envelope: &'a [u8]) -> Result<Self, Fatal> {
+    /// manifest (certified key), validity, board, and the stored rollback
+    /// minimums (security counter, revocation list version).
+    pub fn verify(envelope: &'a [u8], minimum: Rollback) -> Result<Self, Fatal> {
         let start = rdtsc();
-        let policy = Policy { board: Some(mantra_config::BOARD), min_security_counter: None, min_revocations: None };
+        let policy = Policy {
+            board: Some(mantra_config::BOARD),
+            min_security_counter: Some(minimum.security_counter),
+            min_revocations: Some(minimum.revocations),
+        };
         let verified = verify_envelope(envelope, &ROOT_KEY, &policy).map_err(refusal)?;
-        Ok(Self { verified, components: 0, envelope_tsc: rdtsc().wrapping_sub(start), hash_tsc: 0 })
+        Ok(Self { verified, envelope, components: 0, envelope_tsc: rdtsc().wrapping_sub(start), hash_tsc: 0 })
     }
 
     /// Step 9 for one file MantraBoot loads: `path` as the manifest names
@@ -60,7 +68,21 @@ impl<'a> Image<'a> {
         Ok(())
     }
 
-    /// `MantraBoot: image verified (...)`.
+    /// `MantraBoot: slot a: verified (...)`: one slot's checks and their cost.
+    pub fn report_slot(&self, slot: char) {
+        say!(
+            "MantraBoot: slot {slot}: verified (key {:.8}, security counter {}, revocation list {}, {} components) in {} tsc: envelope {}, hashes {}",
+            Hex(&self.verified.key.key_id),
+            self.verified.manifest.security_counter,
+            self.verified.revocations.version,
+            self.components,
+            self.envelope_tsc + self.hash_tsc,
+            self.envelope_tsc,
+            self.hash_tsc
+        );
+    }
+
+    /// `MantraBoot: image verified (...)`: the slot that boots.
     pub fn report(&self) {
         say!(
             "MantraBoot: image verified (key {:.8}, security counter {}, {} components) in {} tsc: envelope {}, hashes {}",

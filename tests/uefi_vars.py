@@ -1,0 +1,41 @@
+"""A reader of OVMF's variable store (the firmware-vars.fd copy the QEMU
+runner keeps beside an image): finds the live copy of a variable, so tests
+read what MantraBoot wrote through SetVariable.
+
+edk2's authenticated variable format (MdeModulePkg VariableFormat.h): each
+variable is a 60-byte AUTHENTICATED_VARIABLE_HEADER -- StartId 0x55AA (u16),
+State (u8), reserved (u8), Attributes (u32), MonotonicCount (u64),
+TimeStamp (16), PubKeyIndex (u32), NameSize (u32), DataSize (u32),
+VendorGuid (16) -- then the UTF-16 name (NameSize bytes, NUL included) and
+the data. State 0x3F (VAR_ADDED) marks the live copy; an update writes a new
+copy and marks the old one deleted."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from pathlib import Path
+
+MANTRA_VENDOR = uuid.UUID("b1237644-3bb1-4cbd-a419-51a543783796")
+NON_VOLATILE, BOOTSERVICE_ACCESS, RUNTIME_ACCESS = 0x1, 0x2, 0x4
+_HEADER = struct.Struct("<HBBIQ16sIII16s")
+_START_ID = 0x55AA
+_VAR_ADDED = 0x3F
+
+
+def read_variable(store: Path, name: str, vendor: uuid.UUID = MANTRA_VENDOR) -> tuple[int, bytes] | None:
+    """(attributes, data) of the live variable `name`, or None."""
+    data = store.read_bytes()
+    wanted = name.encode("utf-16-le") + b"\0\0"
+    found = None
+    at = data.find(wanted)
+    while at >= 0:
+        header = at - _HEADER.size
+        if header >= 0:
+            start, state, _, attributes, _, _, _, name_size, data_size, guid = _HEADER.unpack_from(data, header)
+            if (start == _START_ID and state == _VAR_ADDED and name_size == len(wanted)
+                    and uuid.UUID(bytes_le=guid) == vendor):
+                value = data[at + name_size : at + name_size + data_size]
+                found = (attributes, value)
+        at = data.find(wanted, at + 1)
+    return found
