@@ -466,12 +466,17 @@ fn firmware_variable_persists() -> TestResult {
     let before = rdtsc();
     ok("set NV", fw_set(fw, name, u64::from(fwvar::ATTRS_NV), &(count + 1).to_le_bytes()))?;
     let set_cost = rdtsc() - before;
+    let before = rdtsc();
     ok("read back", fw_get(fw, name, &mut buffer, &mut info))?;
+    let read_cost = rdtsc() - before;
     if u64::from_le_bytes(buffer) != count + 1 {
         return Err(format!("wrote {} but read back {}", count + 1, u64::from_le_bytes(buffer)));
     }
     info!("utest:   fwvar: MantraUtestBoots was {count}, now {}", count + 1);
-    info!("utest:   fwvar: FIRMWARE_VARIABLE_GET {get_cost} tsc, FIRMWARE_VARIABLE_SET (NV) {set_cost} tsc");
+    info!(
+        "utest:   fwvar: FIRMWARE_VARIABLE_GET {get_cost} tsc ({}), {read_cost} tsc (8 bytes found); FIRMWARE_VARIABLE_SET (NV, 8 bytes) {set_cost} tsc",
+        if count == 0 { "not found" } else { "8 bytes found" }
+    );
     Ok(())
 }
 /// The CMOS RTC's line (ISA IRQ 8; QEMU q35 does not move it).
