@@ -46,6 +46,8 @@ const MANIFEST_FILE: &str = "init.manifest";
 
 /// Port keys: the restart timer, and one per service (`KEY_SERVICE | index`).
 const KEY_TIMER: u64 = 1;
+/// The boot confirmation's timer (a settle time ends).
+const KEY_CONFIRM: u64 = 2;
 const KEY_SERVICE: u64 = 1 << 32;
 
 /// A running service instance: everything init holds for it. Dropping it
@@ -95,8 +97,11 @@ struct Init {
     fwvar: Option<OwnedHandle>,
     /// The boot confirmation is still to be decided.
     confirm_pending: bool,
-    /// When to look at the services' health again (settle times).
+    /// When to look at the services' health again (settle times), on
+    /// `confirm_timer`; whether a wait for it is queued on the port.
     confirm_at: Option<u64>,
+    confirm_timer: Timer,
+    confirm_armed: bool,
 }
 
 fn main(mut startup: Startup) -> Result<(), Error> {
@@ -119,6 +124,7 @@ fn main(mut startup: Startup) -> Result<(), Error> {
 
     let port = Port::create(&me)?;
     let timer = Timer::create(&me)?;
+    let confirm_timer = Timer::create(&me)?;
     let count = manifest.services.len();
     let mut init = Init {
         me,
@@ -137,6 +143,8 @@ fn main(mut startup: Startup) -> Result<(), Error> {
         fwvar: startup.take("fwvar"),
         confirm_pending: true,
         confirm_at: None,
+        confirm_timer,
+        confirm_armed: false,
     };
     init.start_all();
     init.supervise()
@@ -425,11 +433,7 @@ impl Init {
         let mut packets = [PortPacket::default(); 16];
         loop {
             self.check_confirmation();
-            let next = match (self.supervisor.next_deadline(), self.confirm_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let deadline = next.unwrap_or(NO_DEADLINE);
+            let deadline = self.supervisor.next_deadline().unwrap_or(NO_DEADLINE);
             let count = match mantra_rt::sys::port_wait(self.port.raw(), deadline, &mut packets) {
                 Ok(n) => n.min(packets.len()),
                 Err(Error::TimedOut) => 0,
@@ -440,7 +444,11 @@ impl Init {
                 }
             };
             for packet in packets[..count].iter().copied() {
-                if packet.key == KEY_TIMER {
+                if packet.key == KEY_CONFIRM {
+                    // A settle time ended; check_confirmation looks again.
+                    self.confirm_at = None;
+                    self.confirm_armed = false;
+                } else if packet.key == KEY_TIMER {
                     // The timer fired (and is disarmed); the wait is used up.
                     self.timer_deadline = None;
                     self.timer_armed = false;
@@ -461,15 +469,26 @@ impl Init {
         }
         let now = mantra_rt::time::now();
         match self.supervisor.health(now) {
-            Health::Waiting { until } => self.confirm_at = until,
+            Health::Waiting { until } => {
+                if until.is_some() && until != self.confirm_at {
+                    let at = until.unwrap_or(NO_DEADLINE);
+                    if self.confirm_timer.set(at).is_ok() {
+                        self.confirm_at = until;
+                    }
+                }
+                if self.confirm_at.is_some() && !self.confirm_armed {
+                    self.confirm_armed =
+                        self.confirm_timer.wait_async(&self.port, KEY_CONFIRM, signals::TIMER_FIRED).is_ok();
+                }
+            }
             Health::Failed { service } => {
                 self.confirm_pending = false;
-                self.confirm_at = None;
+                let _ = self.confirm_timer.cancel();
                 error!("init: boot not confirmed: service {} failed", self.manifest.services[service].name);
             }
             Health::Healthy => {
                 self.confirm_pending = false;
-                self.confirm_at = None;
+                let _ = self.confirm_timer.cancel();
                 info!("init: all services healthy ({} ms since boot)", now / 1_000_000);
                 match self.confirm_boot() {
                     Ok(line) => info!("{line}"),
