@@ -447,7 +447,7 @@ fn firmware_variables_refuse_bad_arguments() -> TestResult {
 /// a fresh variable store), writes the count + 1 and reads it back. It
 /// lives in the flash store QEMU backs with firmware-vars.fd, so the next
 /// boot of the same image reads the new count
-/// (tests/test_firmware_variables.py boots twice). Also prints what one
+/// (tests/test_userland_fwvar.py boots twice). Also prints what one
 /// GetVariable and one SetVariable cost (rdtsc: guest instructions under
 /// `./mantra run --icount`).
 fn firmware_variable_persists() -> TestResult {
