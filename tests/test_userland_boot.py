@@ -62,7 +62,8 @@ def test_user_mode_kernel_tests_pass(utest_image: BuildResult) -> None:
                  "revoked_handles_refused", "bad_pointers_refused", "zero_capability_process",
                  "virtual_interrupt_delivers_one_packet_per_firing", "interrupt_ack_waits_for_room_on_the_port",
                  "physical_interrupts_need_the_irq_resource", "short_messages_in_registers", "bad_receive_buffer_loses_nothing",
-                 "console_object_checks"):
+                 "console_object_checks",
+                 "firmware_variables_refuse_bad_arguments", "firmware_variable_persists"):
         assert f"utest: {name} ... ok" in console, tail(console)
     fuzz = re.search(r"fuzz: (\d+) random syscalls", console)
     assert fuzz and int(fuzz[1]) >= 50_000, tail(console)

@@ -73,10 +73,11 @@ def test_default_product_services_and_init_manifest(workspace: Workspace) -> Non
         "service logd program=logd restart=always after= caps=klog,logctl args=",
         "service demo program=demo restart=on-failure after=logd caps= args=count=3,interval_ms=500",
         "service crashy program=crashy restart=always after=logd caps= args=fault=null,fault=divide,"
-        "fault=stack-overflow,fault=illegal-instruction,fault=kernel-address",
+        "fault=stack-overflow,fault=illegal-instruction,fault=kernel-address confirm=no",
         "service attestd program=attestd restart=on-failure after=logd caps=console,eventlog,tpm args=",
         "crashloop 5 10000",
         "backoff 100 5000",
+        "confirm 1000",
     ]
 
 
@@ -86,7 +87,8 @@ def test_defaults_of_a_user_service(scratch: Workspace) -> None:
     svc = product.services[-1]
     assert (svc.program, svc.restart, svc.after, svc.caps, svc.args) == ("svc", "always", (), (), ())
     assert "service svc program=svc restart=always after= caps= args=" in init_manifest(product)
-    assert "crashloop 5 10000\nbackoff 100 5000\n" in init_manifest(product)
+    assert "crashloop 5 10000\nbackoff 100 5000\nconfirm 1000\n" in init_manifest(product)
+    assert svc.confirm
 
 
 @pytest.mark.parametrize(
@@ -98,7 +100,8 @@ def test_defaults_of_a_user_service(scratch: Workspace) -> None:
          "dependency cycle a -> b -> c -> a"),
         (LOGD + user("a", after=["a"]), "", "service 'a' depends on itself"),
         (LOGD + user("demo", caps=["root"]), "",
-         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn, irq, console, eventlog, tpm)"),
+         "service 'demo': unknown capability 'root' (capabilities: klog, logctl, spawn, irq, console, eventlog, tpm, fwvar)"),
+        (LOGD + user("demo", confirm="no"), "", "`service[2].confirm` must be true or false, not 'no'"),
         (LOGD + user("demo", restart="sometimes"), "",
          "service 'demo': restart 'sometimes' is not one of always, on-failure, never"),
         (LOGD + user("demo", restrat="never"), "", "service 'demo': unknown key `service[2].restrat`"),

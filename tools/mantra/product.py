@@ -14,12 +14,22 @@ that MantraInit starts and supervises:
     after = ["logd"]           # services started before it
     caps = []                  # capabilities granted (CAPABILITIES)
     args = ["count=3"]         # startup arguments (no blanks or commas)
+    confirm = true             # the boot confirmation waits for it to be healthy (default)
 
     [supervisor]               # optional, these are the defaults
     crash_loop_limit = 5       # this many crashes ...
     crash_loop_window_ms = 10000   # ... within this window: the service is failed
     backoff_initial_ms = 100   # first restart delay, doubled per crash in the window
     backoff_max_ms = 5000
+    confirm_settle_ms = 1000   # running this long without exiting counts as healthy
+
+Boot confirmation (docs/boot-state.md): MantraInit confirms a boot once
+every service with `confirm = true` is healthy: it has run for
+`confirm_settle_ms` since its last start without exiting, or it exited
+with code 0 and its restart policy keeps it down (`on-failure`, `never`).
+A service init gave up on (crash loop, missing program) or that stopped
+after a crash means no confirmation. `confirm = false` leaves a service
+out (e.g. one that crashes on purpose).
 
 A product with user services needs exactly one log server (a service
 granted `logctl`, MantraLogd). `./mantra build` checks that every program
@@ -53,14 +63,17 @@ CAPABILITIES = {
     "console": "the console object with READ|WRITE|WAIT|DUPLICATE: serial input and whole raw lines out (CONSOLE_READ, CONSOLE_WRITE)",
     "eventlog": "the TCG event log MantraBoot handed over, a memory object with READ|MAP (none without a TPM)",
     "tpm": "the TPM's TIS/FIFO registers, a device-memory object with READ|WRITE|MAP (none without a TPM)",
+    "fwvar": "the firmware-variable resource with READ|WRITE|DUPLICATE|TRANSFER: UEFI variables of the MantraOS vendor GUID "
+             "(FIRMWARE_VARIABLE_GET/_SET)",
 }
 LOG_SERVER_CAP = "logctl"
 MAX_NAME = 32
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _ARG = re.compile(r"[^\s,]+")
 _KERNEL_KEYS = ("name", "kind")
-_USER_KEYS = ("name", "kind", "program", "restart", "after", "caps", "args")
-_SUPERVISOR_KEYS = ("crash_loop_limit", "crash_loop_window_ms", "backoff_initial_ms", "backoff_max_ms")
+_USER_KEYS = ("name", "kind", "program", "restart", "after", "caps", "args", "confirm")
+_SUPERVISOR_KEYS = ("crash_loop_limit", "crash_loop_window_ms", "backoff_initial_ms", "backoff_max_ms",
+                    "confirm_settle_ms")
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ class Service:
     after: tuple[str, ...] = ()
     caps: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+    # Whether MantraInit's boot confirmation waits for this service.
+    confirm: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class Supervisor:
     crash_loop_window_ms: int = 10_000
     backoff_initial_ms: int = 100
     backoff_max_ms: int = 5_000
+    confirm_settle_ms: int = 1_000
 
 
 @dataclass(frozen=True)
@@ -139,7 +155,8 @@ def _user_service(entry: Table, name: str) -> Service:
     if not _NAME.fullmatch(program):
         raise MantraError(f"{where}: bad program name '{program}'", "name a program of mantra-os/user/")
     return Service(name=name, kind="user", program=program, restart=restart,
-                   after=tuple(entry.strings("after", default=[])), caps=caps, args=args)
+                   after=tuple(entry.strings("after", default=[])), caps=caps, args=args,
+                   confirm=entry.boolean("confirm", default=True))
 
 
 def _supervisor(data: Table) -> Supervisor:
@@ -253,8 +270,9 @@ def init_manifest(product: Product) -> str:
              "product.toml: do not edit"]
     for s in product.user_services:
         lines.append(f"service {s.name} program={s.program} restart={s.restart} after={','.join(s.after)} "
-                     f"caps={','.join(s.caps)} args={','.join(s.args)}")
+                     f"caps={','.join(s.caps)} args={','.join(s.args)}" + ("" if s.confirm else " confirm=no"))
     sup = product.supervisor
     lines.append(f"crashloop {sup.crash_loop_limit} {sup.crash_loop_window_ms}")
     lines.append(f"backoff {sup.backoff_initial_ms} {sup.backoff_max_ms}")
+    lines.append(f"confirm {sup.confirm_settle_ms}")
     return "\n".join(lines) + "\n"

@@ -56,6 +56,9 @@ class Table:
             raise MantraError(f"{self.file}: `{self._key(key)}` must be at least {minimum}, not {value}")
         return value
 
+    def boolean(self, key: str, default: Any = _REQUIRED) -> Any:
+        return self._get(key, bool, "true or false", default)
+
     def strings(self, key: str, default: Any = _REQUIRED) -> Any:
         value = self._get(key, list, "a list of strings", default)
         if value is not None and not all(isinstance(item, str) for item in value):

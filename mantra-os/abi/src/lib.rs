@@ -74,10 +74,14 @@ pub enum Error {
     BadSyscall = 14,
     /// The operation is not supported by this object or build.
     NotSupported = 15,
+    /// The named thing (e.g. a firmware variable) does not exist.
+    NotFound = 16,
+    /// The device (e.g. the firmware's variable store) reported an error.
+    IoError = 17,
 }
 
 impl Error {
-    pub const ALL: [Error; 15] = [
+    pub const ALL: [Error; 17] = [
         Error::BadHandle,
         Error::WrongType,
         Error::AccessDenied,
@@ -93,6 +97,8 @@ impl Error {
         Error::NoResources,
         Error::BadSyscall,
         Error::NotSupported,
+        Error::NotFound,
+        Error::IoError,
     ];
 
     pub const fn code(self) -> i64 {
@@ -120,6 +126,8 @@ impl Error {
             Error::NoResources => "NO_RESOURCES",
             Error::BadSyscall => "BAD_SYSCALL",
             Error::NotSupported => "NOT_SUPPORTED",
+            Error::NotFound => "NOT_FOUND",
+            Error::IoError => "IO_ERROR",
         }
     }
 }
@@ -281,6 +289,43 @@ pub mod console {
     /// Input bytes the kernel buffers for CONSOLE_READ; further input is
     /// dropped until it is read.
     pub const INPUT_BUFFER: usize = 4096;
+}
+
+/// Firmware (UEFI) variables: FIRMWARE_VARIABLE_GET / _SET through the
+/// firmware-variable resource (`fwvar`). User mode reaches only variables
+/// of [`fwvar::VENDOR_GUID`] (docs/boot-state.md).
+pub mod fwvar {
+    /// The MantraOS vendor GUID every variable user mode can touch lives under.
+    pub const VENDOR_GUID: &str = "b1237644-3bb1-4cbd-a419-51a543783796";
+    /// Longest variable name, in characters (printable ASCII, 0x20..=0x7e).
+    pub const MAX_NAME_LEN: usize = 64;
+    /// Largest variable value FIRMWARE_VARIABLE_SET accepts, in bytes.
+    pub const MAX_DATA_LEN: usize = 2048;
+    /// UEFI attribute bits (EFI_VARIABLE_*).
+    pub const NON_VOLATILE: u32 = 1 << 0;
+    pub const BOOTSERVICE_ACCESS: u32 = 1 << 1;
+    pub const RUNTIME_ACCESS: u32 = 1 << 2;
+    /// The two attribute sets FIRMWARE_VARIABLE_SET accepts: kept across
+    /// power cycles, or volatile (gone at the next boot). UEFI makes
+    /// volatile variables read-only after ExitBootServices, so firmware
+    /// following the specification refuses volatile writes from the OS
+    /// (INVALID_ARGS); MantraBoot's volatile `MantraBootCurrent` is read-only.
+    pub const ATTRS_NV: u32 = NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS;
+    pub const ATTRS_VOLATILE: u32 = BOOTSERVICE_ACCESS | RUNTIME_ACCESS;
+    /// Names only MantraBoot writes: FIRMWARE_VARIABLE_SET refuses them
+    /// (ACCESS_DENIED), so the OS cannot forge the boot record or a
+    /// rollback minimum.
+    pub const BOOT_OWNED: &[&str] = &["MantraBootCurrent", "MantraRollback"];
+
+    /// What FIRMWARE_VARIABLE_GET reports besides the data.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct VariableInfo {
+        /// The value's size in bytes (also on BUFFER_TOO_SMALL: the size needed).
+        pub size: u32,
+        /// Its UEFI attribute bits.
+        pub attributes: u32,
+    }
 }
 
 /// Mapping flags for `vmar_map` / `vmar_protect`.
@@ -709,6 +754,28 @@ pub mod nr {
     /// Errors: as CHANNEL_CALL_SHORT.
     pub const CHANNEL_REPLY_RECEIVE_SHORT: u64 = 39;
 
+    /// Reads a firmware (UEFI) variable of the MantraOS vendor GUID into
+    /// `buffer`. The name is printable ASCII (the kernel converts it to
+    /// UCS-2); variables of other vendors cannot be named. Volatile
+    /// variables MantraBoot wrote this boot (`MantraBootCurrent`) and
+    /// non-volatile ones are both visible; boot-services-only ones are not.
+    ///
+    /// Arguments: `fwvar` (firmware-variable resource), `name`, `name_len` (1..=64), `buffer`, `capacity`, `info` (out: fwvar::VariableInfo, or 0).
+    /// Rights: READ on `fwvar`.
+    /// Returns: the value's size in bytes.
+    /// Errors: BAD_HANDLE, WRONG_TYPE (not the firmware-variable resource), ACCESS_DENIED, INVALID_ARGS (name empty, too long or not printable ASCII), BAD_POINTER, NOT_FOUND (no such variable), BUFFER_TOO_SMALL (`info.size` holds the size needed), NOT_SUPPORTED (no UEFI runtime services on this machine), IO_ERROR (the firmware failed), NO_MEMORY.
+    pub const FIRMWARE_VARIABLE_GET: u64 = 40;
+
+    /// Writes (or, with `len` 0, deletes) a firmware (UEFI) variable of the
+    /// MantraOS vendor GUID. Runs the firmware's variable services with
+    /// interrupts off on this CPU (a flash write can take a while).
+    ///
+    /// Arguments: `fwvar` (firmware-variable resource), `name`, `name_len` (1..=64), `attributes` (fwvar::ATTRS_NV; fwvar::ATTRS_VOLATILE, which UEFI firmware refuses after ExitBootServices), `data`, `len` (<= fwvar::MAX_DATA_LEN).
+    /// Rights: WRITE on `fwvar`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE (not the firmware-variable resource), ACCESS_DENIED (no WRITE, a boot-owned name such as MantraRollback, or the firmware refuses: write protected, security violation), INVALID_ARGS (bad name, attributes other than the two allowed, `len` too big, or the firmware rejects them: a volatile variable, other attributes than an existing variable's), BAD_POINTER, NOT_FOUND (deleting a variable that does not exist), NO_RESOURCES (the variable store is full), NOT_SUPPORTED (no UEFI runtime services), IO_ERROR (the firmware failed), NO_MEMORY.
+    pub const FIRMWARE_VARIABLE_SET: u64 = 41;
+
     /// Takes bytes the console received (the serial port's input, buffered
     /// by the kernel, at most console::INPUT_BUFFER bytes; later input is
     /// dropped until read). The console raises READABLE while input is
@@ -730,10 +797,9 @@ pub mod nr {
     /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (empty, too long, a byte that is not printable ASCII, tab, CR or LF, or no line end at the end).
     pub const CONSOLE_WRITE: u64 = 43;
 
-    /// Numbers below COUNT that this tree does not define yet: they return
-    /// BAD_SYSCALL (40 and 41: FIRMWARE_VARIABLE_GET/SET, see
-    /// docs/boot-state.md).
-    pub const RESERVED: &[u64] = &[40, 41];
+    /// Numbers below COUNT that this tree does not define: they return
+    /// BAD_SYSCALL (none at present).
+    pub const RESERVED: &[u64] = &[];
 
     /// Number of syscalls; numbers at or above it return BAD_SYSCALL.
     pub const COUNT: u64 = 44;

@@ -2,7 +2,7 @@
 //! a [`MemoryKind`], regions are sorted and adjacent regions of the same kind
 //! merged.
 
-use mantra_bootinfo::{MemoryKind, MemoryRegion};
+use mantra_bootinfo::{MemoryKind, MemoryRegion, RuntimeRegion, DIRECT_MAP_BASE, EFI_MEMORY_RUNTIME};
 
 /// UEFI memory type (OS-loader range) of the kernel's segments.
 pub const KERNEL_MEMORY_TYPE: u32 = 0x8000_0001;
@@ -69,6 +69,23 @@ pub fn normalize(regions: &mut [MemoryRegion]) -> usize {
     len
 }
 
+/// The runtime region for a UEFI descriptor, when it has the
+/// EFI_MEMORY_RUNTIME attribute: its virtual address for
+/// SetVirtualAddressMap is the kernel's direct-map address of it.
+/// `None` for other descriptors, and for a runtime region the direct map
+/// cannot reach (above the 47-bit physical limit the kernel maps).
+pub fn runtime_region(phys: u64, pages: u64, ty: u32, attribute: u64) -> Option<RuntimeRegion> {
+    const PHYS_LIMIT: u64 = 1 << 46;
+    if attribute & EFI_MEMORY_RUNTIME == 0 || pages == 0 {
+        return None;
+    }
+    let end = phys.checked_add(pages.checked_mul(4096)?)?;
+    if end > PHYS_LIMIT {
+        return None;
+    }
+    Some(RuntimeRegion { phys, virt: DIRECT_MAP_BASE + phys, pages, efi_type: ty, _reserved: 0, attribute })
+}
+
 /// Pages of `kind` in `regions`.
 pub fn pages_of(regions: &[MemoryRegion], kind: MemoryKind) -> u64 {
     regions.iter().filter(|r| r.kind() == kind).map(|r| r.pages).sum()
@@ -77,6 +94,17 @@ pub fn pages_of(regions: &[MemoryRegion], kind: MemoryKind) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_regions_go_to_the_direct_map() {
+        let r = runtime_region(0xffc0_0000, 1024, MMIO, EFI_MEMORY_RUNTIME | 1).unwrap();
+        assert_eq!((r.virt, r.pages, r.efi_type), (0xffff_8000_ffc0_0000, 1024, MMIO));
+        assert!(r.is_mmio());
+        assert_eq!(runtime_region(0x10_0000, 4, RUNTIME_SERVICES_CODE, 8), None, "no RUNTIME attribute");
+        assert_eq!(runtime_region(0x10_0000, 0, RUNTIME_SERVICES_CODE, EFI_MEMORY_RUNTIME), None);
+        assert_eq!(runtime_region(1 << 46, 1, RUNTIME_SERVICES_DATA, EFI_MEMORY_RUNTIME), None, "beyond the direct map");
+        assert_eq!(runtime_region(u64::MAX - 4095, 2, RUNTIME_SERVICES_DATA, EFI_MEMORY_RUNTIME), None);
+    }
 
     fn r(start: u64, pages: u64, kind: MemoryKind) -> MemoryRegion {
         MemoryRegion::new(start, pages, kind)

@@ -18,7 +18,25 @@ use core::mem::{align_of, size_of};
 /// Magic at offset 0 of a BootInfo blob.
 pub const MAGIC: [u8; 8] = *b"MANTRABI";
 /// Version of the layout below. Bump on every incompatible change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+
+/// Base of the kernel's direct map of physical memory: physical address `p`
+/// is mapped at `DIRECT_MAP_BASE + p`. MantraBoot gives the UEFI runtime
+/// regions these virtual addresses (SetVirtualAddressMap), so the kernel
+/// reaches firmware code, data and MMIO through its direct map.
+pub const DIRECT_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
+
+/// UEFI memory attribute bit: the region is needed by runtime services.
+pub const EFI_MEMORY_RUNTIME: u64 = 1 << 63;
+/// UEFI memory attribute bit: the region supports write-back caching.
+pub const EFI_MEMORY_WB: u64 = 1 << 3;
+/// UEFI memory type of runtime services code.
+pub const EFI_RUNTIME_SERVICES_CODE: u32 = 5;
+/// UEFI memory type of runtime services data.
+pub const EFI_RUNTIME_SERVICES_DATA: u32 = 6;
+/// UEFI memory types of memory-mapped I/O (and I/O port space).
+pub const EFI_MMIO: u32 = 11;
+pub const EFI_MMIO_PORT_SPACE: u32 = 12;
 
 /// Kind of a physical memory region, as the kernel needs to know it.
 #[repr(u32)]
@@ -106,6 +124,38 @@ pub struct KernelSegment {
     pub _reserved: u32,
 }
 
+/// One UEFI memory descriptor with the EFI_MEMORY_RUNTIME attribute, as
+/// MantraBoot passed it to SetVirtualAddressMap: the firmware's runtime
+/// services use `virt` (always `DIRECT_MAP_BASE + phys`) from then on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeRegion {
+    pub phys: u64,
+    pub virt: u64,
+    pub pages: u64,
+    /// UEFI memory type (`EFI_RUNTIME_SERVICES_CODE`, `_DATA`, `EFI_MMIO`, ...).
+    pub efi_type: u32,
+    pub _reserved: u32,
+    /// UEFI attribute bits (`EFI_MEMORY_RUNTIME`, cacheability, ...).
+    pub attribute: u64,
+}
+
+impl RuntimeRegion {
+    /// End address (exclusive, physical), saturating.
+    pub fn end(&self) -> u64 {
+        self.phys.saturating_add(self.pages.saturating_mul(4096))
+    }
+    /// Firmware code (mapped executable).
+    pub fn is_code(&self) -> bool {
+        self.efi_type == EFI_RUNTIME_SERVICES_CODE
+    }
+    /// Device memory (mapped uncached): MMIO types, or anything the
+    /// firmware did not declare write-back cacheable.
+    pub fn is_mmio(&self) -> bool {
+        matches!(self.efi_type, EFI_MMIO | EFI_MMIO_PORT_SPACE) || self.attribute & EFI_MEMORY_WB == 0
+    }
+}
+
 /// Pixel layout of the framebuffer.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +223,12 @@ pub struct Header {
     /// entries of the EFI_TCG2_FINAL_EVENTS_TABLE logged after that call
     /// (ExitBootServices). Version 2.
     pub event_log: Table,
+    /// Physical address of the UEFI runtime services table (reached at
+    /// `DIRECT_MAP_BASE + this`); 0 when there are none (no firmware, or
+    /// SetVirtualAddressMap failed).
+    pub efi_runtime_services: u64,
+    /// The runtime regions ([`RuntimeRegion`]) SetVirtualAddressMap was given.
+    pub runtime_regions: Table,
 }
 
 /// What the encoder needs besides the tables.
@@ -186,6 +242,7 @@ pub struct Fixed {
     pub boot_stack_size: u64,
     pub boot_page_table: u64,
     pub loader_exit_tsc: u64,
+    pub efi_runtime_services: u64,
 }
 
 /// Why a blob could not be encoded or parsed.
@@ -224,13 +281,15 @@ const fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-/// Bytes [`encode`] needs for these table sizes (`event_log` in bytes).
-pub const fn encoded_size(regions: usize, segments: usize, cmdline: usize, event_log: usize) -> usize {
+/// Bytes [`encode`] needs for these table sizes (`event_log` in bytes,
+/// `runtime` in regions).
+pub const fn encoded_size(regions: usize, segments: usize, cmdline: usize, event_log: usize, runtime: usize) -> usize {
     align8(size_of::<Header>())
         + align8(regions * size_of::<MemoryRegion>())
         + align8(segments * size_of::<KernelSegment>())
         + align8(cmdline)
         + align8(event_log)
+        + align8(runtime * size_of::<RuntimeRegion>())
 }
 
 /// Writes a blob into `buf` and returns its size.
@@ -243,8 +302,9 @@ pub fn encode(
     segments: &[KernelSegment],
     cmdline: &[u8],
     event_log: &[u8],
+    runtime: &[RuntimeRegion],
 ) -> Result<usize, Error> {
-    let needed = encoded_size(memory_map.len(), segments.len(), cmdline.len(), event_log.len());
+    let needed = encoded_size(memory_map.len(), segments.len(), cmdline.len(), event_log.len(), runtime.len());
     if buf.len() < needed {
         return Err(Error::BufferTooSmall { needed });
     }
@@ -263,6 +323,7 @@ pub fn encode(
     let segment_table = put(as_bytes(segments), segments.len());
     let cmdline_table = put(cmdline, cmdline.len());
     let event_log_table = put(event_log, event_log.len());
+    let runtime_table = put(as_bytes(runtime), runtime.len());
     let header = Header {
         magic: MAGIC,
         version: VERSION,
@@ -280,6 +341,8 @@ pub fn encode(
         boot_page_table: fixed.boot_page_table,
         loader_exit_tsc: fixed.loader_exit_tsc,
         event_log: event_log_table,
+        efi_runtime_services: fixed.efi_runtime_services,
+        runtime_regions: runtime_table,
     };
     buf[..size_of::<Header>()].copy_from_slice(as_bytes(core::slice::from_ref(&header)));
     Ok(needed)
@@ -330,6 +393,7 @@ impl<'a> BootInfo<'a> {
         info.table::<KernelSegment>(header.kernel_segments)?;
         info.table::<u8>(header.cmdline)?;
         info.table::<u8>(header.event_log)?;
+        info.table::<RuntimeRegion>(header.runtime_regions)?;
         Ok(info)
     }
 
@@ -393,6 +457,14 @@ impl<'a> BootInfo<'a> {
     pub fn event_log(&self) -> &'a [u8] {
         self.table(self.header.event_log).unwrap_or(&[])
     }
+    /// Physical address of the UEFI runtime services table, if usable.
+    pub fn efi_runtime_services(&self) -> Option<u64> {
+        (self.header.efi_runtime_services != 0).then_some(self.header.efi_runtime_services)
+    }
+    /// The UEFI runtime regions (mapped at `DIRECT_MAP_BASE + phys`).
+    pub fn runtime_regions(&self) -> &'a [RuntimeRegion] {
+        self.table(self.header.runtime_regions).unwrap_or(&[])
+    }
     /// Physical range of the boot filesystem, if the loader provided one.
     pub fn bootfs(&self) -> Option<(u64, u64)> {
         (self.header.bootfs_size != 0).then_some((self.header.bootfs_addr, self.header.bootfs_size))
@@ -443,6 +515,7 @@ mod tests {
             boot_stack_size: 65536,
             boot_page_table: 0x30_0000,
             loader_exit_tsc: 42,
+            efi_runtime_services: 0x7fe0_0018,
         }
     }
 
@@ -455,8 +528,15 @@ mod tests {
             MemoryRegion::new(0xfee0_0000, 1, MemoryKind::Mmio),
         ];
         let segs = [KernelSegment { vaddr: 0xffff_ffff_8000_0000, paddr: 0x40_0000, mem_size: 0x5000, flags: SEG_R | SEG_X, _reserved: 0 }];
-        let n = encode(&mut buf.0, &fixed(), &map, &segs, b"log=debug", b"\x00\x01event log").unwrap();
-        assert_eq!(n, encoded_size(3, 1, 9, 11));
+        let rt = [
+            RuntimeRegion { phys: 0x7fe0_0000, virt: DIRECT_MAP_BASE + 0x7fe0_0000, pages: 16, efi_type: EFI_RUNTIME_SERVICES_CODE, _reserved: 0, attribute: EFI_MEMORY_RUNTIME | EFI_MEMORY_WB },
+            RuntimeRegion { phys: 0xffc0_0000, virt: DIRECT_MAP_BASE + 0xffc0_0000, pages: 1024, efi_type: EFI_MMIO, _reserved: 0, attribute: EFI_MEMORY_RUNTIME | 1 },
+        ];
+        let n = encode(&mut buf.0, &fixed(), &map, &segs, b"log=debug", b"\x00\x01event log", &rt).unwrap();
+        assert_eq!(n, encoded_size(3, 1, 9, 11, 2));
+        assert_eq!(BootInfo::parse(&buf.0[..n]).unwrap().runtime_regions(), &rt);
+        assert_eq!(BootInfo::parse(&buf.0[..n]).unwrap().efi_runtime_services(), Some(0x7fe0_0018));
+        assert!(rt[0].is_code() && !rt[0].is_mmio() && rt[1].is_mmio() && !rt[1].is_code());
         let info = BootInfo::parse(&buf.0[..n]).unwrap();
         assert_eq!(info.memory_map(), &map);
         assert_eq!(info.memory_map()[2].kind(), MemoryKind::Mmio);
@@ -476,15 +556,15 @@ mod tests {
         let mut buf = Buf([0; 4096]);
         let map = vec![MemoryRegion::new(0, 1, MemoryKind::Usable); 400];
         assert_eq!(
-            encode(&mut buf.0, &fixed(), &map, &[], b"", b""),
-            Err(Error::BufferTooSmall { needed: encoded_size(400, 0, 0, 0) })
+            encode(&mut buf.0, &fixed(), &map, &[], b"", b"", &[]),
+            Err(Error::BufferTooSmall { needed: encoded_size(400, 0, 0, 0, 0) })
         );
     }
 
     #[test]
     fn rejects_bad_magic_version_and_truncation() {
         let mut buf = Buf([0; 4096]);
-        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"").unwrap();
+        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"", &[]).unwrap();
         assert_eq!(BootInfo::parse(&buf.0[..n - 8]).err(), Some(Error::Truncated));
         buf.0[8] = 99;
         assert_eq!(BootInfo::parse(&buf.0[..n]).err(), Some(Error::VersionMismatch { found: 99, expected: VERSION }));
@@ -495,7 +575,7 @@ mod tests {
     #[test]
     fn rejects_table_outside_blob() {
         let mut buf = Buf([0; 4096]);
-        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"").unwrap();
+        let n = encode(&mut buf.0, &fixed(), &[MemoryRegion::new(0, 1, MemoryKind::Usable)], &[], b"", b"", &[]).unwrap();
         // Point the memory map past the end.
         let off = core::mem::offset_of!(Header, memory_map);
         buf.0[off..off + 8].copy_from_slice(&(n as u64).to_le_bytes());

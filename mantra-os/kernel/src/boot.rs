@@ -71,6 +71,7 @@ extern "C" fn after_switch() -> ! {
     report_protections(&state.features);
 
     let cpus = init_acpi_and_timer(&info);
+    crate::efirt::init();
     let (free, total) = memory::frame_counts();
     kprintln!(
         "free memory: {} KiB in {} free frames of {} ({} KiB heap)",

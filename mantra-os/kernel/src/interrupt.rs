@@ -35,16 +35,20 @@ pub const VECTOR_COUNT: u8 = 16;
 // traps.rs has stubs for exactly these vectors (80..=95).
 const _: () = assert!(VECTOR_BASE == 0x50 && VECTOR_COUNT == 16);
 
-/// What a resource grants. Only interrupts so far; device regions (MMIO,
-/// I/O ports) will be further kinds.
+/// What a resource grants. Device regions (MMIO, I/O ports) will be
+/// further kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceKind {
     /// Creating physical interrupt objects for any GSI.
     Interrupts,
+    /// Reading (READ) and writing (WRITE) the firmware's UEFI variables of
+    /// the MantraOS vendor GUID (FIRMWARE_VARIABLE_GET/_SET).
+    FirmwareVariables,
 }
 
-/// Authority over hardware. The kernel mints one interrupt resource, for
-/// MantraInit's startup message (`irq`); nothing else creates them.
+/// Authority over hardware. The kernel mints one interrupt resource and
+/// one firmware-variable resource, for MantraInit's startup message (`irq`,
+/// `fwvar`); nothing else creates them.
 pub struct Resource {
     pub koid: u64,
     pub kind: ResourceKind,
@@ -53,6 +57,10 @@ pub struct Resource {
 impl Resource {
     pub fn interrupts() -> Self {
         Self { koid: next_koid(), kind: ResourceKind::Interrupts }
+    }
+
+    pub fn firmware_variables() -> Self {
+        Self { koid: next_koid(), kind: ResourceKind::FirmwareVariables }
     }
 }
 

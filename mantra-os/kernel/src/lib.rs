@@ -7,6 +7,7 @@ extern crate alloc;
 
 pub mod acpi;
 pub mod cap;
+pub mod efivar;
 pub mod handle;
 pub mod irq;
 pub mod mm;

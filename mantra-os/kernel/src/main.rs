@@ -13,6 +13,7 @@ mod arch;
 mod boot;
 mod conio;
 mod console;
+mod efirt;
 mod fastpath;
 mod interrupt;
 mod ipc;

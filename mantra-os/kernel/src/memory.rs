@@ -12,7 +12,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use mantra_bootinfo::{BootInfo, MemoryKind, SEG_W, SEG_X};
+use mantra_bootinfo::{BootInfo, MemoryKind, RuntimeRegion, SEG_W, SEG_X};
+use mantra_kernel::efivar;
 use mantra_kernel::acpi::PhysRead;
 use mantra_kernel::mm::frame::{FrameAllocator, FrameError};
 use mantra_kernel::mm::heap::{Heap, HeapStats, LockedHeap};
@@ -80,10 +81,14 @@ const fn round_up(value: u64, align: u64) -> u64 {
 ///
 /// Runs on the loader's identity map, before the heap exists.
 pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Result<KernelSpace, SetupError> {
+    let runtime = runtime_regions(info);
+    // Free RAM, except anything the firmware's runtime services still use
+    // (never the case in a sane memory map, but never worth the risk).
     let usable = info
         .memory_map()
         .iter()
         .filter(|r| r.kind() == MemoryKind::Usable)
+        .filter(|r| runtime.iter().all(|rt| rt.end() <= r.start || rt.phys >= r.end()))
         .map(|r| (r.start, r.end()));
     // RAM only: MMIO windows can sit far above it and need no bitmap.
     let span_end = info
@@ -115,17 +120,39 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
     // I/O APIC, framebuffer live below 4 GiB on PCs).
     let direct_end = round_up(span_end.max(4 << 30), 1 << 30);
     let largest = if features.gib_pages { PageSize::Size1G } else { PageSize::Size2M };
-    space
-        .map_range(
-            alloc,
-            VirtAddr::new(layout::PHYS_MAP_BASE),
-            PhysAddr::new(0),
-            direct_end,
-            kernel_flags(true, false, features.nx),
-            largest,
-        )
-        .map_err(|e| SetupError::Map("the direct map", e))?;
+    let plain = kernel_flags(true, false, features.nx);
+    let map_direct = |space: &mut AddressSpace<DirectMap>, alloc: &mut FrameAllocator, start: u64, end: u64, flags: PageFlags| {
+        space
+            .map_range(alloc, VirtAddr::new(layout::PHYS_MAP_BASE + start), PhysAddr::new(start), end - start, flags, largest)
+            .map_err(|e| SetupError::Map("the direct map", e))
+    };
+    // The UEFI runtime regions sit in the direct map at their direct-map
+    // address (MantraBoot's SetVirtualAddressMap put them there) with
+    // their own attributes; the rest of the direct map is plain RW/NX.
+    let mut cursor = 0;
+    for region in runtime {
+        let start = region.phys.min(direct_end);
+        if start > cursor {
+            map_direct(&mut space, alloc, cursor, start, plain)?;
+        }
+        map_direct(&mut space, alloc, region.phys, region.end(), runtime_flags(region, features.nx))?;
+        cursor = cursor.max(region.end());
+    }
+    if cursor < direct_end {
+        map_direct(&mut space, alloc, cursor, direct_end, plain)?;
+    }
     DIRECT_MAP_END.store(direct_end, Ordering::Relaxed);
+    if !runtime.is_empty() {
+        // One stack for firmware calls (they run under one lock), with an
+        // unmapped guard page below: deep enough for any runtime service.
+        for page in 0..layout::FIRMWARE_STACK_PAGES {
+            let frame = alloc.alloc_frame().ok_or(SetupError::Map("the firmware stack", MapError::OutOfFrames))?;
+            let va = layout::FIRMWARE_STACK_TOP - (layout::FIRMWARE_STACK_PAGES - page) * layout::PAGE_SIZE;
+            space
+                .map(alloc, VirtAddr::new(va), frame, PageSize::Size4K, plain)
+                .map_err(|e| SetupError::Map("the firmware stack", e))?;
+        }
+    }
 
     // The kernel image, W^X per segment.
     for seg in info.kernel_segments() {
@@ -153,6 +180,25 @@ pub fn build_kernel_space(info: &BootInfo<'_>, features: &cpu::Features) -> Resu
     let root = space.root().as_u64();
     *KERNEL_SPACE.lock() = Some(space);
     Ok(KernelSpace { root, stack_top })
+}
+
+/// The runtime regions of `info` when they are well formed, else none
+/// (the firmware's runtime services then stay unused; efirt says why).
+pub fn runtime_regions<'a>(info: &BootInfo<'a>) -> &'a [RuntimeRegion] {
+    let regions = info.runtime_regions();
+    if info.efi_runtime_services().is_none() || efivar::check_runtime_regions(regions).is_err() {
+        return &[];
+    }
+    regions
+}
+
+/// Page flags of a runtime region: firmware images (code and their data,
+/// one allocation) RWX; runtime data RW/NX; device memory RW/NX uncached.
+fn runtime_flags(region: &RuntimeRegion, nx: bool) -> PageFlags {
+    if region.is_mmio() {
+        return kernel_flags(true, false, nx) | PageFlags::NO_CACHE | PageFlags::WRITE_THROUGH;
+    }
+    kernel_flags(true, region.is_code(), nx)
 }
 
 fn map_stack_pages(
@@ -194,11 +240,15 @@ pub fn finish_after_switch() {
     // Boot-services and loader memory are dead now: the kernel runs on its
     // own tables and stack, and the BootInfo lives in BootData memory.
     let info = crate::boot::bootinfo();
+    let runtime = runtime_regions(&info);
     for region in info.memory_map().iter().filter(|r| r.kind() == MemoryKind::Reclaimable) {
-        // SAFETY: Reclaimable regions are RAM no one uses any more (see above).
-        if let Err(e) = unsafe { frames.add_range(region.start, region.end()) } {
-            crate::kwarn!("cannot reclaim {:#x}..{:#x}: {e:?}", region.start, region.end());
-        }
+        efivar::outside_runtime(region.start, region.end(), runtime, |start, end| {
+            // SAFETY: Reclaimable regions are RAM no one uses any more (see
+            // above); the parts the firmware's runtime services use are cut out.
+            if let Err(e) = unsafe { frames.add_range(start, end) } {
+                crate::kwarn!("cannot reclaim {:#x}..{:#x}: {e:?}", start, end);
+            }
+        });
     }
 }
 

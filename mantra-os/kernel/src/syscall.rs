@@ -13,10 +13,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mantra_abi::{
-    encode, interrupt, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
+    encode, fwvar, interrupt, map, nr, rights, CallArgs, Error, Handle, HandleInfo, PortPacket, Priority, ReadSizes, MAX_MESSAGE_BYTES,
     MAX_MESSAGE_HANDLES, SHORT_MESSAGE_BYTES, SHORT_NO_REPLY,
 };
 use mantra_kernel::cap::Capability;
+use mantra_kernel::efivar;
 use mantra_kernel::irq::LineMode;
 
 use crate::arch::x86_64::TrapFrame;
@@ -167,6 +168,8 @@ fn handle(ctx: &Ctx, number: u64, a: Args) -> Result<u64, Error> {
         nr::INTERRUPT_TRIGGER => interrupt_trigger(ctx, a),
         nr::CONSOLE_READ => console_read(ctx, a),
         nr::CONSOLE_WRITE => console_write(ctx, a),
+        nr::FIRMWARE_VARIABLE_GET => firmware_variable_get(ctx, a),
+        nr::FIRMWARE_VARIABLE_SET => firmware_variable_set(ctx, a),
         _ => Err(Error::BadSyscall),
     }
 }
@@ -825,4 +828,74 @@ fn console_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
     }
     crate::console::write_lines(&bytes);
     Ok(0)
+}
+
+/// The firmware-variable resource behind `raw`, with `required` rights.
+fn fwvar_resource(ctx: &Ctx, raw: u64, required: u32) -> Result<(), Error> {
+    let resource = ctx.get(raw, required, extract!(Resource))?;
+    if resource.kind != ResourceKind::FirmwareVariables {
+        return Err(Error::WrongType);
+    }
+    Ok(())
+}
+
+/// A variable name from user memory: checked, then converted to UCS-2.
+fn variable_name(addr: u64, len: u64) -> Result<(efivar::Ucs2Name, [u8; fwvar::MAX_NAME_LEN], usize), Error> {
+    let len = usize::try_from(len).ok().filter(|n| (1..=fwvar::MAX_NAME_LEN).contains(n)).ok_or(Error::InvalidArgs)?;
+    let mut ascii = [0u8; fwvar::MAX_NAME_LEN];
+    UserSlice::<u8>::new(addr, len).read_into(&mut ascii[..len])?;
+    Ok((efivar::name_to_ucs2(&ascii[..len])?, ascii, len))
+}
+
+/// Largest value FIRMWARE_VARIABLE_GET reads in one call (the kernel's
+/// buffer); a bigger variable reads as BUFFER_TOO_SMALL.
+const MAX_VARIABLE_READ: usize = 64 * 1024;
+
+fn firmware_variable_get(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    fwvar_resource(ctx, a[0], rights::READ)?;
+    let (name, _, _) = variable_name(a[1], a[2])?;
+    let capacity = usize::try_from(a[4]).map_err(|_| Error::InvalidArgs)?;
+    let out = UserSlice::<u8>::new(a[3], capacity);
+    out.write_from(&[])?; // validate the buffer before calling the firmware
+    let info = (a[5] != 0).then(|| UserPtr::<fwvar::VariableInfo>::new(a[5]));
+    if let Some(info) = &info {
+        info.write(&fwvar::VariableInfo::default())?;
+    }
+    let mut buffer = Vec::new();
+    let size = capacity.min(MAX_VARIABLE_READ);
+    buffer.try_reserve_exact(size).map_err(|_| Error::NoMemory)?;
+    buffer.resize(size, 0u8);
+    let got = crate::efirt::get_variable(&name, &mut buffer).ok_or(Error::NotSupported)?;
+    let report = |size: usize, attributes: u32| -> Result<(), Error> {
+        let value = fwvar::VariableInfo { size: u32::try_from(size).unwrap_or(u32::MAX), attributes };
+        info.map_or(Ok(()), |info| info.write(&value))
+    };
+    match got.status {
+        efivar::status::SUCCESS if got.size <= buffer.len() => {
+            out.write_from(&buffer[..got.size])?;
+            report(got.size, got.attributes)?;
+            Ok(got.size as u64)
+        }
+        efivar::status::SUCCESS => Err(Error::IoError), // the firmware overran its own report
+        efivar::status::BUFFER_TOO_SMALL => {
+            report(got.size, 0)?;
+            Err(Error::BufferTooSmall)
+        }
+        other => Err(efivar::status_to_error(other)),
+    }
+}
+
+fn firmware_variable_set(ctx: &Ctx, a: Args) -> Result<u64, Error> {
+    fwvar_resource(ctx, a[0], rights::WRITE)?;
+    let (name, ascii, len) = variable_name(a[1], a[2])?;
+    let attributes = efivar::check_set_attributes(a[3])?;
+    let data_len = efivar::check_data_len(a[5])?;
+    if !efivar::user_may_write(&ascii[..len]) {
+        return Err(Error::AccessDenied);
+    }
+    let data = UserSlice::<u8>::new(a[4], data_len).read_vec()?;
+    match crate::efirt::set_variable(&name, attributes, &data).ok_or(Error::NotSupported)? {
+        efivar::status::SUCCESS => Ok(0),
+        other => Err(efivar::status_to_error(other)),
+    }
 }

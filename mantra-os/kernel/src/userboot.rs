@@ -152,6 +152,11 @@ pub fn start_init() -> Result<Arc<Process>, BootError> {
             Object::Console(crate::conio::object()),
             rights::READ | rights::WRITE | rights::WAIT | rights::DUPLICATE | rights::TRANSFER,
         ),
+        (
+            "fwvar",
+            Object::Resource(Arc::new(Resource::firmware_variables())),
+            rights::READ | rights::WRITE | rights::DUPLICATE | rights::TRANSFER,
+        ),
     ];
     if let Some(eventlog) = event_log_object()? {
         roots.push(("eventlog", Object::Vmo(eventlog), rights::READ | rights::MAP | rights::DUPLICATE | rights::TRANSFER));

@@ -7,9 +7,9 @@ use core::mem::size_of;
 use mantra_boot::layout::table_frames_needed;
 use mantra_boot::memmap;
 use mantra_boot::paging::{Access, FrameSource, PageTables};
-use mantra_bootinfo::{encode, encoded_size, Fixed, Framebuffer, KernelSegment, MemoryRegion};
+use mantra_bootinfo::{encode, encoded_size, Fixed, Framebuffer, KernelSegment, MemoryRegion, RuntimeRegion};
 use uefi::boot::{self, AllocateType, MemoryType};
-use uefi::mem::memory_map::MemoryMap;
+use uefi::mem::memory_map::{MemoryMap, MemoryMapMut};
 
 use super::console;
 use super::fail::{self, Fatal};
@@ -94,34 +94,38 @@ pub fn build_page_tables(identity_end: u64, kernel: &LoadedKernel, nx: bool) -> 
 pub struct Buffers {
     /// Room for the converted memory map, `capacity` regions (loader data).
     scratch: &'static mut [MemoryRegion],
+    /// Room for the runtime regions, `capacity` of them (loader data).
+    runtime: &'static mut [RuntimeRegion],
     /// The BootInfo blob (boot data: the kernel keeps it).
     bootinfo: &'static mut [u8],
+}
+
+/// `count` zeroed elements of plain data `T` in fresh loader-data pages.
+fn zeroed_pages<T>(count: usize, what: &str) -> Result<&'static mut [T], Fatal> {
+    let pages = (count * size_of::<T>()).div_ceil(4096).max(1);
+    let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).map_err(|e| {
+        Fatal::new(format!("cannot allocate {pages} pages for {what}: {}", e.status()), "give the machine more memory")
+    })?;
+    // SAFETY: a fresh, page-aligned allocation big enough for `count`
+    // elements; T is plain data (MemoryRegion, RuntimeRegion) for which
+    // all-zero bytes are a valid value.
+    Ok(unsafe {
+        core::ptr::write_bytes(ptr.as_ptr(), 0, pages * 4096);
+        core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<T>(), count)
+    })
 }
 
 impl Buffers {
     /// `event_log`: the most bytes of TCG event log the blob must hold.
     pub fn allocate(capacity: usize, segments: usize, cmdline: usize, event_log: usize) -> Result<Self, Fatal> {
-        let scratch_bytes = capacity * size_of::<MemoryRegion>();
-        let pages = scratch_bytes.div_ceil(4096);
-        let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType::LOADER_DATA, pages).map_err(|e| {
-            Fatal::new(
-                format!("cannot allocate {pages} pages for the memory map: {}", e.status()),
-                "give the machine more memory",
-            )
-        })?;
-        // SAFETY: a fresh, page-aligned allocation big enough for
-        // `capacity` regions; MemoryRegion is plain data, and every element
-        // is written before it is read (a zeroed region is also valid).
-        let scratch = unsafe {
-            core::ptr::write_bytes(ptr.as_ptr(), 0, pages * 4096);
-            core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<MemoryRegion>(), capacity)
-        };
-        let size = encoded_size(capacity, segments, cmdline, event_log);
+        let scratch = zeroed_pages::<MemoryRegion>(capacity, "the memory map")?;
+        let runtime = zeroed_pages::<RuntimeRegion>(capacity, "the runtime regions")?;
+        let size = encoded_size(capacity, segments, cmdline, event_log, capacity);
         let addr = platform::allocate(size as u64, "BootInfo")?;
         // SAFETY: a fresh, zeroed, page-aligned allocation of at least
         // `size` bytes that only this slice refers to.
         let bootinfo = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, size) };
-        Ok(Self { scratch, bootinfo })
+        Ok(Self { scratch, runtime, bootinfo })
     }
 }
 
@@ -155,9 +159,10 @@ pub fn enter_kernel(h: Handoff) -> ! {
     // SAFETY: every protocol we opened has been closed (the ESP and GOP
     // handles were scoped to their functions); the allocations the kernel
     // uses are pages of our own memory types; nothing below allocates.
-    let map = unsafe { boot::exit_boot_services(Some(MemoryType::LOADER_DATA)) };
+    let mut map = unsafe { boot::exit_boot_services(Some(MemoryType::LOADER_DATA)) };
 
-    let Buffers { scratch, bootinfo } = h.buffers;
+    let Buffers { scratch, runtime, bootinfo } = h.buffers;
+    let (runtime_count, runtime_services) = set_virtual_address_map(&mut map, runtime);
     let mut n = 0;
     for d in map.entries() {
         if n == scratch.len() {
@@ -188,8 +193,17 @@ pub fn enter_kernel(h: Handoff) -> ! {
         boot_stack_size: h.stack_size,
         boot_page_table: h.page_table,
         loader_exit_tsc: platform::rdtsc(),
+        efi_runtime_services: runtime_services,
     };
-    if let Err(e) = encode(bootinfo, &fixed, &scratch[..regions], &h.segments, &h.cmdline, event_log) {
+    if let Err(e) = encode(
+        bootinfo,
+        &fixed,
+        &scratch[..regions],
+        &h.segments,
+        &h.cmdline,
+        event_log,
+        &runtime[..runtime_count],
+    ) {
         fail::report(&format_args!("cannot encode BootInfo: {e}"), "please report this MantraBoot bug");
     }
     let stack_top = (h.stack_base + h.stack_size) & !0xf;
@@ -198,6 +212,66 @@ pub fn enter_kernel(h: Handoff) -> ! {
     // memory types that nothing else uses; boot services are gone, so
     // nothing else runs on this CPU.
     unsafe { jump(h.page_table, stack_top, h.entry, bootinfo.as_ptr() as u64) }
+}
+
+/// Gives every EFI_MEMORY_RUNTIME region of the final memory map the
+/// kernel's direct-map address and calls SetVirtualAddressMap, so the
+/// kernel can call runtime services (variables) on its own page tables.
+/// Returns the regions written to `out` and the physical address of the
+/// runtime services table, or 0 when the runtime services cannot be used
+/// (the console says why; the boot goes on without them).
+///
+/// Contract: boot services are gone, the firmware's identity map is still
+/// active (the firmware converts its pointers in physical mode), and this
+/// is called exactly once.
+fn set_virtual_address_map(map: &mut uefi::mem::memory_map::MemoryMapOwned, out: &mut [RuntimeRegion]) -> (usize, u64) {
+    let Some(system_table) = uefi::table::system_table_raw() else {
+        return (0, 0);
+    };
+    // SAFETY: the system table stays valid (runtime services data) after
+    // ExitBootServices; nothing else touches it now.
+    let rt = unsafe { system_table.as_ref() }.runtime_services;
+    if rt.is_null() {
+        say!("MantraBoot: the firmware has no runtime services table; firmware variables unavailable");
+        return (0, 0);
+    }
+    let mut count = 0;
+    let mut unreachable = 0;
+    for i in 0..map.len() {
+        let Some(d) = map.get_mut(i) else { break };
+        if !d.att.contains(uefi::boot::MemoryAttribute::RUNTIME) {
+            continue;
+        }
+        match memmap::runtime_region(d.phys_start, d.page_count, d.ty.0, d.att.bits()) {
+            Some(region) if count < out.len() => {
+                d.virt_start = region.virt;
+                out[count] = region;
+                count += 1;
+            }
+            _ => unreachable += 1,
+        }
+    }
+    // Sorted by address (the kernel checks they are sorted and disjoint).
+    out[..count].sort_unstable_by_key(|r| r.phys);
+    if unreachable != 0 {
+        say!("MantraBoot: {unreachable} runtime regions cannot be mapped; firmware variables unavailable");
+        return (0, 0);
+    }
+    let meta = map.meta();
+    // SAFETY: the map buffer holds `meta.map_size` bytes of descriptors of
+    // `meta.desc_size` each, as the firmware wrote them at
+    // ExitBootServices (only VirtualStart of runtime descriptors changed);
+    // `rt` is the firmware's runtime services table; boot services are
+    // gone and the identity map is live, as SetVirtualAddressMap requires.
+    let status = unsafe {
+        let buffer = map.buffer_mut().as_mut_ptr().cast::<uefi::mem::memory_map::MemoryDescriptor>();
+        ((*rt).set_virtual_address_map)(meta.map_size, meta.desc_size, meta.desc_version, buffer)
+    };
+    if status != uefi::Status::SUCCESS {
+        say!("MantraBoot: SetVirtualAddressMap failed ({status}); firmware variables unavailable");
+        return (0, 0);
+    }
+    (count, rt as u64)
 }
 
 /// Sets EFER.NXE so the NX bits of our tables are valid (not reserved).

@@ -6,6 +6,8 @@
 //!   everyone);
 //! - [`supervisor`]: the restart policy — exponential backoff, the
 //!   crash-loop limit, and the console lines tests read;
+//! - [`confirm`]: the boot confirmation's variable layouts and the
+//!   `MantraSlots` update;
 //! - [`loader`]: the plan for loading an ELF program into a new address
 //!   space (which memory object goes where with which permissions).
 //!
@@ -16,6 +18,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod confirm;
 pub mod loader;
 pub mod manifest;
 pub mod order;

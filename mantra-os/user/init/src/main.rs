@@ -1,12 +1,17 @@
 //! MantraInit: the first user process. The kernel starts it with `self`,
-//! `space`, `bootfs`, `log`, `klog`, `irq`, `console` and, with a TPM,
-//! `eventlog` and `tpm` (contract/USERLAND.md). It reads
+//! `space`, `bootfs`, `log`, `klog`, `irq`, `console`, `fwvar` and, with a
+//! TPM, `eventlog` and `tpm` (contract/USERLAND.md). It reads
 //! `init.manifest` from the boot filesystem, starts the services in
 //! dependency order (the log server first), giving each exactly the
 //! capabilities its manifest line grants, and supervises them: a port
 //! collects TERMINATED of every service process and the restart timer's
 //! TIMER_FIRED; a crashed service is restarted after an exponential backoff
 //! until it crashes too often (crash loop), and the others keep running.
+//!
+//! Boot confirmation (docs/boot-state.md): once every service that counts
+//! is healthy (supervisor::Health), init confirms the boot through `fwvar`:
+//! a pending A/B slot becomes active in `MantraSlots`. A failed service
+//! means no confirmation, so MantraBoot falls back after the slot's tries.
 //!
 //! Logging: until MantraLogd runs, init writes to the kernel log (`log`);
 //! afterwards through its own log channel to MantraLogd, and back to the
@@ -26,7 +31,8 @@ use mantra_bootinfo::bootfs::{BootFs, HEADER_SIZE};
 use mantra_init::loader::{self, STACK_SIZE, STACK_TOP};
 use mantra_init::manifest::{self, Manifest, ServiceSpec};
 use mantra_init::order;
-use mantra_init::supervisor::{self, Outcome, State, Supervisor};
+use mantra_init::confirm::{self, BootCurrent};
+use mantra_init::supervisor::{self, Health, Outcome, State, Supervisor};
 use mantra_rt::exit::ExitStatus;
 use mantra_rt::log::control;
 use mantra_rt::startup::StartupBuilder;
@@ -41,6 +47,8 @@ const MANIFEST_FILE: &str = "init.manifest";
 
 /// Port keys: the restart timer, and one per service (`KEY_SERVICE | index`).
 const KEY_TIMER: u64 = 1;
+/// The boot confirmation's timer (a settle time ends).
+const KEY_CONFIRM: u64 = 2;
 const KEY_SERVICE: u64 = 1 << 32;
 
 /// A running service instance: everything init holds for it. Dropping it
@@ -92,6 +100,15 @@ struct Init {
     console: Option<OwnedHandle>,
     eventlog: Option<OwnedHandle>,
     tpm: Option<OwnedHandle>,
+    /// The firmware-variable resource (boot confirmation; services granted `fwvar`).
+    fwvar: Option<OwnedHandle>,
+    /// The boot confirmation is still to be decided.
+    confirm_pending: bool,
+    /// When to look at the services' health again (settle times), on
+    /// `confirm_timer`; whether a wait for it is queued on the port.
+    confirm_at: Option<u64>,
+    confirm_timer: Timer,
+    confirm_armed: bool,
 }
 
 fn main(mut startup: Startup) -> Result<(), Error> {
@@ -114,6 +131,7 @@ fn main(mut startup: Startup) -> Result<(), Error> {
 
     let port = Port::create(&me)?;
     let timer = Timer::create(&me)?;
+    let confirm_timer = Timer::create(&me)?;
     let count = manifest.services.len();
     let mut init = Init {
         me,
@@ -132,6 +150,11 @@ fn main(mut startup: Startup) -> Result<(), Error> {
         console: startup.take("console"),
         eventlog: startup.take("eventlog"),
         tpm: startup.take("tpm"),
+        fwvar: startup.take("fwvar"),
+        confirm_pending: true,
+        confirm_at: None,
+        confirm_timer,
+        confirm_armed: false,
     };
     init.start_all();
     init.supervise()
@@ -159,6 +182,14 @@ fn load_manifest(bootfs: &[u8]) -> Result<Manifest, String> {
 fn dup_subset(handle: Handle, wanted: u32) -> Result<OwnedHandle, Error> {
     let have = mantra_rt::sys::handle_info(handle)?.rights;
     mantra_rt::sys::handle_duplicate(handle, have & wanted).map(OwnedHandle::from_raw)
+}
+
+/// Why the boot was not confirmed.
+enum Skip {
+    /// Nothing to confirm with (no runtime services, no A/B record).
+    Skipped(String),
+    /// Something is wrong: the slot stays pending.
+    NotConfirmed(String),
 }
 
 /// Why a start failed: worth retrying (a syscall failed) or not (the
@@ -205,7 +236,7 @@ impl Init {
             Ok((running, koid)) => {
                 info!("{}", supervisor::started_line(&spec.name, koid));
                 self.running[index] = Some(running);
-                self.supervisor.started(index);
+                self.supervisor.started(index, mantra_rt::time::now());
                 if spec.is_log_server() {
                     self.log_server_started();
                 }
@@ -322,6 +353,11 @@ impl Init {
                         message.handle(cap, dup_subset(held.raw(), wanted)?).map_err(bad)?;
                     }
                 }
+                "fwvar" => {
+                    let fwvar = self.fwvar.as_ref().ok_or(Error::BadHandle)?;
+                    let wanted = rights::READ | rights::WRITE | rights::DUPLICATE | rights::TRANSFER;
+                    message.handle("fwvar", dup_subset(fwvar.raw(), wanted)?).map_err(bad)?;
+                }
                 "logctl" => {
                     let (ours, server) = Channel::create(&self.me)?;
                     self.logs.control = Some(ours);
@@ -420,6 +456,7 @@ impl Init {
     fn supervise(&mut self) -> ! {
         let mut packets = [PortPacket::default(); 16];
         loop {
+            self.check_confirmation();
             let deadline = self.supervisor.next_deadline().unwrap_or(NO_DEADLINE);
             let count = match mantra_rt::sys::port_wait(self.port.raw(), deadline, &mut packets) {
                 Ok(n) => n.min(packets.len()),
@@ -431,7 +468,11 @@ impl Init {
                 }
             };
             for packet in packets[..count].iter().copied() {
-                if packet.key == KEY_TIMER {
+                if packet.key == KEY_CONFIRM {
+                    // A settle time ended; check_confirmation looks again.
+                    self.confirm_at = None;
+                    self.confirm_armed = false;
+                } else if packet.key == KEY_TIMER {
                     // The timer fired (and is disarmed); the wait is used up.
                     self.timer_deadline = None;
                     self.timer_armed = false;
@@ -441,6 +482,80 @@ impl Init {
             }
             self.restart_due();
         }
+    }
+
+    /// Decides the boot confirmation once the services' health allows:
+    /// confirms when all that count are healthy, refuses when one failed,
+    /// else notes when to look again.
+    fn check_confirmation(&mut self) {
+        if !self.confirm_pending {
+            return;
+        }
+        let now = mantra_rt::time::now();
+        match self.supervisor.health(now) {
+            Health::Waiting { until } => {
+                if until.is_some() && until != self.confirm_at {
+                    let at = until.unwrap_or(NO_DEADLINE);
+                    if self.confirm_timer.set(at).is_ok() {
+                        self.confirm_at = until;
+                    }
+                }
+                if self.confirm_at.is_some() && !self.confirm_armed {
+                    self.confirm_armed =
+                        self.confirm_timer.wait_async(&self.port, KEY_CONFIRM, signals::TIMER_FIRED).is_ok();
+                }
+            }
+            Health::Failed { service } => {
+                self.confirm_pending = false;
+                let _ = self.confirm_timer.cancel();
+                error!("init: boot not confirmed: service {} failed", self.manifest.services[service].name);
+            }
+            Health::Healthy => {
+                self.confirm_pending = false;
+                let _ = self.confirm_timer.cancel();
+                info!("init: all services healthy ({} ms since boot)", now / 1_000_000);
+                match self.confirm_boot() {
+                    Ok(line) => info!("{line}"),
+                    Err(Skip::Skipped(why)) => info!("init: boot confirmation skipped: {why}"),
+                    Err(Skip::NotConfirmed(why)) => error!("init: boot not confirmed: {why}"),
+                }
+            }
+        }
+    }
+
+    /// docs/boot-state.md "Boot confirmation": reads MantraBootCurrent and,
+    /// for a pending slot, marks it active and preferred in MantraSlots.
+    /// Returns the console line.
+    fn confirm_boot(&self) -> Result<String, Skip> {
+        use mantra_abi::fwvar::ATTRS_NV;
+        use mantra_rt::sys::{firmware_variable_get, firmware_variable_set};
+        let fwvar = self.fwvar.as_ref().ok_or(Skip::Skipped("no fwvar capability".into()))?.raw();
+        let mut bytes = [0u8; confirm::BOOT_CURRENT_SIZE + 8];
+        let current: BootCurrent = match firmware_variable_get(fwvar, confirm::BOOT_CURRENT, &mut bytes, None) {
+            Ok(n) => confirm::parse_boot_current(&bytes[..n]).map_err(Skip::NotConfirmed)?,
+            Err(Error::NotSupported) => return Err(Skip::Skipped("no UEFI runtime services".into())),
+            Err(Error::NotFound) => {
+                return Err(Skip::Skipped(format!(
+                    "no {} variable (MantraBoot did not record an A/B slot)",
+                    confirm::BOOT_CURRENT
+                )))
+            }
+            Err(e) => return Err(Skip::NotConfirmed(format!("reading {}: {}", confirm::BOOT_CURRENT, e.name()))),
+        };
+        let slot = confirm::slot_name(current.slot);
+        if current.state != confirm::STATE_PENDING {
+            return Ok(format!(
+                "init: boot healthy: slot {slot} is already active (security counter {}); nothing to confirm",
+                current.security_counter
+            ));
+        }
+        let mut slots = [0u8; confirm::SLOTS_SIZE + 8];
+        let n = firmware_variable_get(fwvar, confirm::SLOTS, &mut slots, None)
+            .map_err(|e| Skip::NotConfirmed(format!("reading {}: {}", confirm::SLOTS, e.name())))?;
+        let updated = confirm::confirm_slots(&slots[..n], &current).map_err(|e| Skip::NotConfirmed(format!("{e}")))?;
+        firmware_variable_set(fwvar, confirm::SLOTS, ATTRS_NV, &updated)
+            .map_err(|e| Skip::NotConfirmed(format!("writing {}: {}", confirm::SLOTS, e.name())))?;
+        Ok(confirm::confirmed_line(&current))
     }
 
     fn service_signalled(&mut self, index: usize, observed: u32) {

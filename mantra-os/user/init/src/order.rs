@@ -96,6 +96,7 @@ mod tests {
             after: after.iter().map(|s| s.to_string()).collect(),
             caps: caps.iter().map(|s| s.to_string()).collect(),
             args: Vec::new(),
+            confirm: true,
         }
     }
 

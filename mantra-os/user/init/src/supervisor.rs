@@ -12,6 +12,14 @@
 //! - The `crash_limit`-th crash within the window marks the service
 //!   *failed*: it is not restarted again, and the others keep running.
 //!
+//! - Health, for the boot confirmation ([`Supervisor::health`]): a service
+//!   counts unless its manifest line says `confirm=no`. It is *healthy*
+//!   when it has run for `confirm_settle_ms` since its last start without
+//!   exiting, or when it exited with code 0 and its restart policy keeps it
+//!   down (`on-failure`, `never`: it did its job). It is *failed* when
+//!   init gave up on it (crash loop, program missing) or it stopped after
+//!   a crash. The boot is healthy when every counted service is healthy.
+//!
 //! Times are nanoseconds of the monotonic clock (CLOCK_GET).
 
 use alloc::format;
@@ -57,6 +65,22 @@ struct Tracked {
     crashes: Vec<u64>,
     restarts: u32,
     state: State,
+    /// When it was last started.
+    since: u64,
+    /// It stopped (not restarted) after a clean exit.
+    clean_stop: bool,
+    /// It counts for the boot confirmation.
+    confirm: bool,
+}
+
+/// Whether the services that count are healthy (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not yet: ask again at `until` (None: only after the next exit or start).
+    Waiting { until: Option<u64> },
+    /// This service failed: the boot is not confirmed.
+    Failed { service: usize },
 }
 
 pub struct Supervisor {
@@ -68,7 +92,15 @@ impl Supervisor {
     pub fn new(policy: Policy, specs: &[ServiceSpec]) -> Self {
         let services = specs
             .iter()
-            .map(|s| Tracked { restart: s.restart, crashes: Vec::new(), restarts: 0, state: State::Idle })
+            .map(|s| Tracked {
+                restart: s.restart,
+                crashes: Vec::new(),
+                restarts: 0,
+                state: State::Idle,
+                since: 0,
+                clean_stop: false,
+                confirm: s.confirm,
+            })
             .collect();
         Self { policy, services }
     }
@@ -100,9 +132,38 @@ impl Supervisor {
             .min(self.policy.backoff_max_ms.max(self.policy.backoff_initial_ms))
     }
 
-    /// `service` is running now.
-    pub fn started(&mut self, service: usize) {
-        self.services[service].state = State::Running;
+    /// `service` is running since `now`.
+    pub fn started(&mut self, service: usize, now: u64) {
+        let tracked = &mut self.services[service];
+        tracked.state = State::Running;
+        tracked.since = now;
+    }
+
+    /// The health of the services that count, at `now`.
+    pub fn health(&self, now: u64) -> Health {
+        let settle = self.policy.confirm_settle_ms.saturating_mul(NS_PER_MS);
+        let mut until: Option<u64> = None;
+        let mut waiting = false;
+        for (i, t) in self.services.iter().enumerate().filter(|(_, t)| t.confirm) {
+            match t.state {
+                State::Failed => return Health::Failed { service: i },
+                State::Stopped if !t.clean_stop => return Health::Failed { service: i },
+                State::Stopped => {}
+                State::Running => {
+                    let at = t.since.saturating_add(settle);
+                    if at > now {
+                        waiting = true;
+                        until = Some(until.map_or(at, |u| u.min(at)));
+                    }
+                }
+                State::Idle | State::Waiting { .. } => waiting = true,
+            }
+        }
+        if waiting {
+            Health::Waiting { until }
+        } else {
+            Health::Healthy
+        }
     }
 
     /// `service` exited with `status` at `now`.
@@ -117,6 +178,7 @@ impl Supervisor {
             let tracked = &mut self.services[service];
             if !wants_restart {
                 tracked.state = State::Stopped;
+                tracked.clean_stop = true;
                 return Outcome::Stop;
             }
             let delay_ms = self.policy.backoff_initial_ms;
@@ -130,6 +192,7 @@ impl Supervisor {
         }
         if !wants_restart {
             self.services[service].state = State::Stopped;
+            self.services[service].clean_stop = false;
             return Outcome::Stop;
         }
         let delay_ms = self.backoff_ms(crashes);
@@ -231,11 +294,59 @@ mod tests {
             after: Vec::new(),
             caps: Vec::new(),
             args: Vec::new(),
+            confirm: true,
         }
     }
 
     fn policy() -> Policy {
-        Policy { crash_limit: 5, crash_window_ms: 10_000, backoff_initial_ms: 100, backoff_max_ms: 1_000 }
+        Policy { crash_limit: 5, crash_window_ms: 10_000, backoff_initial_ms: 100, backoff_max_ms: 1_000, confirm_settle_ms: 1_000 }
+    }
+
+    #[test]
+    fn health_waits_for_the_settle_time_and_ignores_excluded_services() {
+        let mut crashy = spec("crashy", Restart::Always);
+        crashy.confirm = false;
+        let specs = [spec("logd", Restart::Always), spec("demo", Restart::OnFailure), crashy];
+        let mut sup = Supervisor::new(policy(), &specs);
+        assert_eq!(sup.health(0), Health::Waiting { until: None }, "nothing started yet");
+        sup.started(0, 0);
+        sup.started(1, 10 * MS);
+        sup.started(2, 10 * MS);
+        assert_eq!(sup.health(500 * MS), Health::Waiting { until: Some(1_000 * MS) });
+        assert_eq!(sup.health(1_000 * MS), Health::Waiting { until: Some(1_010 * MS) });
+        // demo exits cleanly and stays down (on-failure): that is healthy.
+        assert_eq!(sup.exited(1, ExitStatus::Code(0), 900 * MS), Outcome::Stop);
+        // crashy crashes until it is failed: it does not count.
+        for k in 0..5 {
+            sup.started(2, (20 + k) * MS);
+            sup.exited(2, FAULT, (20 + k) * MS);
+        }
+        assert_eq!(sup.state(2), State::Failed);
+        assert_eq!(sup.health(1_000 * MS), Health::Healthy);
+        // logd crashes and is restarted: it must settle again.
+        assert!(matches!(sup.exited(0, FAULT, 1_100 * MS), Outcome::Restart { .. }));
+        assert_eq!(sup.health(1_150 * MS), Health::Waiting { until: None });
+        sup.take_due(2_000 * MS);
+        sup.started(0, 2_000 * MS);
+        assert_eq!(sup.health(2_500 * MS), Health::Waiting { until: Some(3_000 * MS) });
+        assert_eq!(sup.health(3_000 * MS), Health::Healthy);
+    }
+
+    #[test]
+    fn a_failed_or_crashed_and_stopped_service_fails_the_health_check() {
+        let specs = [spec("a", Restart::Always), spec("n", Restart::Never)];
+        let mut sup = Supervisor::new(Policy { crash_limit: 2, ..policy() }, &specs);
+        sup.started(0, 0);
+        sup.started(1, 0);
+        sup.exited(1, ExitStatus::Code(3), 5 * MS);
+        assert_eq!(sup.health(10_000 * MS), Health::Failed { service: 1 });
+        let mut sup = Supervisor::new(Policy { crash_limit: 2, ..policy() }, &specs);
+        sup.started(1, 0);
+        sup.started(0, 0);
+        sup.exited(0, FAULT, 1);
+        sup.started(0, 2);
+        assert_eq!(sup.exited(0, FAULT, 3), Outcome::Failed { crashes: 2 });
+        assert_eq!(sup.health(10_000 * MS), Health::Failed { service: 0 });
     }
 
     const FAULT: ExitStatus = ExitStatus::Fault { vector: 14 };
@@ -246,7 +357,7 @@ mod tests {
         let mut now = 0;
         let mut delays = vec![];
         for _ in 0..4 {
-            sup.started(0);
+            sup.started(0, now);
             match sup.exited(0, FAULT, now) {
                 Outcome::Restart { delay_ms, crash: Some(_) } => delays.push(delay_ms),
                 other => panic!("unexpected {other:?}"),
@@ -257,7 +368,7 @@ mod tests {
         }
         assert_eq!(delays, [100, 200, 400, 800]);
         assert_eq!(sup.restarts(0), 4);
-        sup.started(0);
+        sup.started(0, now);
         assert_eq!(sup.exited(0, FAULT, now), Outcome::Failed { crashes: 5 });
         assert_eq!(sup.state(0), State::Failed);
         assert_eq!(sup.next_deadline(), None);
@@ -268,7 +379,7 @@ mod tests {
     fn crashes_outside_the_window_are_forgotten() {
         let mut sup = Supervisor::new(policy(), &[spec("flaky", Restart::Always)]);
         for round in 0..20u64 {
-            sup.started(0);
+            sup.started(0, round * 6_000 * MS);
             // One crash every 6 s: never more than 2 in a 10 s window.
             let outcome = sup.exited(0, ExitStatus::Code(3), round * 6_000 * MS);
             let expected_crash = if round == 0 { 1 } else { 2 };
@@ -283,14 +394,14 @@ mod tests {
         let specs = [spec("a", Restart::Always), spec("f", Restart::OnFailure), spec("n", Restart::Never)];
         let mut sup = Supervisor::new(policy(), &specs);
         for i in 0..3 {
-            sup.started(i);
+            sup.started(i, 0);
         }
         assert_eq!(sup.exited(0, ExitStatus::Code(0), 0), Outcome::Restart { delay_ms: 100, crash: None });
         assert_eq!(sup.exited(1, ExitStatus::Code(0), 0), Outcome::Stop);
         assert_eq!(sup.state(1), State::Stopped);
         assert_eq!(sup.exited(2, FAULT, 0), Outcome::Stop);
         assert_eq!(sup.crashes(2), 1);
-        sup.started(1);
+        sup.started(1, 0);
         assert_eq!(sup.exited(1, ExitStatus::Code(1), 0), Outcome::Restart { delay_ms: 100, crash: Some(1) });
         // Clean exits never count as crashes.
         assert_eq!(sup.crashes(0), 0);

@@ -469,6 +469,34 @@ pub fn interrupt_trigger(interrupt: Handle) -> Result<(), Error> {
     unit(call(nr::INTERRUPT_TRIGGER, [h(interrupt), 0, 0, 0, 0, 0]))
 }
 
+/// `FIRMWARE_VARIABLE_GET`: reads the firmware variable `name` (printable
+/// ASCII, MantraOS vendor GUID) into `buffer` through the firmware-variable
+/// resource `fwvar`; returns its size and attributes. On
+/// `BufferTooSmall`, `info.size` (when given) holds the size needed.
+pub fn firmware_variable_get(
+    fwvar: Handle,
+    name: &str,
+    buffer: &mut [u8],
+    info: Option<&mut mantra_abi::fwvar::VariableInfo>,
+) -> Result<usize, Error> {
+    let info = info.map_or(0, |i| i as *mut mantra_abi::fwvar::VariableInfo as u64);
+    call(
+        nr::FIRMWARE_VARIABLE_GET,
+        [h(fwvar), name.as_ptr() as u64, name.len() as u64, buffer.as_mut_ptr() as u64, buffer.len() as u64, info],
+    )
+    .map(|n| n as usize)
+}
+
+/// `FIRMWARE_VARIABLE_SET`: writes the firmware variable `name` with
+/// `attributes` (`fwvar::ATTRS_NV` or `fwvar::ATTRS_VOLATILE`); empty
+/// `data` deletes it.
+pub fn firmware_variable_set(fwvar: Handle, name: &str, attributes: u32, data: &[u8]) -> Result<(), Error> {
+    unit(call(
+        nr::FIRMWARE_VARIABLE_SET,
+        [h(fwvar), name.as_ptr() as u64, name.len() as u64, u64::from(attributes), data.as_ptr() as u64, data.len() as u64],
+    ))
+}
+
 /// `CONSOLE_READ`: takes buffered console input into `buffer`; returns
 /// how many bytes (`ShouldWait` when none: wait for READABLE).
 pub fn console_read(console: Handle, buffer: &mut [u8]) -> Result<usize, Error> {
@@ -524,6 +552,8 @@ const WRAPPED: &[u64] = &[
     nr::INTERRUPT_TRIGGER,
     nr::CHANNEL_CALL_SHORT,
     nr::CHANNEL_REPLY_RECEIVE_SHORT,
+    nr::FIRMWARE_VARIABLE_GET,
+    nr::FIRMWARE_VARIABLE_SET,
     nr::CONSOLE_READ,
     nr::CONSOLE_WRITE,
 ];

@@ -14,7 +14,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use mantra_abi::{interrupt, map, nr, rights, signals, CallArgs, Error, Handle, HandleInfo, ObjectKind, PortPacket, ReadSizes};
+use mantra_abi::{fwvar, interrupt, map, nr, rights, signals, CallArgs, Error, Handle, HandleInfo, ObjectKind, PortPacket, ReadSizes};
 use mantra_rt::{info, sys, Startup};
 
 mantra_rt::main!(main);
@@ -382,6 +382,139 @@ fn console_object_checks() -> TestResult {
     }
     Ok(())
 }
+
+/// The firmware-variable resource (`fwvar`) from the startup message; 0 without it.
+static FWVAR_RESOURCE: AtomicU32 = AtomicU32::new(0);
+
+fn fwvar_resource() -> Result<Handle, String> {
+    let resource = Handle(FWVAR_RESOURCE.load(Ordering::Relaxed));
+    let info = ok("fwvar resource (manifests/utest grants `fwvar`)", sys::handle_info(resource))?;
+    if info.kind != ObjectKind::Resource as u32 {
+        return Err(format!("`fwvar` is of kind {}", info.kind));
+    }
+    Ok(resource)
+}
+
+fn fw_get(fwvar: Handle, name: &[u8], buffer: &mut [u8], info: &mut fwvar::VariableInfo) -> Result<u64, Error> {
+    let info = info as *mut fwvar::VariableInfo as u64;
+    raw(nr::FIRMWARE_VARIABLE_GET, [u64::from(fwvar.0), name.as_ptr() as u64, name.len() as u64, buffer.as_mut_ptr() as u64, buffer.len() as u64, info])
+}
+
+fn fw_set(fwvar: Handle, name: &[u8], attributes: u64, data: &[u8]) -> Result<u64, Error> {
+    raw(nr::FIRMWARE_VARIABLE_SET, [u64::from(fwvar.0), name.as_ptr() as u64, name.len() as u64, attributes, data.as_ptr() as u64, data.len() as u64])
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// FIRMWARE_VARIABLE_GET/_SET refuse every bad argument with the right
+/// error, before or after reaching the firmware; an NV variable
+/// round-trips (value, attributes, size on BUFFER_TOO_SMALL, delete).
+fn firmware_variables_refuse_bad_arguments() -> TestResult {
+    let fw = fwvar_resource()?;
+    let mut buffer = [0u8; 64];
+    let mut info = fwvar::VariableInfo::default();
+    let nv = u64::from(fwvar::ATTRS_NV);
+    let long = [b'x'; 65];
+    expect("empty name", fw_get(fw, b"", &mut buffer, &mut info), Error::InvalidArgs)?;
+    expect("65-character name", fw_get(fw, &long, &mut buffer, &mut info), Error::InvalidArgs)?;
+    expect("control character in the name", fw_get(fw, b"Mantra\x01", &mut buffer, &mut info), Error::InvalidArgs)?;
+    expect("non-ASCII name", fw_set(fw, "Mantr\u{e4}".as_bytes(), nv, b"x"), Error::InvalidArgs)?;
+    let f = u64::from(fw.0);
+    expect("name in the kernel", raw(nr::FIRMWARE_VARIABLE_GET, [f, KERNEL_ADDRESS, 8, buffer.as_mut_ptr() as u64, 64, 0]), Error::BadPointer)?;
+    expect("name length above 32 bits", raw(nr::FIRMWARE_VARIABLE_GET, [f, buffer.as_ptr() as u64, 1 << 40, 0, 0, 0]), Error::InvalidArgs)?;
+    let name = b"MantraUtestNoSuchVariable";
+    expect("buffer in the kernel", raw(nr::FIRMWARE_VARIABLE_GET, [f, name.as_ptr() as u64, name.len() as u64, KERNEL_ADDRESS, 64, 0]), Error::BadPointer)?;
+    expect("info in the kernel", raw(nr::FIRMWARE_VARIABLE_GET, [f, name.as_ptr() as u64, name.len() as u64, buffer.as_mut_ptr() as u64, 64, KERNEL_ADDRESS]), Error::BadPointer)?;
+    expect("overflowing buffer", raw(nr::FIRMWARE_VARIABLE_GET, [f, name.as_ptr() as u64, name.len() as u64, buffer.as_mut_ptr() as u64, u64::MAX, 0]), Error::BadPointer)?;
+    expect("a variable that does not exist", fw_get(fw, name, &mut buffer, &mut info), Error::NotFound)?;
+    for attributes in [0, 1, 2, 4, 3, 5, nv | 0x20, nv | 0x40, nv | 1 << 32, u64::MAX] {
+        expect(&format!("attributes {attributes:#x}"), fw_set(fw, b"MantraUtestVolatile", attributes, b"x"), Error::InvalidArgs)?;
+    }
+    expect("2049 bytes", fw_set(fw, b"MantraUtestVolatile", nv, &[0u8; 2049]), Error::InvalidArgs)?;
+    expect("data in the kernel", raw(nr::FIRMWARE_VARIABLE_SET, [f, name.as_ptr() as u64, name.len() as u64, nv, KERNEL_ADDRESS, 8]), Error::BadPointer)?;
+    for owned in fwvar::BOOT_OWNED {
+        expect(&format!("writing {owned}"), fw_set(fw, owned.as_bytes(), nv, &[0u8; 32]), Error::AccessDenied)?;
+    }
+    // Handles: wrong kind, missing rights.
+    let me = self_process();
+    expect("a process handle", fw_get(me, name, &mut buffer, &mut info), Error::WrongType)?;
+    let port = ok("port", sys::port_create(me))?;
+    expect("a port (READ, WRITE)", fw_get(port, name, &mut buffer, &mut info), Error::WrongType)?;
+    expect("set on a port", fw_set(port, b"MantraUtestVolatile", nv, b"x"), Error::WrongType)?;
+    ok("close", sys::handle_close(port))?;
+    let irq = Handle(IRQ_RESOURCE.load(Ordering::Relaxed));
+    expect("the interrupt resource (no READ)", fw_get(irq, name, &mut buffer, &mut info), Error::AccessDenied)?;
+    let read_only = ok("duplicate READ", sys::handle_duplicate(fw, rights::READ))?;
+    let write_only = ok("duplicate WRITE", sys::handle_duplicate(fw, rights::WRITE))?;
+    expect("set without WRITE", fw_set(read_only, b"MantraUtestVolatile", nv, b"x"), Error::AccessDenied)?;
+    expect("get without READ", fw_get(write_only, name, &mut buffer, &mut info), Error::AccessDenied)?;
+    expect("interrupt_create with fwvar (no CREATE)", raw(nr::INTERRUPT_CREATE, [f, 8, 0, 0, 0, 0]), Error::AccessDenied)?;
+
+    // UEFI makes volatile variables read-only after ExitBootServices: the
+    // firmware refuses to create one (INVALID_PARAMETER).
+    let volatile = u64::from(fwvar::ATTRS_VOLATILE);
+    expect("set a volatile variable at runtime", fw_set(fw, b"MantraUtestVolatile", volatile, b"x"), Error::InvalidArgs)?;
+    // An NV variable round-trips: value, attributes, size, delete.
+    let value = b"nv value 0123456789";
+    let scratch = b"MantraUtestScratch";
+    ok("set NV", fw_set(fw, scratch, nv, value))?;
+    let mut small = [0u8; 4];
+    expect("buffer too small", fw_get(fw, scratch, &mut small, &mut info), Error::BufferTooSmall)?;
+    if info.size as usize != value.len() {
+        return Err(format!("BUFFER_TOO_SMALL reported {} bytes needed, not {}", info.size, value.len()));
+    }
+    let n = ok("get NV", fw_get(fw, scratch, &mut buffer, &mut info))? as usize;
+    if &buffer[..n] != value || info.attributes != fwvar::ATTRS_NV || info.size as usize != n {
+        return Err(format!("read back {:?} with attributes {:#x}", &buffer[..n], info.attributes));
+    }
+    ok("delete", fw_set(fw, scratch, nv, b""))?;
+    expect("get after delete", fw_get(fw, scratch, &mut buffer, &mut info), Error::NotFound)?;
+    expect("delete twice", fw_set(fw, scratch, nv, b""), Error::NotFound)?;
+    for h in [read_only, write_only] {
+        ok("close", sys::handle_close(h))?;
+    }
+    Ok(())
+}
+
+/// Counts boots in the NV variable `MantraUtestBoots`: reads it (absent on
+/// a fresh variable store), writes the count + 1 and reads it back. It
+/// lives in the flash store QEMU backs with firmware-vars.fd, so the next
+/// boot of the same image reads the new count
+/// (tests/test_userland_fwvar.py boots twice). Also prints what one
+/// GetVariable and one SetVariable cost (rdtsc: guest instructions under
+/// `./mantra run --icount`).
+fn firmware_variable_persists() -> TestResult {
+    let fw = fwvar_resource()?;
+    let name = b"MantraUtestBoots";
+    let mut buffer = [0u8; 8];
+    let mut info = fwvar::VariableInfo::default();
+    let before = rdtsc();
+    let got = fw_get(fw, name, &mut buffer, &mut info);
+    let get_cost = rdtsc() - before;
+    let count = match got {
+        Ok(8) if info.attributes == fwvar::ATTRS_NV => u64::from_le_bytes(buffer),
+        Err(Error::NotFound) => 0,
+        other => return Err(format!("reading {}: {other:?} (attributes {:#x})", "MantraUtestBoots", info.attributes)),
+    };
+    let before = rdtsc();
+    ok("set NV", fw_set(fw, name, u64::from(fwvar::ATTRS_NV), &(count + 1).to_le_bytes()))?;
+    let set_cost = rdtsc() - before;
+    let before = rdtsc();
+    ok("read back", fw_get(fw, name, &mut buffer, &mut info))?;
+    let read_cost = rdtsc() - before;
+    if u64::from_le_bytes(buffer) != count + 1 {
+        return Err(format!("wrote {} but read back {}", count + 1, u64::from_le_bytes(buffer)));
+    }
+    info!("utest:   fwvar: MantraUtestBoots was {count}, now {}", count + 1);
+    info!(
+        "utest:   fwvar: FIRMWARE_VARIABLE_GET {get_cost} tsc ({}), {read_cost} tsc (8 bytes found); FIRMWARE_VARIABLE_SET (NV, 8 bytes) {set_cost} tsc",
+        if count == 0 { "not found" } else { "8 bytes found" }
+    );
+    Ok(())
+}
 /// The CMOS RTC's line (ISA IRQ 8; QEMU q35 does not move it).
 const RTC_GSI: u32 = 8;
 
@@ -608,6 +741,11 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
     if console != 0 {
         pool.push(u64::from(console));
     }
+    // Firmware variables: a read-only handle, so random calls reach the
+    // firmware's GetVariable but never write its flash.
+    if let Ok(fw) = fwvar_resource() {
+        pool.push(u64::from(ok("fwvar read-only", sys::handle_duplicate(fw, rights::READ))?.0));
+    }
     let mut scratch = alloc::vec![0u8; 256 * 1024];
     let scratch_ptr = scratch.as_mut_ptr() as u64;
     // Give up the address space: random VMAR_* calls must not be able to
@@ -658,6 +796,9 @@ fn fuzz(count: u64, seed: u64) -> Result<u64, String> {
         }
         if number == nr::PORT_WAIT && args[2] >= scratch_ptr && args[2] < scratch_ptr + 4096 {
             args[3] %= 64;
+        }
+        if number == nr::FIRMWARE_VARIABLE_GET && args[3] >= scratch_ptr && args[3] < scratch_ptr + 4096 {
+            args[4] %= 128 * 1024;
         }
         let result = raw(number, args);
         if let Err(e) = result {
@@ -933,6 +1074,9 @@ fn main(mut startup: Startup) -> i64 {
     if let Some(console) = startup.take("console") {
         CONSOLE.store(console.into_raw().0, Ordering::Relaxed);
     }
+    if let Some(resource) = startup.take("fwvar") {
+        FWVAR_RESOURCE.store(resource.into_raw().0, Ordering::Relaxed);
+    }
     let count: u64 = startup.arg_value("fuzz").and_then(|v| v.parse().ok()).unwrap_or(50_000);
     let seed: u64 = startup.arg_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5EED);
     let tests: &[(&str, fn() -> TestResult)] = &[
@@ -951,6 +1095,8 @@ fn main(mut startup: Startup) -> i64 {
         ("interrupt_ack_waits_for_room_on_the_port", interrupt_ack_waits_for_room_on_the_port),
         ("physical_interrupts_need_the_irq_resource", physical_interrupts_need_the_irq_resource),
         ("console_object_checks", console_object_checks),
+        ("firmware_variables_refuse_bad_arguments", firmware_variables_refuse_bad_arguments),
+        ("firmware_variable_persists", firmware_variable_persists),
         ("zero_capability_process", zero_capability_process),
         ("smp_message_exchange", smp_message_exchange),
     ];

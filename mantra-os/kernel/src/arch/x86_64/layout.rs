@@ -1,8 +1,9 @@
 //! MantraCore's x86_64 virtual address layout (higher half only; the lower
 //! half belongs to user address spaces).
 
-/// Direct map of all physical memory (RW, NX).
-pub const PHYS_MAP_BASE: u64 = 0xFFFF_8000_0000_0000;
+/// Direct map of all physical memory (RW, NX), and of the UEFI runtime
+/// regions at the addresses MantraBoot gave them (the shared constant).
+pub const PHYS_MAP_BASE: u64 = mantra_bootinfo::DIRECT_MAP_BASE;
 /// Kernel heap (RW, NX), grown page by page from the frame allocator.
 pub const HEAP_BASE: u64 = 0xFFFF_C000_0000_0000;
 /// Kernel stacks: one slot per stack; the stack sits at the top of its slot
@@ -10,6 +11,11 @@ pub const HEAP_BASE: u64 = 0xFFFF_C000_0000_0000;
 pub const STACKS_BASE: u64 = 0xFFFF_E000_0000_0000;
 pub const STACK_SLOT_SIZE: u64 = 1 << 20;
 pub const STACK_SLOTS: u64 = 4096;
+/// The stack UEFI runtime service calls run on (efirt): 2 MiB below the
+/// stack slots, with unmapped pages below it. Mapped at boot, before any
+/// user address space copies the kernel half.
+pub const FIRMWARE_STACK_TOP: u64 = STACKS_BASE - 2 * STACK_SLOT_SIZE;
+pub const FIRMWARE_STACK_PAGES: u64 = 32;
 // The kernel image is linked at 0xFFFF_FFFF_8000_0000 (x86_64.ld).
 
 pub const PAGE_SIZE: u64 = 4096;
