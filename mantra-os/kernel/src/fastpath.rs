@@ -52,6 +52,99 @@ fn short_words(frame: &TrapFrame) -> [u64; 4] {
     [frame.rdx, frame.r10, frame.r8, frame.r9]
 }
 
+/// The syscall entry of CHANNEL_CALL_SHORT and CHANNEL_REPLY_RECEIVE_SHORT
+/// (arch/x86_64/syscall.rs jumps here straight from the SYSCALL shim, with
+/// the full TrapFrame saved): the register fast path, else the general
+/// dispatcher. Returns to the shim, which returns to user mode, only when
+/// the general path ran.
+pub extern "C" fn syscall_short(frame: &mut TrapFrame) {
+    crate::syscall::COUNT.fetch_add(1, Ordering::Relaxed);
+    try_short(frame);
+    general(frame);
+}
+
+#[cold]
+#[inline(never)]
+fn general(frame: &mut TrapFrame) {
+    crate::syscall::dispatch_counted(frame);
+}
+
+/// The seL4-style fast path of the register calls: the message goes from
+/// the caller's registers into those of a receiver parked in a register
+/// receive on the peer, this CPU switches to it, and the caller parks as
+/// the receiver of the answer. Preconditions (else it returns, having
+/// changed nothing, and the general path runs the call with the same
+/// semantics): a message of at most SHORT_MESSAGE_BYTES (not
+/// SHORT_NO_REPLY), a channel handle with READ and WRITE, nothing queued
+/// either way, the peer open and unobserved, its first receiver parked in
+/// a register receive, of a live process, homed on this CPU and not of a
+/// lower class than the caller, with no queued thread outranking it.
+#[inline(always)]
+fn try_short(frame: &mut TrapFrame) {
+    let len = frame.rsi;
+    if len > SHORT_MESSAGE_BYTES as u64 {
+        return;
+    }
+    let Some(me) = sched::current() else { return };
+    let endpoint = me.process().handles.lock().get_checked(
+        crate::syscall::handle_arg(frame.rdi),
+        rights::READ | rights::WRITE,
+        |object: &Object| match object {
+            Object::Channel(endpoint) => Some(endpoint.clone()),
+            _ => None,
+        },
+    );
+    let Ok(endpoint) = endpoint else { return };
+    if me.process().is_dead() {
+        return;
+    }
+    let my_class = me.priority_class();
+    let endpoint_ptr = Arc::as_ptr(&endpoint);
+    // The caller's receive is in place before it is on the list: a sender
+    // on another CPU reads it as soon as it finds the thread there.
+    // SAFETY: `me` is the running thread.
+    let my_wait = unsafe { me.wait() };
+    *my_wait = Some(ReceiveWait::registers(endpoint));
+    // SAFETY: the Arc just moved into the caller's wait keeps the endpoint
+    // alive: nobody but this CPU touches that wait until the caller is on
+    // the endpoint's list, and then only once this CPU has left the
+    // caller's stack (its on_cpu flag), after the last use of `endpoint`.
+    let endpoint = unsafe { &*endpoint_ptr };
+    let target = endpoint.exchange_with_peer(me, |target| {
+        !target.process().is_dead() && sched::may_hand_off_class(my_class, target)
+    });
+    let target = match target {
+        Ok(target) => target,
+        Err(me) => {
+            // SAFETY: as above: still the running thread, not on any list.
+            drop(unsafe { me.wait() }.take());
+            return;
+        }
+    };
+    crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
+    // Committed: from here on this CPU runs `target`.
+    // SAFETY: we hold its on_cpu flag and took it off its wait list: only
+    // this CPU touches its wait.
+    let target_wait = unsafe { target.wait() }.take();
+    let target_frame = target.trap_frame();
+    let words = [frame.rdx, frame.r10, frame.r8, frame.r9];
+    sched::hand_off(target);
+    // SAFETY: the TrapFrame at the top of the kernel stack of the thread
+    // this CPU now runs (parked: the frame is all its stack holds), which
+    // nothing else references while it runs here.
+    let target_regs = unsafe { &mut *target_frame };
+    [target_regs.rdx, target_regs.r10, target_regs.r8, target_regs.r9] = words;
+    if len < SHORT_MESSAGE_BYTES as u64 {
+        clear_tail(target_regs, len as usize);
+    }
+    target_regs.rax = len;
+    drop(target_wait);
+    // SAFETY: `target` is this CPU's current thread now, its kernel stack
+    // holds only its TrapFrame (it was parked), and nothing here needs
+    // dropping: the thread left is released by finish_switch.
+    unsafe { context::enter_frame(target_frame) }
+}
+
 /// Runs a call/reply syscall through the fast path when it applies; never
 /// returns then. Returns (having changed nothing) when the general path
 /// must run the call.

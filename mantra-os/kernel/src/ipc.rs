@@ -209,6 +209,58 @@ impl Endpoint {
         state.receivers.pop_front()
     }
 
+    /// The short-message fast path's one step (fastpath.rs): under this
+    /// end's lock, and the peer's (taken only if free: never a wait, so no
+    /// lock order), takes the first receiver parked on the peer and parks
+    /// `me` (the running thread, its `wait` already in place) as a receiver
+    /// here. Applies only when nothing is queued either way, the peer is
+    /// open and unobserved, and the peer's first receiver is parked in a
+    /// register receive that `accept` approves (it runs with the
+    /// receiver's `on_cpu` flag held). Returns the receiver, its `on_cpu`
+    /// flag now held by the caller, who owns its wake-up; or gives `me`
+    /// back, having changed nothing.
+    #[inline(always)]
+    pub fn exchange_with_peer(
+        &self,
+        me: Arc<Thread>,
+        accept: impl FnOnce(&Thread) -> bool,
+    ) -> Result<Arc<Thread>, Arc<Thread>> {
+        let mut mine = self.state.lock();
+        if !mine.queue.is_empty() || mine.peer_closed {
+            return Err(me);
+        }
+        // SAFETY: the peer's allocation lives as long as our Weak to it
+        // (self is alive: the caller holds it). Its value is alive too:
+        // the peer's Drop first marks this end peer_closed under this
+        // end's lock, which we hold and under which peer_closed is false,
+        // so its fields are dropped only after we unlock.
+        let peer = unsafe { &*self.peer.as_ptr() };
+        let Some(mut theirs) = peer.state.try_lock() else { return Err(me) };
+        if !theirs.queue.is_empty() || peer.observed.load(Ordering::Acquire) {
+            return Err(me);
+        }
+        let Some(receiver) = theirs.receivers.front() else { return Err(me) };
+        if receiver.on_cpu.swap(true, Ordering::Acquire) {
+            return Err(me); // running, or its CPU is still switching away from it
+        }
+        // SAFETY: we hold its on_cpu flag and it is Blocked (checked first,
+        // and it stays so: only the holder of its on_cpu flag runs it).
+        let fits = receiver.state() == ThreadState::Blocked
+            && receiver.parked.load(Ordering::Acquire)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.registers)
+            && accept(receiver);
+        if !fits {
+            receiver.on_cpu.store(false, Ordering::Release);
+            return Err(me);
+        }
+        let Some(receiver) = theirs.receivers.pop_front() else { return Err(me) };
+        drop(theirs);
+        me.parked.store(true, Ordering::Release);
+        me.set_state(ThreadState::Blocked);
+        mine.receivers.push_back(me);
+        Ok(receiver)
+    }
+
     /// Gives back a receiver taken by `claim_parked_receiver` and not used:
     /// first in line again, or woken when a message came in meanwhile.
     pub fn return_receiver(&self, thread: Arc<Thread>) {

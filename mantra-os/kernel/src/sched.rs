@@ -316,10 +316,16 @@ pub fn park_current() {
 /// no queued thread outranks it.
 #[inline]
 pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
+    may_hand_off_class(current.priority_class(), target)
+}
+
+/// `may_hand_off` for a current thread of class `current_class`.
+#[inline(always)]
+pub fn may_hand_off_class(current_class: u32, target: &Thread) -> bool {
     let cpu = cpu();
     let home = target.affinity().or(target.last_cpu());
     let class = target.priority_class();
-    if home.is_some_and(|home| home != cpu) || class < current.priority_class() {
+    if home.is_some_and(|home| home != cpu) || class < current_class {
         return false;
     }
     // No queued class above the target's.

@@ -56,6 +56,12 @@ type Args = [u64; 6];
 /// Entry from the SYSCALL shim: RAX number, args RDI RSI RDX R10 R8 R9.
 pub fn dispatch(frame: &mut TrapFrame) {
     COUNT.fetch_add(1, Ordering::Relaxed);
+    dispatch_counted(frame);
+}
+
+/// `dispatch` of a syscall already counted in COUNT.
+#[inline(always)]
+pub fn dispatch_counted(frame: &mut TrapFrame) {
     if matches!(
         frame.rax,
         nr::CHANNEL_CALL | nr::CHANNEL_REPLY_RECEIVE | nr::CHANNEL_CALL_SHORT | nr::CHANNEL_REPLY_RECEIVE_SHORT
