@@ -85,7 +85,8 @@ fn try_short(frame: &mut TrapFrame) {
     if len > SHORT_MESSAGE_BYTES as u64 {
         return;
     }
-    let Some(me) = sched::current() else { return };
+    let cpu = sched::this_cpu();
+    let Some(me) = sched::current_on(cpu) else { return };
     let endpoint = me.process().handles.lock().get_checked(
         crate::syscall::handle_arg(frame.rdi),
         rights::READ | rights::WRITE,
@@ -110,10 +111,7 @@ fn try_short(frame: &mut TrapFrame) {
     // the endpoint's list, and then only once this CPU has left the
     // caller's stack (its on_cpu flag), after the last use of `endpoint`.
     let endpoint = unsafe { &*endpoint_ptr };
-    let target = endpoint.exchange_with_peer(me, |target| {
-        !target.process().is_dead() && sched::may_hand_off_class(my_class, target)
-    });
-    let target = match target {
+    let target = match endpoint.exchange_with_peer(me, cpu, my_class) {
         Ok(target) => target,
         Err(me) => {
             // SAFETY: as above: still the running thread, not on any list.
@@ -124,26 +122,52 @@ fn try_short(frame: &mut TrapFrame) {
     crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
     // Committed: from here on this CPU runs `target`.
     // SAFETY: we hold its on_cpu flag and took it off its wait list: only
-    // this CPU touches its wait.
-    let target_wait = unsafe { target.wait() }.take();
+    // this CPU touches its wait. Its receive completes here.
+    *unsafe { target.wait() } = None;
     let target_frame = target.trap_frame();
-    let words = [frame.rdx, frame.r10, frame.r8, frame.r9];
-    sched::hand_off(target);
+    let left = sched::hand_off(cpu, target);
     // SAFETY: the TrapFrame at the top of the kernel stack of the thread
     // this CPU now runs (parked: the frame is all its stack holds), which
-    // nothing else references while it runs here.
+    // nothing else references while it runs here (`frame`, the caller's,
+    // is another: still on this stack until enter_frame).
     let target_regs = unsafe { &mut *target_frame };
-    [target_regs.rdx, target_regs.r10, target_regs.r8, target_regs.r9] = words;
-    if len < SHORT_MESSAGE_BYTES as u64 {
-        clear_tail(target_regs, len as usize);
-    }
+    // The bytes past the message are zero: the receiver sees nothing of
+    // the sender's registers beyond it.
+    let mask = &WORD_MASKS[len as usize];
+    target_regs.rdx = frame.rdx & mask[0];
+    target_regs.r10 = frame.r10 & mask[1];
+    target_regs.r8 = frame.r8 & mask[2];
+    target_regs.r9 = frame.r9 & mask[3];
     target_regs.rax = len;
-    drop(target_wait);
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
-    // holds only its TrapFrame (it was parked), and nothing here needs
-    // dropping: the thread left is released by finish_switch.
-    unsafe { context::enter_frame(target_frame) }
+    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // thread whose stack this is (kept alive by the scheduler), and
+    // nothing here needs dropping.
+    unsafe { context::enter_frame(target_frame, left) }
 }
+
+/// `WORD_MASKS[len]`: the bits of the four message words that a message
+/// of `len` bytes (<= SHORT_MESSAGE_BYTES) covers.
+static WORD_MASKS: [[u64; 4]; SHORT_MESSAGE_BYTES + 1] = {
+    let mut masks = [[0u64; 4]; SHORT_MESSAGE_BYTES + 1];
+    let mut len = 0;
+    while len <= SHORT_MESSAGE_BYTES {
+        let mut word = 0;
+        while word < 4 {
+            let start = word * 8;
+            masks[len][word] = if len >= start + 8 {
+                u64::MAX
+            } else if len <= start {
+                0
+            } else {
+                (1u64 << ((len - start) * 8)) - 1
+            };
+            word += 1;
+        }
+        len += 1;
+    }
+    masks
+};
 
 /// Runs a call/reply syscall through the fast path when it applies; never
 /// returns then. Returns (having changed nothing) when the general path
@@ -220,14 +244,15 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
     drop((endpoint, peer, me));
     // Committed: from here on this CPU runs `target`.
-    sched::hand_off(target.clone());
+    let left = sched::hand_off(sched::this_cpu(), target.clone());
     let target_frame = target.trap_frame();
     deliver(&target, &message, target_frame);
     drop(target);
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
-    // holds only its TrapFrame (it was parked), and nothing here needs
-    // dropping: the thread left is released by finish_switch.
-    unsafe { context::enter_frame(target_frame) }
+    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // thread whose stack this is (kept alive by the scheduler), and
+    // nothing here needs dropping.
+    unsafe { context::enter_frame(target_frame, left) }
 }
 
 /// Hands `message` to `target` (running as `target`: its address space is

@@ -62,7 +62,64 @@ struct EndpointState {
     queue: VecDeque<Message>,
     peer_closed: bool,
     /// Threads blocked receiving on this endpoint (CHANNEL_RECEIVE/CALL).
-    receivers: VecDeque<Arc<Thread>>,
+    receivers: Receivers,
+}
+
+/// The receivers of an endpoint, oldest first. A call/reply endpoint has
+/// one receiver at a time (the server, or the caller waiting for its
+/// answer): the first sits in its own slot, so the IPC fast path's
+/// push and pop are a few instructions, not a ring-buffer update.
+#[derive(Default)]
+struct Receivers {
+    first: Option<Arc<Thread>>,
+    /// The others, in order; empty while `first` is None.
+    rest: VecDeque<Arc<Thread>>,
+}
+
+impl Receivers {
+    #[inline(always)]
+    fn front(&self) -> Option<&Arc<Thread>> {
+        self.first.as_ref()
+    }
+
+    #[inline(always)]
+    fn pop_front(&mut self) -> Option<Arc<Thread>> {
+        let first = self.first.take();
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+        }
+        first
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, thread: Arc<Thread>) {
+        if self.first.is_none() {
+            self.first = Some(thread);
+        } else {
+            self.rest.push_back(thread);
+        }
+    }
+
+    fn push_front(&mut self, thread: Arc<Thread>) {
+        if let Some(old) = self.first.replace(thread) {
+            self.rest.push_front(old);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<Thread>) -> bool) {
+        self.rest.retain(|t| keep(t));
+        if self.first.as_ref().is_some_and(|t| !keep(t)) {
+            self.first = self.rest.pop_front();
+        }
+    }
+
+    /// Takes every receiver, oldest first.
+    #[allow(clippy::type_complexity)]
+    fn take_all(
+        &mut self,
+    ) -> core::iter::Chain<core::option::IntoIter<Arc<Thread>>, alloc::collections::vec_deque::IntoIter<Arc<Thread>>> {
+        self.first.take().into_iter().chain(core::mem::take(&mut self.rest))
+    }
 }
 
 /// One end of a channel.
@@ -83,7 +140,7 @@ impl Endpoint {
         let make = |peer: Weak<Endpoint>| Endpoint {
             koid: next_koid(),
             peer,
-            state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: VecDeque::new() }),
+            state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: Receivers::default() }),
             signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
             observed: AtomicBool::new(false),
         };
@@ -212,19 +269,15 @@ impl Endpoint {
     /// The short-message fast path's one step (fastpath.rs): under this
     /// end's lock, and the peer's (taken only if free: never a wait, so no
     /// lock order), takes the first receiver parked on the peer and parks
-    /// `me` (the running thread, its `wait` already in place) as a receiver
-    /// here. Applies only when nothing is queued either way, the peer is
-    /// open and unobserved, and the peer's first receiver is parked in a
-    /// register receive that `accept` approves (it runs with the
-    /// receiver's `on_cpu` flag held). Returns the receiver, its `on_cpu`
-    /// flag now held by the caller, who owns its wake-up; or gives `me`
-    /// back, having changed nothing.
+    /// `me` (the running thread, of class `my_class`, its `wait` already in
+    /// place) as a receiver here (on CPU `cpu`, this one). Applies only when nothing is queued
+    /// either way, the peer is open and unobserved, and the peer's first
+    /// receiver is parked in a register receive, of a live process, and
+    /// may take this CPU from `me` (`sched::may_hand_off_class`). Returns
+    /// the receiver, its `on_cpu` flag now held by the caller, who owns its
+    /// wake-up; or gives `me` back, having changed nothing.
     #[inline(always)]
-    pub fn exchange_with_peer(
-        &self,
-        me: Arc<Thread>,
-        accept: impl FnOnce(&Thread) -> bool,
-    ) -> Result<Arc<Thread>, Arc<Thread>> {
+    pub fn exchange_with_peer(&self, me: Arc<Thread>, cpu: usize, my_class: u32) -> Result<Arc<Thread>, Arc<Thread>> {
         let mut mine = self.state.lock();
         if !mine.queue.is_empty() || mine.peer_closed {
             return Err(me);
@@ -243,12 +296,13 @@ impl Endpoint {
         if receiver.on_cpu.swap(true, Ordering::Acquire) {
             return Err(me); // running, or its CPU is still switching away from it
         }
-        // SAFETY: we hold its on_cpu flag and it is Blocked (checked first,
-        // and it stays so: only the holder of its on_cpu flag runs it).
+        // SAFETY (wait): we hold its on_cpu flag and it is Blocked (checked
+        // first, and it stays so: only the holder of its on_cpu flag runs it).
         let fits = receiver.state() == ThreadState::Blocked
             && receiver.parked.load(Ordering::Acquire)
             && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.registers)
-            && accept(receiver);
+            && !receiver.process().is_dead()
+            && sched::may_hand_off_class(cpu, my_class, receiver);
         if !fits {
             receiver.on_cpu.store(false, Ordering::Release);
             return Err(me);
@@ -286,7 +340,7 @@ impl Endpoint {
         let receivers = {
             let mut state = self.state.lock();
             state.peer_closed = true;
-            core::mem::take(&mut state.receivers)
+            state.receivers.take_all()
         };
         object::update(&self.signals, signals::WRITABLE, signals::PEER_CLOSED);
         for thread in receivers {

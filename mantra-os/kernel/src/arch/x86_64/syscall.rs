@@ -55,7 +55,7 @@ global_asm!(
     "3:",
     "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
     "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
-    "cld",
+    // (No CLD: SYSCALL cleared DF, see FMASK.)
     "mov rdi, rsp",
     "call {short}",
     "jmp mantra_trap_return",
