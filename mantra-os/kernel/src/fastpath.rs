@@ -1,14 +1,20 @@
-//! The IPC fast path (seL4's): CHANNEL_CALL, CHANNEL_REPLY_RECEIVE and their
-//! register forms (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT) with a
-//! small message and no handles, when a receiver is parked on the peer end,
-//! hand the message straight to the receiver (into its registers or its
-//! buffer) and switch to it on this CPU, parking the caller as the receiver
-//! of the answer. No queueing, no allocation, no trip through the run
-//! queue: the caller's kernel stack is abandoned (it holds nothing but its
-//! TrapFrame) and the receiver returns to user mode from its own TrapFrame.
+//! The IPC fast path (seL4's). The register calls (CHANNEL_CALL_SHORT,
+//! CHANNEL_REPLY_RECEIVE_SHORT) enter `syscall_short` straight from the
+//! SYSCALL shim: when a receiver is parked in a register receive on the
+//! peer end, the message goes from the caller's registers into the
+//! receiver's saved ones, this CPU switches to it, and the caller parks as
+//! the receiver of the answer, all in one step under the two endpoint
+//! locks (`Endpoint::exchange_with_peer`): no Arc of the endpoint or
+//! thread beyond the ones the wait lists keep, no queueing, no allocation,
+//! no trip through the run queue. CHANNEL_CALL and CHANNEL_REPLY_RECEIVE
+//! with a small message and no handles (`try_ipc`, from the dispatcher)
+//! do the same through the caller's and the receiver's buffers.
 //!
-//! Every check happens before anything changes; when one fails the call
-//! takes the general path (syscall.rs), which has the same semantics.
+//! Either way the caller's kernel stack is abandoned (it holds nothing but
+//! its TrapFrame) and the receiver returns to user mode from its own
+//! TrapFrame. Every check happens before anything changes; when one fails
+//! the call takes the general path (syscall.rs), which has the same
+//! semantics.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -17,7 +23,7 @@ use core::sync::atomic::Ordering;
 use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes, SHORT_MESSAGE_BYTES};
 
 use crate::arch::x86_64::{context, TrapFrame};
-use crate::ipc::{Message, ReceiveWait};
+use crate::ipc::{Message, ReceiveBuffers, ReceiveWait};
 use crate::object::Object;
 use crate::sched;
 use crate::task::Thread;
@@ -44,12 +50,6 @@ impl FastMessage {
         // SAFETY: as in `bytes`, through the unique borrow.
         unsafe { core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
     }
-}
-
-/// Short-message registers: the message (and, on return, the answer) is
-/// in RDX, R10, R8, R9, its length in RSI.
-fn short_words(frame: &TrapFrame) -> [u64; 4] {
-    [frame.rdx, frame.r10, frame.r8, frame.r9]
 }
 
 /// The syscall entry of CHANNEL_CALL_SHORT and CHANNEL_REPLY_RECEIVE_SHORT
@@ -119,7 +119,6 @@ fn try_short(frame: &mut TrapFrame) {
             return;
         }
     };
-    crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
     // Committed: from here on this CPU runs `target`.
     // SAFETY: we hold its on_cpu flag and took it off its wait list: only
     // this CPU touches its wait. Its receive completes here.
@@ -169,14 +168,12 @@ static WORD_MASKS: [[u64; 4]; SHORT_MESSAGE_BYTES + 1] = {
     masks
 };
 
-/// Runs a call/reply syscall through the fast path when it applies; never
-/// returns then. Returns (having changed nothing) when the general path
-/// must run the call.
+/// Runs CHANNEL_CALL / CHANNEL_REPLY_RECEIVE (buffers) through the fast
+/// path when it applies; never returns then. Returns (having changed
+/// nothing) when the general path must run the call.
 pub fn try_ipc(frame: &mut TrapFrame) {
-    let number = frame.rax;
-    let short = number == nr::CHANNEL_CALL_SHORT || number == nr::CHANNEL_REPLY_RECEIVE_SHORT;
     // CHANNEL_CALL's deadline (R10): the fast path never waits with one.
-    if number == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
+    if frame.rax == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
         return;
     }
     let Some(me) = sched::current() else { return };
@@ -189,26 +186,14 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         },
     );
     let Ok(endpoint) = endpoint else { return };
-    // The message, and where the caller's answer goes: its registers
-    // (None) or the read half of its CallArgs.
-    let (message, answer_buffers) = if short {
-        // SHORT_NO_REPLY and bad lengths take the general path.
-        if frame.rsi > SHORT_MESSAGE_BYTES as u64 {
-            return;
-        }
-        let [w0, w1, w2, w3] = short_words(frame);
-        (FastMessage { len: frame.rsi as usize, words: [w0, w1, w2, w3, 0, 0, 0, 0] }, None)
-    } else {
-        let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
-        if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
-            return;
-        }
-        let mut message = FastMessage { len: args.write_len as usize, words: [0; FAST_MESSAGE_BYTES / 8] };
-        if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
-            return;
-        }
-        (message, Some(args))
-    };
+    let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
+    if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
+        return;
+    }
+    let mut message = FastMessage { len: args.write_len as usize, words: [0; FAST_MESSAGE_BYTES / 8] };
+    if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
+        return;
+    }
     let Some(peer) = endpoint.peer() else { return };
     let Some(target) = peer.claim_parked_receiver(message.len) else { return };
     if target.process().is_dead() || !sched::may_hand_off(&me, &target) {
@@ -219,18 +204,10 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     // before it is on the list, and it is marked parked before any CPU can
     // switch to it: that waits for its on_cpu flag, dropped in enter_frame).
     // SAFETY: `me` is the running thread.
-    *unsafe { me.wait() } = Some(match answer_buffers {
-        None => ReceiveWait::registers(endpoint.clone()),
-        Some(args) => ReceiveWait {
-            endpoint: endpoint.clone(),
-            registers: false,
-            bytes: args.read_bytes,
-            capacity: args.read_capacity as usize,
-            handles: args.read_handles,
-            handle_capacity: args.read_handle_capacity as usize,
-            sizes: frame.rdx,
-            deadline: u64::MAX,
-        },
+    *unsafe { me.wait() } = Some(ReceiveWait {
+        endpoint: endpoint.clone(),
+        buffers: Some(ReceiveBuffers::of_call(&args, frame.rdx)),
+        deadline: u64::MAX,
     });
     me.parked.store(true, Ordering::Release);
     if !endpoint.park_receiver(&me) {
@@ -241,7 +218,6 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         peer.return_receiver(target);
         return;
     }
-    crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
     drop((endpoint, peer, me));
     // Committed: from here on this CPU runs `target`.
     let left = sched::hand_off(sched::this_cpu(), target.clone());
@@ -268,7 +244,7 @@ fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
     let frame = unsafe { &mut *frame };
     let result = match wait.as_ref() {
         // claim_parked_receiver checked the message fits the registers.
-        Some(w) if w.registers => {
+        Some(ReceiveWait { buffers: None, .. }) => {
             let [w0, w1, w2, w3, ..] = message.words;
             [frame.rdx, frame.r10, frame.r8, frame.r9] = [w0, w1, w2, w3];
             if message.len % 8 != 0 || message.len < SHORT_MESSAGE_BYTES {
@@ -276,13 +252,13 @@ fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
             }
             Ok(message.len as u64)
         }
-        Some(w) => {
+        Some(ReceiveWait { endpoint, buffers: Some(b), .. }) => {
             let sizes = ReadSizes { bytes: message.len as u32, handles: 0 };
-            let written = UserSlice::<u8>::new(w.bytes, w.capacity)
+            let written = UserSlice::<u8>::new(b.bytes, b.capacity)
                 .write_from(message.bytes())
-                .and_then(|()| UserPtr::<ReadSizes>::new(w.sizes).write(&sizes));
+                .and_then(|()| UserPtr::<ReadSizes>::new(b.sizes).write(&sizes));
             if written.is_err() {
-                w.endpoint.requeue_front(Message { bytes: message.bytes().to_vec(), handles: Vec::new() });
+                endpoint.requeue_front(Message { bytes: message.bytes().to_vec(), handles: Vec::new() });
             }
             written.map(|()| 0)
         }

@@ -23,32 +23,48 @@ use crate::task::{Thread, ThreadState};
 /// endpoint and the caller's buffers, as CHANNEL_RECEIVE took them.
 pub struct ReceiveWait {
     pub endpoint: Arc<Endpoint>,
-    /// A short-message receive: the message goes into the thread's
-    /// registers (at most SHORT_MESSAGE_BYTES, no handles), not its buffers.
-    pub registers: bool,
+    /// Where the message goes: the caller's buffers, or (None: a
+    /// short-message receive) its registers, at most SHORT_MESSAGE_BYTES
+    /// and no handles.
+    pub buffers: Option<ReceiveBuffers>,
+    /// ns of CLOCK_GET; u64::MAX: none.
+    pub deadline: u64,
+}
+
+/// The caller's buffers of a receive.
+pub struct ReceiveBuffers {
     pub bytes: u64,
     pub capacity: usize,
     pub handles: u64,
     pub handle_capacity: usize,
     /// User address of the ReadSizes to fill.
     pub sizes: u64,
-    /// ns of CLOCK_GET; u64::MAX: none.
-    pub deadline: u64,
+}
+
+impl ReceiveBuffers {
+    /// The read half of a CHANNEL_CALL / CHANNEL_REPLY_RECEIVE, with the
+    /// ReadSizes at `sizes`.
+    pub fn of_call(args: &mantra_abi::CallArgs, sizes: u64) -> Self {
+        Self {
+            bytes: args.read_bytes,
+            capacity: args.read_capacity as usize,
+            handles: args.read_handles,
+            handle_capacity: args.read_handle_capacity as usize,
+            sizes,
+        }
+    }
 }
 
 impl ReceiveWait {
     /// The receive of CHANNEL_CALL_SHORT / CHANNEL_REPLY_RECEIVE_SHORT.
+    #[inline(always)]
     pub fn registers(endpoint: Arc<Endpoint>) -> Self {
-        Self {
-            endpoint,
-            registers: true,
-            bytes: 0,
-            capacity: mantra_abi::SHORT_MESSAGE_BYTES,
-            handles: 0,
-            handle_capacity: 0,
-            sizes: 0,
-            deadline: u64::MAX,
-        }
+        Self { endpoint, buffers: None, deadline: u64::MAX }
+    }
+
+    /// Bytes the receive takes at most.
+    pub fn capacity(&self) -> usize {
+        self.buffers.as_ref().map_or(mantra_abi::SHORT_MESSAGE_BYTES, |b| b.capacity)
     }
 }
 
@@ -257,7 +273,7 @@ impl Endpoint {
         // SAFETY: we hold its on_cpu flag, and it is Blocked (checked first).
         let fits = receiver.state() == ThreadState::Blocked
             && receiver.parked.load(Ordering::Acquire)
-            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity >= len)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity() >= len)
             && !self.observed.load(Ordering::Acquire);
         if !fits {
             receiver.on_cpu.store(false, Ordering::Release);
@@ -300,7 +316,7 @@ impl Endpoint {
         // first, and it stays so: only the holder of its on_cpu flag runs it).
         let fits = receiver.state() == ThreadState::Blocked
             && receiver.parked.load(Ordering::Acquire)
-            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.registers)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.buffers.is_none())
             && !receiver.process().is_dead()
             && sched::may_hand_off_class(cpu, my_class, receiver);
         if !fits {

@@ -158,6 +158,9 @@ impl<T> CpuCell<T> {
 }
 
 /// What each CPU is running. `None` = the idle loop on the CPU's boot stack.
+/// One cache line each (and a power-of-two size: a slot's address is one
+/// shift from the CPU index).
+#[repr(align(64))]
 struct CpuSlot {
     current: CpuCell<Option<Arc<Thread>>>,
     /// Saved RSP of the idle context while a thread runs.
@@ -376,7 +379,10 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) -> *const AtomicBool {
     let flag = left.as_ref().map_or(core::ptr::null(), |t| &t.on_cpu as *const AtomicBool);
     // Dropping the thread released before is fine: this CPU left its
     // stack then.
-    slot.released.with(|r| *r = left);
+    let released = slot.released.with(|r| core::mem::replace(r, left));
+    if let Some(thread) = released {
+        drop(thread);
+    }
     SWITCHES.fetch_add(1, Ordering::Relaxed);
     flag
 }

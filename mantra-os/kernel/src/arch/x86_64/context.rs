@@ -82,11 +82,18 @@ extern "C" fn parked_resume(frame: &mut TrapFrame) {
 // the thread whose TrapFrame is at `frame` (top of its kernel stack), then
 // lets the thread just left go (clears the `on_cpu` flag at `on_cpu`: x86
 // stores have release semantics), and returns to user mode.
+// The frame is a thread's saved user state (a parked thread waits in a
+// syscall): the return is mantra_trap_return's, to user mode.
 global_asm!(
+    ".global mantra_enter_frame",
     "mantra_enter_frame:",
     "mov rsp, rdi",
     "mov byte ptr [rsi], 0",
-    "jmp mantra_trap_return",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+    "add rsp, 16",
+    "swapgs",
+    "iretq",
 );
 
 extern "C" {
@@ -176,10 +183,12 @@ pub unsafe fn prepare_parked_resume(stack_top: u64) -> u64 {
 ///
 /// # Safety
 /// `frame` must be the TrapFrame at the top of the kernel stack of this
-/// CPU's (new) current thread, which holds nothing else live; `on_cpu`
+/// CPU's (new) current thread, saved on an entry from user mode (it
+/// returns there), and the stack must hold nothing else live; `on_cpu`
 /// must be the flag of the thread whose stack this runs on, kept alive by
 /// the scheduler (its `released` slot); the caller must hold nothing that
 /// needs dropping (this never returns).
+#[inline(always)]
 pub unsafe fn enter_frame(frame: *mut TrapFrame, on_cpu: *const AtomicBool) -> ! {
     // SAFETY: guaranteed by the caller.
     unsafe { mantra_enter_frame(frame, on_cpu) }
