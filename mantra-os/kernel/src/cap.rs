@@ -90,6 +90,7 @@ impl CapNode {
     /// Whether no ancestor revoked its descendants since this node's path
     /// was derived: walks to the root (at most [`MAX_DERIVATION_DEPTH`]
     /// steps) comparing every recorded epoch with the parent's current one.
+    #[inline]
     pub fn is_valid(&self) -> bool {
         let mut node = self;
         while let Some(parent) = &node.parent {
@@ -170,11 +171,13 @@ impl<O> Capability<O> {
 
     /// Whether the capability is still live (not revoked through an
     /// ancestor). O(depth).
+    #[inline]
     pub fn is_valid(&self) -> bool {
         self.node.is_valid()
     }
 
     /// Whether the capability holds every right in `rights`.
+    #[inline]
     pub fn has_rights(&self, rights: u32) -> bool {
         self.rights & rights == rights
     }

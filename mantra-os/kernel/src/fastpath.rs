@@ -1,14 +1,20 @@
-//! The IPC fast path (seL4's): CHANNEL_CALL, CHANNEL_REPLY_RECEIVE and their
-//! register forms (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT) with a
-//! small message and no handles, when a receiver is parked on the peer end,
-//! hand the message straight to the receiver (into its registers or its
-//! buffer) and switch to it on this CPU, parking the caller as the receiver
-//! of the answer. No queueing, no allocation, no trip through the run
-//! queue: the caller's kernel stack is abandoned (it holds nothing but its
-//! TrapFrame) and the receiver returns to user mode from its own TrapFrame.
+//! The IPC fast path (seL4's). The register calls (CHANNEL_CALL_SHORT,
+//! CHANNEL_REPLY_RECEIVE_SHORT) enter `syscall_short` straight from the
+//! SYSCALL shim: when a receiver is parked in a register receive on the
+//! peer end, the message goes from the caller's registers into the
+//! receiver's saved ones, this CPU switches to it, and the caller parks as
+//! the receiver of the answer, all in one step under the two endpoint
+//! locks (`Endpoint::exchange_with_peer`): no Arc of the endpoint or
+//! thread beyond the ones the wait lists keep, no queueing, no allocation,
+//! no trip through the run queue. CHANNEL_CALL and CHANNEL_REPLY_RECEIVE
+//! with a small message and no handles (`try_ipc`, from the dispatcher)
+//! do the same through the caller's and the receiver's buffers.
 //!
-//! Every check happens before anything changes; when one fails the call
-//! takes the general path (syscall.rs), which has the same semantics.
+//! Either way the caller's kernel stack is abandoned (it holds nothing but
+//! its TrapFrame) and the receiver returns to user mode from its own
+//! TrapFrame. Every check happens before anything changes; when one fails
+//! the call takes the general path (syscall.rs), which has the same
+//! semantics.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -17,7 +23,7 @@ use core::sync::atomic::Ordering;
 use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes, SHORT_MESSAGE_BYTES};
 
 use crate::arch::x86_64::{context, TrapFrame};
-use crate::ipc::{Message, ReceiveWait};
+use crate::ipc::{Message, ReceiveBuffers, ReceiveWait};
 use crate::object::Object;
 use crate::sched;
 use crate::task::Thread;
@@ -46,20 +52,128 @@ impl FastMessage {
     }
 }
 
-/// Short-message registers: the message (and, on return, the answer) is
-/// in RDX, R10, R8, R9, its length in RSI.
-fn short_words(frame: &TrapFrame) -> [u64; 4] {
-    [frame.rdx, frame.r10, frame.r8, frame.r9]
+/// The syscall entry of CHANNEL_CALL_SHORT and CHANNEL_REPLY_RECEIVE_SHORT
+/// (arch/x86_64/syscall.rs jumps here straight from the SYSCALL shim, with
+/// the full TrapFrame saved): the register fast path, else the general
+/// dispatcher. Returns to the shim, which returns to user mode, only when
+/// the general path ran.
+pub extern "C" fn syscall_short(frame: &mut TrapFrame) {
+    crate::syscall::COUNT.fetch_add(1, Ordering::Relaxed);
+    try_short(frame);
+    general(frame);
 }
 
-/// Runs a call/reply syscall through the fast path when it applies; never
-/// returns then. Returns (having changed nothing) when the general path
-/// must run the call.
+#[cold]
+#[inline(never)]
+fn general(frame: &mut TrapFrame) {
+    crate::syscall::dispatch_counted(frame);
+}
+
+/// The seL4-style fast path of the register calls: the message goes from
+/// the caller's registers into those of a receiver parked in a register
+/// receive on the peer, this CPU switches to it, and the caller parks as
+/// the receiver of the answer. Preconditions (else it returns, having
+/// changed nothing, and the general path runs the call with the same
+/// semantics): a message of at most SHORT_MESSAGE_BYTES (not
+/// SHORT_NO_REPLY), a channel handle with READ and WRITE, nothing queued
+/// either way, the peer open and unobserved, its first receiver parked in
+/// a register receive, of a live process, homed on this CPU and not of a
+/// lower class than the caller, with no queued thread outranking it.
+#[inline(always)]
+fn try_short(frame: &mut TrapFrame) {
+    let len = frame.rsi;
+    if len > SHORT_MESSAGE_BYTES as u64 {
+        return;
+    }
+    let cpu = sched::this_cpu();
+    let Some(me) = sched::current_on(cpu) else { return };
+    let endpoint = me.process().handles.lock().get_checked(
+        crate::syscall::handle_arg(frame.rdi),
+        rights::READ | rights::WRITE,
+        |object: &Object| match object {
+            Object::Channel(endpoint) => Some(endpoint.clone()),
+            _ => None,
+        },
+    );
+    let Ok(endpoint) = endpoint else { return };
+    if me.process().is_dead() {
+        return;
+    }
+    let my_class = me.priority_class();
+    let endpoint_ptr = Arc::as_ptr(&endpoint);
+    // The caller's receive is in place before it is on the list: a sender
+    // on another CPU reads it as soon as it finds the thread there.
+    // SAFETY: `me` is the running thread.
+    let my_wait = unsafe { me.wait() };
+    *my_wait = Some(ReceiveWait::registers(endpoint));
+    // SAFETY: the Arc just moved into the caller's wait keeps the endpoint
+    // alive: nobody but this CPU touches that wait until the caller is on
+    // the endpoint's list, and then only once this CPU has left the
+    // caller's stack (its on_cpu flag), after the last use of `endpoint`.
+    let endpoint = unsafe { &*endpoint_ptr };
+    let target = match endpoint.exchange_with_peer(me, cpu, my_class) {
+        Ok(target) => target,
+        Err(me) => {
+            // SAFETY: as above: still the running thread, not on any list.
+            drop(unsafe { me.wait() }.take());
+            return;
+        }
+    };
+    // Committed: from here on this CPU runs `target`.
+    // SAFETY: we hold its on_cpu flag and took it off its wait list: only
+    // this CPU touches its wait. Its receive completes here.
+    *unsafe { target.wait() } = None;
+    let target_frame = target.trap_frame();
+    let left = sched::hand_off(cpu, target);
+    // SAFETY: the TrapFrame at the top of the kernel stack of the thread
+    // this CPU now runs (parked: the frame is all its stack holds), which
+    // nothing else references while it runs here (`frame`, the caller's,
+    // is another: still on this stack until enter_frame).
+    let target_regs = unsafe { &mut *target_frame };
+    // The bytes past the message are zero: the receiver sees nothing of
+    // the sender's registers beyond it.
+    let mask = &WORD_MASKS[len as usize];
+    target_regs.rdx = frame.rdx & mask[0];
+    target_regs.r10 = frame.r10 & mask[1];
+    target_regs.r8 = frame.r8 & mask[2];
+    target_regs.r9 = frame.r9 & mask[3];
+    target_regs.rax = len;
+    // SAFETY: `target` is this CPU's current thread now, its kernel stack
+    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // thread whose stack this is (kept alive by the scheduler), and
+    // nothing here needs dropping.
+    unsafe { context::enter_frame(target_frame, left) }
+}
+
+/// `WORD_MASKS[len]`: the bits of the four message words that a message
+/// of `len` bytes (<= SHORT_MESSAGE_BYTES) covers.
+static WORD_MASKS: [[u64; 4]; SHORT_MESSAGE_BYTES + 1] = {
+    let mut masks = [[0u64; 4]; SHORT_MESSAGE_BYTES + 1];
+    let mut len = 0;
+    while len <= SHORT_MESSAGE_BYTES {
+        let mut word = 0;
+        while word < 4 {
+            let start = word * 8;
+            masks[len][word] = if len >= start + 8 {
+                u64::MAX
+            } else if len <= start {
+                0
+            } else {
+                (1u64 << ((len - start) * 8)) - 1
+            };
+            word += 1;
+        }
+        len += 1;
+    }
+    masks
+};
+
+/// Runs CHANNEL_CALL / CHANNEL_REPLY_RECEIVE (buffers) through the fast
+/// path when it applies; never returns then. Returns (having changed
+/// nothing) when the general path must run the call.
 pub fn try_ipc(frame: &mut TrapFrame) {
-    let number = frame.rax;
-    let short = number == nr::CHANNEL_CALL_SHORT || number == nr::CHANNEL_REPLY_RECEIVE_SHORT;
     // CHANNEL_CALL's deadline (R10): the fast path never waits with one.
-    if number == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
+    if frame.rax == nr::CHANNEL_CALL && frame.r10 != u64::MAX {
         return;
     }
     let Some(me) = sched::current() else { return };
@@ -72,26 +186,14 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         },
     );
     let Ok(endpoint) = endpoint else { return };
-    // The message, and where the caller's answer goes: its registers
-    // (None) or the read half of its CallArgs.
-    let (message, answer_buffers) = if short {
-        // SHORT_NO_REPLY and bad lengths take the general path.
-        if frame.rsi > SHORT_MESSAGE_BYTES as u64 {
-            return;
-        }
-        let [w0, w1, w2, w3] = short_words(frame);
-        (FastMessage { len: frame.rsi as usize, words: [w0, w1, w2, w3, 0, 0, 0, 0] }, None)
-    } else {
-        let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
-        if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
-            return;
-        }
-        let mut message = FastMessage { len: args.write_len as usize, words: [0; FAST_MESSAGE_BYTES / 8] };
-        if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
-            return;
-        }
-        (message, Some(args))
-    };
+    let Ok(args) = UserPtr::<CallArgs>::new(frame.rsi).read() else { return };
+    if args.write_handle_count != 0 || args.write_len as usize > FAST_MESSAGE_BYTES {
+        return;
+    }
+    let mut message = FastMessage { len: args.write_len as usize, words: [0; FAST_MESSAGE_BYTES / 8] };
+    if UserSlice::<u8>::new(args.write_bytes, message.len).read_into(message.bytes_mut()).is_err() {
+        return;
+    }
     let Some(peer) = endpoint.peer() else { return };
     let Some(target) = peer.claim_parked_receiver(message.len) else { return };
     if target.process().is_dead() || !sched::may_hand_off(&me, &target) {
@@ -102,18 +204,10 @@ pub fn try_ipc(frame: &mut TrapFrame) {
     // before it is on the list, and it is marked parked before any CPU can
     // switch to it: that waits for its on_cpu flag, dropped in enter_frame).
     // SAFETY: `me` is the running thread.
-    *unsafe { me.wait() } = Some(match answer_buffers {
-        None => ReceiveWait::registers(endpoint.clone()),
-        Some(args) => ReceiveWait {
-            endpoint: endpoint.clone(),
-            registers: false,
-            bytes: args.read_bytes,
-            capacity: args.read_capacity as usize,
-            handles: args.read_handles,
-            handle_capacity: args.read_handle_capacity as usize,
-            sizes: frame.rdx,
-            deadline: u64::MAX,
-        },
+    *unsafe { me.wait() } = Some(ReceiveWait {
+        endpoint: endpoint.clone(),
+        buffers: Some(ReceiveBuffers::of_call(&args, frame.rdx)),
+        deadline: u64::MAX,
     });
     me.parked.store(true, Ordering::Release);
     if !endpoint.park_receiver(&me) {
@@ -124,17 +218,17 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         peer.return_receiver(target);
         return;
     }
-    crate::syscall::COUNT_FAST.fetch_add(1, Ordering::Relaxed);
     drop((endpoint, peer, me));
     // Committed: from here on this CPU runs `target`.
-    sched::hand_off(target.clone());
+    let left = sched::hand_off(sched::this_cpu(), target.clone());
     let target_frame = target.trap_frame();
     deliver(&target, &message, target_frame);
     drop(target);
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
-    // holds only its TrapFrame (it was parked), and nothing here needs
-    // dropping: the thread left is released by finish_switch.
-    unsafe { context::enter_frame(target_frame) }
+    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // thread whose stack this is (kept alive by the scheduler), and
+    // nothing here needs dropping.
+    unsafe { context::enter_frame(target_frame, left) }
 }
 
 /// Hands `message` to `target` (running as `target`: its address space is
@@ -150,7 +244,7 @@ fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
     let frame = unsafe { &mut *frame };
     let result = match wait.as_ref() {
         // claim_parked_receiver checked the message fits the registers.
-        Some(w) if w.registers => {
+        Some(ReceiveWait { buffers: None, .. }) => {
             let [w0, w1, w2, w3, ..] = message.words;
             [frame.rdx, frame.r10, frame.r8, frame.r9] = [w0, w1, w2, w3];
             if message.len % 8 != 0 || message.len < SHORT_MESSAGE_BYTES {
@@ -158,13 +252,13 @@ fn deliver(target: &Arc<Thread>, message: &FastMessage, frame: *mut TrapFrame) {
             }
             Ok(message.len as u64)
         }
-        Some(w) => {
+        Some(ReceiveWait { endpoint, buffers: Some(b), .. }) => {
             let sizes = ReadSizes { bytes: message.len as u32, handles: 0 };
-            let written = UserSlice::<u8>::new(w.bytes, w.capacity)
+            let written = UserSlice::<u8>::new(b.bytes, b.capacity)
                 .write_from(message.bytes())
-                .and_then(|()| UserPtr::<ReadSizes>::new(w.sizes).write(&sizes));
+                .and_then(|()| UserPtr::<ReadSizes>::new(b.sizes).write(&sizes));
             if written.is_err() {
-                w.endpoint.requeue_front(Message { bytes: message.bytes().to_vec(), handles: Vec::new() });
+                endpoint.requeue_front(Message { bytes: message.bytes().to_vec(), handles: Vec::new() });
             }
             written.map(|()| 0)
         }

@@ -177,6 +177,7 @@ impl<O> HandleTable<O> {
     /// Errors: [`Error::BadHandle`] when the index is out of range, the
     /// slot is free or in transfer, the generation differs, or the
     /// capability was revoked (the entry stays until reaped).
+    #[inline]
     pub fn get(&self, h: Handle) -> Result<&Capability<O>, Error> {
         match self.slots.get(h.index() as usize) {
             Some(Slot { generation, state: SlotState::Used(cap) }) if *generation == h.generation() && cap.is_valid() => {
@@ -193,6 +194,7 @@ impl<O> HandleTable<O> {
     /// Errors, in this precedence: [`Error::BadHandle`] (as [`Self::get`]),
     /// [`Error::WrongType`] (`extract` returned `None`),
     /// [`Error::AccessDenied`] (a right in `required` is missing).
+    #[inline]
     pub fn get_checked<T>(&self, h: Handle, required: u32, extract: impl FnOnce(&O) -> Option<T>) -> Result<T, Error> {
         let cap = self.get(h)?;
         let object = extract(&cap.object).ok_or(Error::WrongType)?;

@@ -23,32 +23,48 @@ use crate::task::{Thread, ThreadState};
 /// endpoint and the caller's buffers, as CHANNEL_RECEIVE took them.
 pub struct ReceiveWait {
     pub endpoint: Arc<Endpoint>,
-    /// A short-message receive: the message goes into the thread's
-    /// registers (at most SHORT_MESSAGE_BYTES, no handles), not its buffers.
-    pub registers: bool,
+    /// Where the message goes: the caller's buffers, or (None: a
+    /// short-message receive) its registers, at most SHORT_MESSAGE_BYTES
+    /// and no handles.
+    pub buffers: Option<ReceiveBuffers>,
+    /// ns of CLOCK_GET; u64::MAX: none.
+    pub deadline: u64,
+}
+
+/// The caller's buffers of a receive.
+pub struct ReceiveBuffers {
     pub bytes: u64,
     pub capacity: usize,
     pub handles: u64,
     pub handle_capacity: usize,
     /// User address of the ReadSizes to fill.
     pub sizes: u64,
-    /// ns of CLOCK_GET; u64::MAX: none.
-    pub deadline: u64,
+}
+
+impl ReceiveBuffers {
+    /// The read half of a CHANNEL_CALL / CHANNEL_REPLY_RECEIVE, with the
+    /// ReadSizes at `sizes`.
+    pub fn of_call(args: &mantra_abi::CallArgs, sizes: u64) -> Self {
+        Self {
+            bytes: args.read_bytes,
+            capacity: args.read_capacity as usize,
+            handles: args.read_handles,
+            handle_capacity: args.read_handle_capacity as usize,
+            sizes,
+        }
+    }
 }
 
 impl ReceiveWait {
     /// The receive of CHANNEL_CALL_SHORT / CHANNEL_REPLY_RECEIVE_SHORT.
+    #[inline(always)]
     pub fn registers(endpoint: Arc<Endpoint>) -> Self {
-        Self {
-            endpoint,
-            registers: true,
-            bytes: 0,
-            capacity: mantra_abi::SHORT_MESSAGE_BYTES,
-            handles: 0,
-            handle_capacity: 0,
-            sizes: 0,
-            deadline: u64::MAX,
-        }
+        Self { endpoint, buffers: None, deadline: u64::MAX }
+    }
+
+    /// Bytes the receive takes at most.
+    pub fn capacity(&self) -> usize {
+        self.buffers.as_ref().map_or(mantra_abi::SHORT_MESSAGE_BYTES, |b| b.capacity)
     }
 }
 
@@ -62,7 +78,64 @@ struct EndpointState {
     queue: VecDeque<Message>,
     peer_closed: bool,
     /// Threads blocked receiving on this endpoint (CHANNEL_RECEIVE/CALL).
-    receivers: VecDeque<Arc<Thread>>,
+    receivers: Receivers,
+}
+
+/// The receivers of an endpoint, oldest first. A call/reply endpoint has
+/// one receiver at a time (the server, or the caller waiting for its
+/// answer): the first sits in its own slot, so the IPC fast path's
+/// push and pop are a few instructions, not a ring-buffer update.
+#[derive(Default)]
+struct Receivers {
+    first: Option<Arc<Thread>>,
+    /// The others, in order; empty while `first` is None.
+    rest: VecDeque<Arc<Thread>>,
+}
+
+impl Receivers {
+    #[inline(always)]
+    fn front(&self) -> Option<&Arc<Thread>> {
+        self.first.as_ref()
+    }
+
+    #[inline(always)]
+    fn pop_front(&mut self) -> Option<Arc<Thread>> {
+        let first = self.first.take();
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+        }
+        first
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, thread: Arc<Thread>) {
+        if self.first.is_none() {
+            self.first = Some(thread);
+        } else {
+            self.rest.push_back(thread);
+        }
+    }
+
+    fn push_front(&mut self, thread: Arc<Thread>) {
+        if let Some(old) = self.first.replace(thread) {
+            self.rest.push_front(old);
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<Thread>) -> bool) {
+        self.rest.retain(|t| keep(t));
+        if self.first.as_ref().is_some_and(|t| !keep(t)) {
+            self.first = self.rest.pop_front();
+        }
+    }
+
+    /// Takes every receiver, oldest first.
+    #[allow(clippy::type_complexity)]
+    fn take_all(
+        &mut self,
+    ) -> core::iter::Chain<core::option::IntoIter<Arc<Thread>>, alloc::collections::vec_deque::IntoIter<Arc<Thread>>> {
+        self.first.take().into_iter().chain(core::mem::take(&mut self.rest))
+    }
 }
 
 /// One end of a channel.
@@ -83,7 +156,7 @@ impl Endpoint {
         let make = |peer: Weak<Endpoint>| Endpoint {
             koid: next_koid(),
             peer,
-            state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: VecDeque::new() }),
+            state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: Receivers::default() }),
             signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
             observed: AtomicBool::new(false),
         };
@@ -200,13 +273,62 @@ impl Endpoint {
         // SAFETY: we hold its on_cpu flag, and it is Blocked (checked first).
         let fits = receiver.state() == ThreadState::Blocked
             && receiver.parked.load(Ordering::Acquire)
-            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity >= len)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity() >= len)
             && !self.observed.load(Ordering::Acquire);
         if !fits {
             receiver.on_cpu.store(false, Ordering::Release);
             return None;
         }
         state.receivers.pop_front()
+    }
+
+    /// The short-message fast path's one step (fastpath.rs): under this
+    /// end's lock, and the peer's (taken only if free: never a wait, so no
+    /// lock order), takes the first receiver parked on the peer and parks
+    /// `me` (the running thread, of class `my_class`, its `wait` already in
+    /// place) as a receiver here (on CPU `cpu`, this one). Applies only when nothing is queued
+    /// either way, the peer is open and unobserved, and the peer's first
+    /// receiver is parked in a register receive, of a live process, and
+    /// may take this CPU from `me` (`sched::may_hand_off_class`). Returns
+    /// the receiver, its `on_cpu` flag now held by the caller, who owns its
+    /// wake-up; or gives `me` back, having changed nothing.
+    #[inline(always)]
+    pub fn exchange_with_peer(&self, me: Arc<Thread>, cpu: usize, my_class: u32) -> Result<Arc<Thread>, Arc<Thread>> {
+        let mut mine = self.state.lock();
+        if !mine.queue.is_empty() || mine.peer_closed {
+            return Err(me);
+        }
+        // SAFETY: the peer's allocation lives as long as our Weak to it
+        // (self is alive: the caller holds it). Its value is alive too:
+        // the peer's Drop first marks this end peer_closed under this
+        // end's lock, which we hold and under which peer_closed is false,
+        // so its fields are dropped only after we unlock.
+        let peer = unsafe { &*self.peer.as_ptr() };
+        let Some(mut theirs) = peer.state.try_lock() else { return Err(me) };
+        if !theirs.queue.is_empty() || peer.observed.load(Ordering::Acquire) {
+            return Err(me);
+        }
+        let Some(receiver) = theirs.receivers.front() else { return Err(me) };
+        if receiver.on_cpu.swap(true, Ordering::Acquire) {
+            return Err(me); // running, or its CPU is still switching away from it
+        }
+        // SAFETY (wait): we hold its on_cpu flag and it is Blocked (checked
+        // first, and it stays so: only the holder of its on_cpu flag runs it).
+        let fits = receiver.state() == ThreadState::Blocked
+            && receiver.parked.load(Ordering::Acquire)
+            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.buffers.is_none())
+            && !receiver.process().is_dead()
+            && sched::may_hand_off_class(cpu, my_class, receiver);
+        if !fits {
+            receiver.on_cpu.store(false, Ordering::Release);
+            return Err(me);
+        }
+        let Some(receiver) = theirs.receivers.pop_front() else { return Err(me) };
+        drop(theirs);
+        me.parked.store(true, Ordering::Release);
+        me.set_state(ThreadState::Blocked);
+        mine.receivers.push_back(me);
+        Ok(receiver)
     }
 
     /// Gives back a receiver taken by `claim_parked_receiver` and not used:
@@ -234,7 +356,7 @@ impl Endpoint {
         let receivers = {
             let mut state = self.state.lock();
             state.peer_closed = true;
-            core::mem::take(&mut state.receivers)
+            state.receivers.take_all()
         };
         object::update(&self.signals, signals::WRITABLE, signals::PEER_CLOSED);
         for thread in receivers {

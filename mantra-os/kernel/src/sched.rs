@@ -9,7 +9,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mantra_abi::Priority;
 use mantra_kernel::sync::SpinLock;
@@ -158,6 +158,9 @@ impl<T> CpuCell<T> {
 }
 
 /// What each CPU is running. `None` = the idle loop on the CPU's boot stack.
+/// One cache line each (and a power-of-two size: a slot's address is one
+/// shift from the CPU index).
+#[repr(align(64))]
 struct CpuSlot {
     current: CpuCell<Option<Arc<Thread>>>,
     /// Saved RSP of the idle context while a thread runs.
@@ -169,6 +172,10 @@ struct CpuSlot {
     /// The thread this CPU is switching away from: its `on_cpu` flag drops
     /// once the switch is complete (in `finish_switch`, on the new stack).
     leaving: CpuCell<Option<Arc<Thread>>>,
+    /// The thread the IPC fast path left last (its `on_cpu` flag already
+    /// dropped): held until this CPU is off its stack for sure, then freed
+    /// at the next hand-off or when the CPU idles.
+    released: CpuCell<Option<Arc<Thread>>>,
 }
 
 const EMPTY_SLOT: CpuSlot = CpuSlot {
@@ -177,6 +184,7 @@ const EMPTY_SLOT: CpuSlot = CpuSlot {
     slice: AtomicU64::new(0),
     reap: CpuCell::new(None),
     leaving: CpuCell::new(None),
+    released: CpuCell::new(None),
 };
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
@@ -193,6 +201,19 @@ pub fn policy_name() -> &'static str {
 
 fn cpu() -> usize {
     percpu::current().index
+}
+
+/// This CPU's index for the IPC fast path: masked into MAX_CPUS (which it
+/// always is), so the slot lookups need no bounds checks.
+#[inline(always)]
+pub fn this_cpu() -> usize {
+    percpu::current().index & (MAX_CPUS - 1)
+}
+
+/// The thread running on CPU `cpu` (this one: `this_cpu`).
+#[inline(always)]
+pub fn current_on(cpu: usize) -> Option<Arc<Thread>> {
+    CPUS[cpu].current.with(|c| c.clone())
 }
 
 /// The thread running on this CPU (None in the idle loop).
@@ -236,6 +257,10 @@ pub fn idle_loop() -> ! {
             switch_from_idle(next);
         }
         reap();
+        // The thread the IPC fast path left last, if any: freed before the
+        // CPU idles (not on every switch: that path stays short).
+        let released = CPUS[cpu()].released.with(Option::take);
+        drop(released);
         // Cross-CPU work queued for idle CPUs (the SMP self-test's
         // concurrent shootdowns) runs here, with interrupts on.
         if crate::arch::x86_64::smp::run_idle_work(cpu()) {
@@ -316,10 +341,16 @@ pub fn park_current() {
 /// no queued thread outranks it.
 #[inline]
 pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
-    let cpu = cpu();
+    may_hand_off_class(this_cpu(), current.priority_class(), target)
+}
+
+/// `may_hand_off` on CPU `cpu` (this one, `this_cpu`) for a current thread
+/// of class `current_class`.
+#[inline(always)]
+pub fn may_hand_off_class(cpu: usize, current_class: u32, target: &Thread) -> bool {
     let home = target.affinity().or(target.last_cpu());
     let class = target.priority_class();
-    if home.is_some_and(|home| home != cpu) || class < current.priority_class() {
+    if home.is_some_and(|home| home != cpu) || class < current_class {
         return false;
     }
     // No queued class above the target's.
@@ -327,13 +358,15 @@ pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
 }
 
 /// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)
-/// this CPU's current thread, in place of the current one, which the
-/// caller has parked. Returns the thread left; the caller must not touch
-/// its stack after `finish_switch` (see `context::enter_frame`).
+/// the current thread of this CPU (`cpu`, from `this_cpu`), in place of
+/// the current one, which the caller has parked. Returns the `on_cpu` flag of the thread left, which
+/// the caller drops once off its stack (`context::enter_frame`); the
+/// thread itself is kept alive until this CPU's next switch (`released`).
 ///
-/// Contract: interrupts off; touches CR3 (loads the target's space).
-pub fn hand_off(target: Arc<Thread>) {
-    let cpu = cpu();
+/// Contract: interrupts off, called from a thread; touches CR3 (loads the
+/// target's space).
+#[inline(always)]
+pub fn hand_off(cpu: usize, target: Arc<Thread>) -> *const AtomicBool {
     let slot = &CPUS[cpu];
     // It resumes here, from its TrapFrame: no longer parked.
     target.parked.store(false, Ordering::Relaxed);
@@ -343,8 +376,15 @@ pub fn hand_off(target: Arc<Thread>) {
     percpu::current().set_kernel_stack(target.kernel_stack_top());
     target.process().space().activate();
     let left = slot.current.with(|c| c.replace(target));
-    slot.leaving.with(|l| *l = left);
+    let flag = left.as_ref().map_or(core::ptr::null(), |t| &t.on_cpu as *const AtomicBool);
+    // Dropping the thread released before is fine: this CPU left its
+    // stack then.
+    let released = slot.released.with(|r| core::mem::replace(r, left));
+    if let Some(thread) = released {
+        drop(thread);
+    }
     SWITCHES.fetch_add(1, Ordering::Relaxed);
+    flag
 }
 
 /// Ends the current thread: never returns.

@@ -22,7 +22,7 @@ use mantra_kernel::irq::LineMode;
 
 use crate::arch::x86_64::TrapFrame;
 use crate::interrupt::{Interrupt, ResourceKind};
-use crate::ipc::{self, Endpoint, Message, Port, ReceiveWait, Timer};
+use crate::ipc::{self, Endpoint, Message, Port, ReceiveBuffers, ReceiveWait, Timer};
 use crate::klog::{Log, MAX_RECORD};
 use crate::object::Object;
 use crate::sched;
@@ -32,8 +32,6 @@ use crate::uaccess::{UserPtr, UserSlice};
 
 /// Syscalls handled (all CPUs), for statistics.
 pub static COUNT: AtomicU64 = AtomicU64::new(0);
-/// Calls the IPC fast path completed (fastpath.rs).
-pub static COUNT_FAST: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread and its process.
 pub(crate) struct Ctx {
@@ -57,10 +55,15 @@ type Args = [u64; 6];
 /// Entry from the SYSCALL shim: RAX number, args RDI RSI RDX R10 R8 R9.
 pub fn dispatch(frame: &mut TrapFrame) {
     COUNT.fetch_add(1, Ordering::Relaxed);
-    if matches!(
-        frame.rax,
-        nr::CHANNEL_CALL | nr::CHANNEL_REPLY_RECEIVE | nr::CHANNEL_CALL_SHORT | nr::CHANNEL_REPLY_RECEIVE_SHORT
-    ) {
+    dispatch_counted(frame);
+}
+
+/// `dispatch` of a syscall already counted in COUNT. The register calls
+/// come here from `fastpath::syscall_short` when the fast path did not
+/// apply: they take the general path at once.
+#[inline(always)]
+pub fn dispatch_counted(frame: &mut TrapFrame) {
+    if matches!(frame.rax, nr::CHANNEL_CALL | nr::CHANNEL_REPLY_RECEIVE) {
         // Returns only when the fast path does not apply.
         crate::fastpath::try_ipc(frame);
     }
@@ -507,12 +510,12 @@ fn channel_write(ctx: &Ctx, a: Args) -> Result<u64, Error> {
 /// nothing queued, registers the thread as a parked receiver (the wait is
 /// kept in the thread; `ctx.parked` tells the dispatcher) and returns 0.
 fn receive(ctx: &Ctx, wait: ReceiveWait, block: bool) -> Result<u64, Error> {
-    if wait.registers {
+    let Some(buffers) = &wait.buffers else {
         return receive_words(ctx, wait, block);
-    }
-    let sizes = UserPtr::<ReadSizes>::new(wait.sizes);
-    let out_bytes = UserSlice::<u8>::new(wait.bytes, wait.capacity);
-    let out_handles = UserSlice::<Handle>::new(wait.handles, wait.handle_capacity);
+    };
+    let sizes = UserPtr::<ReadSizes>::new(buffers.sizes);
+    let out_bytes = UserSlice::<u8>::new(buffers.bytes, buffers.capacity);
+    let out_handles = UserSlice::<Handle>::new(buffers.handles, buffers.handle_capacity);
     sizes.write(&ReadSizes::default())?;
     let channel = wait.endpoint.clone();
     let mut wait = Some(wait);
@@ -610,12 +613,13 @@ fn park_receiver(ctx: &Ctx, channel: &Arc<Endpoint>, wait: &mut Option<ReceiveWa
 fn read_wait(channel: Arc<Endpoint>, a: Args, deadline: u64) -> Result<ReceiveWait, Error> {
     Ok(ReceiveWait {
         endpoint: channel,
-        registers: false,
-        bytes: a[1],
-        capacity: usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?,
-        handles: a[3],
-        handle_capacity: usize::try_from(a[4]).map_err(|_| Error::InvalidArgs)?,
-        sizes: a[5],
+        buffers: Some(ReceiveBuffers {
+            bytes: a[1],
+            capacity: usize::try_from(a[2]).map_err(|_| Error::InvalidArgs)?,
+            handles: a[3],
+            handle_capacity: usize::try_from(a[4]).map_err(|_| Error::InvalidArgs)?,
+            sizes: a[5],
+        }),
         deadline,
     })
 }
@@ -627,16 +631,7 @@ fn channel_read(ctx: &Ctx, a: Args, block: bool) -> Result<u64, Error> {
 
 /// The receive half of CHANNEL_CALL and CHANNEL_REPLY_RECEIVE.
 fn call_wait(channel: Arc<Endpoint>, args: &CallArgs, sizes: u64, deadline: u64) -> ReceiveWait {
-    ReceiveWait {
-        endpoint: channel,
-        registers: false,
-        bytes: args.read_bytes,
-        capacity: args.read_capacity as usize,
-        handles: args.read_handles,
-        handle_capacity: args.read_handle_capacity as usize,
-        sizes,
-        deadline,
-    }
+    ReceiveWait { endpoint: channel, buffers: Some(ipc::ReceiveBuffers::of_call(args, sizes)), deadline }
 }
 
 /// Sends the write half of `args` on `channel`.

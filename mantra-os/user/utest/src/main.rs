@@ -623,6 +623,22 @@ fn short_messages_in_registers() -> TestResult {
         raw(nr::CHANNEL_CALL_SHORT, [u64::from(client.0), 33, 0, 0, 0, 0]),
         Error::InvalidArgs,
     )?;
+    // The fast path checks the handle like the general path, with the
+    // server parked and ready: a handle without WRITE, a revoked one.
+    let probe = ShortMessage::from_bytes(b"probe").ok_or("too long")?;
+    let read_only = ok("duplicate", sys::handle_duplicate(client, rights::READ))?;
+    expect("register call without WRITE", sys::channel_call_short(read_only, &probe).map(|m| m.len as u64), Error::AccessDenied)?;
+    let child = ok("duplicate", sys::handle_duplicate(client, rights::READ | rights::WRITE))?;
+    ok("revoke", sys::handle_revoke(client))?;
+    expect("register call on a revoked handle", sys::channel_call_short(child, &probe).map(|m| m.len as u64), Error::BadHandle)?;
+    // Nothing was sent: the server answers the next call at once.
+    let echo = ok("call after refusals", sys::channel_call_short(client, &probe))?;
+    if echo != probe {
+        return Err(format!("after refusals: sent {probe:?}, echo {echo:?}"));
+    }
+    for h in [read_only, child] {
+        let _ = sys::handle_close(h);
+    }
     // A buffer call to the register server: the echo lands in the buffer.
     let request = *b"buffered";
     let mut reply = [0u8; 16];

@@ -1,6 +1,7 @@
 //! Kernel-stack context switching and user-memory copies with fault fixup.
 
 use core::arch::global_asm;
+use core::sync::atomic::AtomicBool;
 
 use super::gdt::{USER_CODE, USER_DATA};
 use super::TrapFrame;
@@ -77,21 +78,28 @@ extern "C" fn parked_resume(frame: &mut TrapFrame) {
     crate::syscall::resume_parked(frame);
 }
 
-// mantra_enter_frame(frame): the IPC fast path's exit. Moves onto the
-// thread whose TrapFrame is at `frame` (top of its kernel stack), lets the
-// thread just left go (finish_switch), and returns to user mode.
+// mantra_enter_frame(frame, on_cpu): the IPC fast path's exit. Moves onto
+// the thread whose TrapFrame is at `frame` (top of its kernel stack), then
+// lets the thread just left go (clears the `on_cpu` flag at `on_cpu`: x86
+// stores have release semantics), and returns to user mode.
+// The frame is a thread's saved user state (a parked thread waits in a
+// syscall): the return is mantra_trap_return's, to user mode.
 global_asm!(
+    ".global mantra_enter_frame",
     "mantra_enter_frame:",
     "mov rsp, rdi",
-    "call {finish}",
-    "jmp mantra_trap_return",
-    finish = sym first_run_finish,
+    "mov byte ptr [rsi], 0",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
+    "add rsp, 16",
+    "swapgs",
+    "iretq",
 );
 
 extern "C" {
     fn mantra_thread_first_run();
     fn mantra_parked_resume();
-    fn mantra_enter_frame(frame: *mut TrapFrame) -> !;
+    fn mantra_enter_frame(frame: *mut TrapFrame, on_cpu: *const AtomicBool) -> !;
     fn mantra_copy_user_words_insn();
     fn mantra_switch(save_rsp: *mut u64, load_rsp: u64);
     fn mantra_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
@@ -170,16 +178,20 @@ pub unsafe fn prepare_parked_resume(stack_top: u64) -> u64 {
 }
 
 /// Leaves the current kernel stack for the thread whose TrapFrame is at
-/// `frame` and returns to its user mode; the thread left is released by
-/// `sched::finish_switch` once off its stack.
+/// `frame` and returns to its user mode; once off the old stack, clears
+/// `on_cpu`, the flag of the thread left (`sched::hand_off`).
 ///
 /// # Safety
 /// `frame` must be the TrapFrame at the top of the kernel stack of this
-/// CPU's (new) current thread, which holds nothing else live; the caller
-/// must hold nothing that needs dropping (this never returns).
-pub unsafe fn enter_frame(frame: *mut TrapFrame) -> ! {
+/// CPU's (new) current thread, saved on an entry from user mode (it
+/// returns there), and the stack must hold nothing else live; `on_cpu`
+/// must be the flag of the thread whose stack this runs on, kept alive by
+/// the scheduler (its `released` slot); the caller must hold nothing that
+/// needs dropping (this never returns).
+#[inline(always)]
+pub unsafe fn enter_frame(frame: *mut TrapFrame, on_cpu: *const AtomicBool) -> ! {
     // SAFETY: guaranteed by the caller.
-    unsafe { mantra_enter_frame(frame) }
+    unsafe { mantra_enter_frame(frame, on_cpu) }
 }
 
 /// Copies `len` bytes between user and kernel memory (one side must be a

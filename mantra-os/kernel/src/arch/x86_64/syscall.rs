@@ -6,6 +6,9 @@
 //! A number outside the syscall table is refused right here, with
 //! BAD_SYSCALL, before the general registers are saved: nothing in the
 //! kernel runs for it (and it clobbers no register but RAX, RCX, R11).
+//! The register calls (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT)
+//! go from here straight to the IPC fast path (fastpath.rs), which falls
+//! back to the general dispatcher when it does not apply.
 
 use core::arch::global_asm;
 
@@ -36,14 +39,32 @@ global_asm!(
     "push rcx",
     "push 0",
     "push {marker}",
+    // Numbers below the register calls (38, 39) go straight on; then the
+    // register calls; then the rest of the table; then the refusal.
+    "cmp rax, {call_short}",
+    "jb mantra_trap_save",
+    "cmp rax, {reply_receive_short}",
+    "jbe 3f",
     "cmp rax, {count}",
-    "jae 2f",
-    "jmp mantra_trap_save",
-    "2:",
+    "jb mantra_trap_save",
     "mov rax, -{bad_syscall}",
     "add rsp, 16",
     "swapgs",
     "iretq",
+    // The register calls: the same frame as mantra_trap_save builds, then
+    // the IPC fast path, which leaves through mantra_trap_return on the
+    // stack of the thread it switched to, or returns after the general
+    // path ran.
+    "3:",
+    "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
+    "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
+    // (No CLD: SYSCALL cleared DF, see FMASK.)
+    "mov rdi, rsp",
+    "call {short}",
+    "jmp mantra_trap_return",
+    call_short = const mantra_abi::nr::CHANNEL_CALL_SHORT,
+    reply_receive_short = const mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT,
+    short = sym crate::fastpath::syscall_short,
     count = const mantra_abi::nr::COUNT,
     bad_syscall = const mantra_abi::Error::BadSyscall as i64,
     user_rsp = const OFFSET_USER_RSP,
@@ -52,6 +73,9 @@ global_asm!(
     user_cs = const (USER_DATA_BASE + 8 | 3) as u64,
     marker = const SYSCALL_MARKER,
 );
+
+// The entry's range check above takes the register calls as one range.
+const _: () = assert!(mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT == mantra_abi::nr::CHANNEL_CALL_SHORT + 1);
 
 /// Enables SYSCALL on this CPU.
 pub fn init() {
