@@ -18,7 +18,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes, SHORT_MESSAGE_BYTES};
 
@@ -111,6 +111,10 @@ fn try_short(frame: &mut TrapFrame) {
     // the endpoint's list, and then only once this CPU has left the
     // caller's stack (its on_cpu flag), after the last use of `endpoint`.
     let endpoint = unsafe { &*endpoint_ptr };
+    // The caller's on_cpu flag, dropped once this CPU is off its stack. The
+    // thread stays alive until then: the scheduler keeps the Arc of the
+    // thread a hand-off leaves (`released`) until its next hand-off or idle.
+    let my_on_cpu: *const AtomicBool = &me.on_cpu;
     let target = match endpoint.exchange_with_peer(me, cpu, my_class) {
         Ok(target) => target,
         Err(me) => {
@@ -124,7 +128,7 @@ fn try_short(frame: &mut TrapFrame) {
     // this CPU touches its wait. Its receive completes here.
     *unsafe { target.wait() } = None;
     let target_frame = target.trap_frame();
-    let left = sched::hand_off(cpu, target);
+    sched::hand_off(cpu, target);
     // SAFETY: the TrapFrame at the top of the kernel stack of the thread
     // this CPU now runs (parked: the frame is all its stack holds), which
     // nothing else references while it runs here (`frame`, the caller's,
@@ -139,10 +143,10 @@ fn try_short(frame: &mut TrapFrame) {
     target_regs.r9 = frame.r9 & mask[3];
     target_regs.rax = len;
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
-    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // holds only its TrapFrame (it was parked), `my_on_cpu` is the flag of the
     // thread whose stack this is (kept alive by the scheduler), and
     // nothing here needs dropping.
-    unsafe { context::enter_frame(target_frame, left) }
+    unsafe { context::enter_frame(target_frame, my_on_cpu) }
 }
 
 /// `WORD_MASKS[len]`: the bits of the four message words that a message
@@ -218,17 +222,19 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         peer.return_receiver(target);
         return;
     }
+    // As in try_short: kept alive by the scheduler's `released` slot.
+    let my_on_cpu: *const AtomicBool = &me.on_cpu;
     drop((endpoint, peer, me));
     // Committed: from here on this CPU runs `target`.
-    let left = sched::hand_off(sched::this_cpu(), target.clone());
+    sched::hand_off(sched::this_cpu(), target.clone());
     let target_frame = target.trap_frame();
     deliver(&target, &message, target_frame);
     drop(target);
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
-    // holds only its TrapFrame (it was parked), `left` is the flag of the
+    // holds only its TrapFrame (it was parked), `my_on_cpu` is the flag of the
     // thread whose stack this is (kept alive by the scheduler), and
     // nothing here needs dropping.
-    unsafe { context::enter_frame(target_frame, left) }
+    unsafe { context::enter_frame(target_frame, my_on_cpu) }
 }
 
 /// Hands `message` to `target` (running as `target`: its address space is

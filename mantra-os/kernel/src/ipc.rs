@@ -143,6 +143,10 @@ pub struct Endpoint {
     pub koid: u64,
     /// The other end; set once, when the pair is made.
     peer: Weak<Endpoint>,
+    /// The address of the other end (where `peer` points, never dangling:
+    /// the pair is made together), for the IPC fast path, which reaches
+    /// the peer under this end's lock without upgrading `peer`.
+    peer_addr: usize,
     state: SpinLock<EndpointState>,
     pub signals: SpinLock<SignalState<Sink>>,
     /// Someone asked for port packets on this end's signals
@@ -155,6 +159,7 @@ impl Endpoint {
     pub fn pair() -> (Arc<Endpoint>, Arc<Endpoint>) {
         let make = |peer: Weak<Endpoint>| Endpoint {
             koid: next_koid(),
+            peer_addr: peer.as_ptr().expose_provenance(),
             peer,
             state: SpinLock::new(EndpointState { queue: VecDeque::new(), peer_closed: false, receivers: Receivers::default() }),
             signals: SpinLock::new(SignalState::new(signals::WRITABLE)),
@@ -298,12 +303,14 @@ impl Endpoint {
         if !mine.queue.is_empty() || mine.peer_closed {
             return Err(me);
         }
-        // SAFETY: the peer's allocation lives as long as our Weak to it
-        // (self is alive: the caller holds it). Its value is alive too:
-        // the peer's Drop first marks this end peer_closed under this
-        // end's lock, which we hold and under which peer_closed is false,
-        // so its fields are dropped only after we unlock.
-        let peer = unsafe { &*self.peer.as_ptr() };
+        // SAFETY: `peer_addr` is where our Weak `peer` points (set with
+        // it at construction, never dangling). The peer's allocation lives
+        // as long as that Weak (self is alive: the caller holds it). Its
+        // value is alive too: the peer's Drop first marks this end
+        // peer_closed under this end's lock, which we hold and under which
+        // peer_closed is false, so its fields are dropped only after we
+        // unlock.
+        let peer = unsafe { &*core::ptr::with_exposed_provenance::<Endpoint>(self.peer_addr) };
         let Some(mut theirs) = peer.state.try_lock() else { return Err(me) };
         if !theirs.queue.is_empty() || peer.observed.load(Ordering::Acquire) {
             return Err(me);

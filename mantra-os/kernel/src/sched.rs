@@ -9,7 +9,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use mantra_abi::Priority;
 use mantra_kernel::sync::SpinLock;
@@ -348,25 +348,27 @@ pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
 /// of class `current_class`.
 #[inline(always)]
 pub fn may_hand_off_class(cpu: usize, current_class: u32, target: &Thread) -> bool {
-    let home = target.affinity().or(target.last_cpu());
     let class = target.priority_class();
-    if home.is_some_and(|home| home != cpu) || class < current_class {
-        return false;
-    }
-    // No queued class above the target's.
-    QUEUE_HINTS[cpu].load(Ordering::Acquire) >> (class + 1) == 0
+    // Homed here: it last ran here, and is pinned here or not at all (a
+    // thread pinned here that last ran elsewhere takes the general path).
+    class >= current_class
+        && target.last_cpu() == Some(cpu)
+        && target.affinity().is_none_or(|pinned| pinned == cpu)
+        // No queued class above the target's.
+        && u32::from(QUEUE_HINTS[cpu].load(Ordering::Acquire)) >> (class + 1) == 0
 }
 
 /// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)
 /// the current thread of this CPU (`cpu`, from `this_cpu`), in place of
-/// the current one, which the caller has parked. Returns the `on_cpu` flag of the thread left, which
-/// the caller drops once off its stack (`context::enter_frame`); the
-/// thread itself is kept alive until this CPU's next switch (`released`).
+/// the current one, which the caller has parked. The caller drops the
+/// `on_cpu` flag of the thread left once off its stack
+/// (`context::enter_frame`); the thread itself is kept alive until this
+/// CPU's next hand-off or idle (`released`).
 ///
 /// Contract: interrupts off, called from a thread; touches CR3 (loads the
 /// target's space).
 #[inline(always)]
-pub fn hand_off(cpu: usize, target: Arc<Thread>) -> *const AtomicBool {
+pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     let slot = &CPUS[cpu];
     // It resumes here, from its TrapFrame: no longer parked.
     target.parked.store(false, Ordering::Relaxed);
@@ -376,7 +378,6 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) -> *const AtomicBool {
     percpu::current().set_kernel_stack(target.kernel_stack_top());
     target.process().space().activate();
     let left = slot.current.with(|c| c.replace(target));
-    let flag = left.as_ref().map_or(core::ptr::null(), |t| &t.on_cpu as *const AtomicBool);
     // Dropping the thread released before is fine: this CPU left its
     // stack then.
     let released = slot.released.with(|r| core::mem::replace(r, left));
@@ -384,7 +385,6 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) -> *const AtomicBool {
         drop(thread);
     }
     SWITCHES.fetch_add(1, Ordering::Relaxed);
-    flag
 }
 
 /// Ends the current thread: never returns.
