@@ -757,6 +757,9 @@ def flash_usb(image: Path, vid_pid: str | None, board: str, progress: Progress |
         raise session.gone(str(exc)) from None
     except _Stalled as exc:
         raise session.stalled(str(exc)) from None
+    except _WrongState as exc:
+        raise DfuError("state", f"{exc}", f"reset the board (power cycle) and {AGAIN}", status=exc.status.status,
+                       state=exc.status.state, written=session.written) from None
     except DfuProtocolError as exc:
         raise DfuError("protocol", f"USB device {found.describe()}: {exc}",
                        f"{AGAIN}; if it repeats, the device's DFU function is broken: update its firmware",
@@ -1005,8 +1008,9 @@ class _Session:
                            f"reset the board (power cycle) and {AGAIN}", status=status.status, state=status.state)
 
     def read_info(self) -> DeviceInfo:
+        self.dfu.claim(None)
+        self.to_idle()  # before SET_INTERFACE, which a device allows in dfuIDLE
         self.dfu.claim(ALT_INFO)
-        self.to_idle()
         size = self.dfu.found.functional.transfer_size
         data = b""
         block = 0
