@@ -82,6 +82,8 @@ ALT_INFO = 1
 REENUMERATION_TIMEOUT_S = 10.0
 REENUMERATION_POLL_S = 0.1
 CONTROL_TIMEOUT_MS = 5000
+# A device in dfuMANIFEST-WAIT-RESET need not answer: asked once, briefly.
+WAIT_RESET_TIMEOUT_MS = 500
 # The longest poll timeout believed (bwPollTimeout is 24 bits of ms).
 MAX_POLL_S = 60.0
 
@@ -383,6 +385,15 @@ class DfuError(MantraError):
         self.written = written
 
 
+def _dispose(device: usb.core.Device) -> None:
+    """Releases pyusb's claims and handle of a device that may be gone
+    (libusb answers LIBUSB_ERROR_NO_DEVICE to releasing its interfaces)."""
+    try:
+        usb.util.dispose_resources(device)
+    except usb.core.USBError:
+        device._ctx.managed_close()
+
+
 def _is_stall(exc: usb.core.USBError) -> bool:
     return exc.errno == errno.EPIPE
 
@@ -536,11 +547,12 @@ class DfuInterface:
         self.log = log
         self.requests: dict[Request, int] = {r: 0 for r in Request}
 
-    def _control(self, request: Request, value: int, data_or_length, *, out: bool):
+    def _control(self, request: Request, value: int, data_or_length, *, out: bool,
+                 timeout_ms: int = CONTROL_TIMEOUT_MS):
         self.requests[request] += 1
         try:
             return self.device.ctrl_transfer(REQUEST_OUT if out else REQUEST_IN, int(request), value,
-                                             self.interface, data_or_length, CONTROL_TIMEOUT_MS)
+                                             self.interface, data_or_length, timeout_ms)
         except usb.core.USBError as exc:
             if _is_stall(exc):
                 raise _Stalled(f"{request.label} stalled") from None
@@ -571,8 +583,8 @@ class DfuInterface:
     def upload(self, block: int, length: int) -> bytes:
         return bytes(self._control(Request.UPLOAD, block & 0xFFFF, length, out=False))
 
-    def get_status(self) -> DfuStatus:
-        return DfuStatus.parse(bytes(self._control(Request.GETSTATUS, 0, 6, out=False)))
+    def get_status(self, timeout_ms: int = CONTROL_TIMEOUT_MS) -> DfuStatus:
+        return DfuStatus.parse(bytes(self._control(Request.GETSTATUS, 0, 6, out=False, timeout_ms=timeout_ms)))
 
     def clear_status(self) -> None:
         self._control(Request.CLRSTATUS, 0, None, out=True)
@@ -850,7 +862,7 @@ def _detach(found: Found, ids: list[tuple[int, int]], backend, clock: Clock, log
     except (_Gone, usb.core.USBError) as exc:
         raise DfuError("gone", f"USB device {found.describe()} went away while being detached into DFU mode ({exc})",
                        f"reconnect the board and {AGAIN}") from None
-    usb.util.dispose_resources(found.device)
+    _dispose(found.device)
     deadline = clock.now() + functional.detach_timeout_ms / 1000 + REENUMERATION_TIMEOUT_S
     while True:
         candidates = [f for f in find_dfu(ids, backend, serial=found.serial) if f.in_dfu_mode]
@@ -1035,6 +1047,9 @@ class _Session:
             try:
                 self._download_once()
                 return
+            except KeyboardInterrupt:
+                self._abort_quietly()
+                raise
             except _WrongState as exc:
                 if self.retries >= 1:
                     raise DfuError("state", f"{exc} (again after DFU_ABORT and a new download)",
@@ -1047,6 +1062,19 @@ class _Session:
                     self.dfu.clear_status()
                 else:
                     self.dfu.abort()
+
+    def _abort_quietly(self) -> None:
+        """Interrupted (Ctrl-C): leaves the device in dfuIDLE if it can, so
+        that it keeps nothing half-received (the next run would ABORT anyway)."""
+        try:
+            status = self.dfu.get_status()
+            self.dfu.wait(status.poll_timeout_ms)
+            if status.state == State.DFU_ERROR:
+                self.dfu.clear_status()
+            elif status.state in (State.DFU_DNLOAD_IDLE, State.DFU_UPLOAD_IDLE):
+                self.dfu.abort()
+        except (_Gone, _Stalled, DfuProtocolError):
+            pass
 
     def _download_once(self) -> None:
         self.phase = "preparing the download"
@@ -1093,7 +1121,7 @@ class _Session:
                                written=self.written)
             self.dfu.wait(status.poll_timeout_ms)
             try:  # a device in dfuMANIFEST-WAIT-RESET may answer, or not at all
-                status = self.dfu.get_status()
+                status = self.dfu.get_status(WAIT_RESET_TIMEOUT_MS)
                 if status.status != Status.OK:
                     raise self.status_error(status)
             except (_Stalled, _Gone):
@@ -1105,7 +1133,7 @@ class _Session:
         except usb.core.USBError as exc:
             if not _is_gone(exc):  # a device that reset itself is gone already: that is fine
                 raise _Gone(f"USB reset: {exc.strerror}") from None
-        usb.util.dispose_resources(self.dfu.device)
+        _dispose(self.dfu.device)
         self.log("USB reset: the device boots the new slot")
 
 

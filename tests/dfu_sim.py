@@ -545,7 +545,7 @@ class SimBackend(usb.backend.IBackend):
             raise usb.core.USBError("Entity not found", -5, errno.ENOENT)
 
     def release_interface(self, dev_handle: _Handle, intf: int) -> None:
-        pass
+        self._check(dev_handle)  # LIBUSB_ERROR_NO_DEVICE once the device is gone
 
     def ctrl_transfer(self, dev_handle: _Handle, bmRequestType, bRequest, wValue, wIndex, data, timeout):
         device = self._check(dev_handle)

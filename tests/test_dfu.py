@@ -593,3 +593,21 @@ def test_simulated_device_is_strict(device_disk: Path, keyset: KeySet, clock: Si
     stalls(lambda: request.dnload(5, bytes(64)))  # block 5 after block 0
     with pytest.raises(dfu._Stalled):
         request.detach(100)  # DFU_DETACH in DFU mode
+
+
+def test_interrupted_download_leaves_the_device_idle(signed: Path, device_disk: Path, keyset: KeySet,
+                                                     clock: SimClock) -> None:
+    """Ctrl-C during the download: the device is taken back to dfuIDLE
+    (DFU_ABORT), nothing is activated, and the next run starts cleanly."""
+    device = sim(device_disk, keyset, start_in_dfu_mode=True)
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 5 * 4096:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        flash(signed, device, clock, progress=interrupt)
+    assert device.state == State.DFU_IDLE and device.requests[-1][1:] == ("ABORT", "dfuDNLOAD-IDLE")
+    assert device.booted == [] and device.stalls == []
+    flash(signed, device, clock)
+    assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
