@@ -87,9 +87,9 @@ WAIT_RESET_TIMEOUT_MS = 500
 # The longest poll timeout believed (bwPollTimeout is 24 bits of ms).
 MAX_POLL_S = 60.0
 
-UDEV_HINT = ('install the udev rule of README.md ("Flashing over USB"), e.g. /etc/udev/rules.d/70-mantra.rules: '
+UDEV_HINT = ('install the udev rule of README.md ("Flashing over USB (DFU)"): in /etc/udev/rules.d/70-mantra-dfu.rules '
              'SUBSYSTEM=="usb", ATTRS{{idVendor}}=="{vid:04x}", ATTRS{{idProduct}}=="{pid:04x}", MODE="0660", '
-             'TAG+="uaccess"; then `sudo udevadm control --reload` and replug the board')
+             'TAG+="uaccess"; then `sudo udevadm control --reload-rules` and replug the board')
 AGAIN = "run the same command again"
 
 
