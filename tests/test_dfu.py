@@ -611,3 +611,24 @@ def test_interrupted_download_leaves_the_device_idle(signed: Path, device_disk: 
     assert device.booted == [] and device.stalls == []
     flash(signed, device, clock)
     assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
+
+
+def test_board_usb_ids_are_data(scratch: Workspace) -> None:
+    from mantra.board import UsbIds, load_board
+
+    assert load_board(scratch, BOARD).usb == UsbIds(0x1209, 0x0001, 0x0001)
+    board_toml = scratch.boards_dir / BOARD / "board.toml"
+    text = board_toml.read_text()
+    board_toml.write_text(text.replace("dfu_pid = 0x0001\n", ""))
+    assert load_board(scratch, BOARD).usb == UsbIds(0x1209, 0x0001, 0x0001)  # dfu_pid defaults to pid
+    board_toml.write_text(text.replace("pid = 0x0001\ndfu_pid", "pid = 0x10000\ndfu_pid"))
+    with pytest.raises(MantraError, match=r"`usb.pid` must be a 16-bit USB ID \(0 to 0xffff\), not 0x10000"):
+        load_board(scratch, BOARD)
+    board_toml.write_text(text.replace("vid = 0x1209\n", "vendor = 0x1209\n"))
+    with pytest.raises(MantraError, match="unknown key `usb.vendor`"):
+        load_board(scratch, BOARD)
+    start = text.index("[usb]")
+    board_toml.write_text(text[:start])
+    assert load_board(scratch, BOARD).usb is None
+    with pytest.raises(DfuError, match="board qemu-x86_64 has no USB IDs"):
+        dfu._ids(None, load_board(scratch, BOARD))
