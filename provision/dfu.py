@@ -1020,6 +1020,12 @@ class _Session:
                            f"reset the board (power cycle) and {AGAIN}", status=status.status, state=status.state)
 
     def read_info(self) -> DeviceInfo:
+        found = self.dfu.found
+        if ALT_INFO not in found.alt_settings or ALT_SLOT not in found.alt_settings:
+            raise DfuError("descriptor", f"USB device {found.describe()} is not MantraBoot's DFU function: its DFU "
+                           f"interface has alternate settings {list(found.alt_settings)}, not {ALT_SLOT} (the slot) "
+                           f"and {ALT_INFO} (the device information the image is checked against): nothing was "
+                           "written", "flash MantraBoot boards only; check --usb VID:PID (docs/dfu.md)")
         self.dfu.claim(None)
         self.to_idle()  # before SET_INTERFACE, which a device allows in dfuIDLE
         self.dfu.claim(ALT_INFO)

@@ -116,6 +116,7 @@ class SimDevice:
     reenumerate_ms: int = 400  # gone from the bus after a detach or reset
     dfu_version: int = DFU_VERSION
     verify_on_manifest: bool = True
+    info_alt: bool = True  # False: a DFU device that is not MantraBoot's (one alternate setting)
     # Faults.
     status_at_block: dict[int, Status] = field(default_factory=dict)
     status_at_manifest: Status | None = None
@@ -222,9 +223,9 @@ class SimDevice:
                                    bNumEndpoints=0, bInterfaceClass=cls, bInterfaceSubClass=sub,
                                    bInterfaceProtocol=proto, iInterface=string, extra_descriptors=list(extra))
         if self.mode == "dfu":
-            return [[interface(0, ALT_SLOT, DFU_CLASS, DFU_SUBCLASS, PROTOCOL_DFU, 6, self.functional().encode()),
-                     interface(0, ALT_INFO, DFU_CLASS, DFU_SUBCLASS, PROTOCOL_DFU, 7,
-                               self.functional(info=True).encode())]]
+            slot = interface(0, ALT_SLOT, DFU_CLASS, DFU_SUBCLASS, PROTOCOL_DFU, 6, self.functional().encode())
+            info = interface(0, ALT_INFO, DFU_CLASS, DFU_SUBCLASS, PROTOCOL_DFU, 7, self.functional(info=True).encode())
+            return [[slot, info] if self.info_alt else [slot]]
         return [[interface(0, 0, 0xFF, 0, 0, 4, b"")],
                 [interface(1, 0, DFU_CLASS, DFU_SUBCLASS, PROTOCOL_RUNTIME, 5, self.functional().encode())]]
 

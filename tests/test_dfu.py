@@ -632,3 +632,14 @@ def test_board_usb_ids_are_data(scratch: Workspace) -> None:
     assert load_board(scratch, BOARD).usb is None
     with pytest.raises(DfuError, match="board qemu-x86_64 has no USB IDs"):
         dfu._ids(None, load_board(scratch, BOARD))
+
+
+def test_a_dfu_device_that_is_not_mantraboot_is_refused(signed: Path, device_disk: Path, keyset: KeySet,
+                                                        clock: SimClock) -> None:
+    before = digest(partition_bytes(device_disk, "b"))
+    device = sim(device_disk, keyset, info_alt=False)
+    with pytest.raises(DfuError, match=r"is not MantraBoot's DFU function: its DFU interface has alternate settings "
+                                       r"\[0\]") as error:
+        flash(signed, device, clock)
+    assert error.value.kind == "descriptor"
+    untouched(device, device_disk, before)
