@@ -84,6 +84,10 @@ REENUMERATION_POLL_S = 0.1
 CONTROL_TIMEOUT_MS = 5000
 # A device in dfuMANIFEST-WAIT-RESET need not answer: asked once, briefly.
 WAIT_RESET_TIMEOUT_MS = 500
+# libusb refuses control transfers of more than 4096 bytes of data on Linux
+# and Windows (MAX_CTRL_BUFFER_LENGTH, LIBUSB_ERROR_INVALID_PARAM): blocks are
+# min(wTransferSize, this); DFU allows blocks shorter than wTransferSize.
+MAX_CONTROL_DATA = 4096
 # The longest poll timeout believed (bwPollTimeout is 24 bits of ms).
 MAX_POLL_S = 60.0
 
@@ -231,6 +235,11 @@ class FunctionalDescriptor:
     @property
     def can_upload(self) -> bool:
         return bool(self.attributes & self.CAN_UPLOAD)
+
+    @property
+    def block_size(self) -> int:
+        """Bytes per DFU_DNLOAD / DFU_UPLOAD: wTransferSize, at most what libusb moves in one control transfer."""
+        return min(self.transfer_size, MAX_CONTROL_DATA)
 
     @property
     def manifestation_tolerant(self) -> bool:
@@ -691,7 +700,8 @@ class DfuResult:
     key_id: str
     bytes: int  # bytes downloaded (the slot's contents up to its last nonzero page)
     slot_size: int
-    transfer_size: int
+    transfer_size: int  # bytes per DFU_DNLOAD: wTransferSize, at most 4096 (libusb's limit)
+    device_transfer_size: int  # the device's wTransferSize
     transfers: int  # DFU_DNLOAD requests with data (the last one may be short)
     status_polls: int  # DFU_GETSTATUS requests
     detached: bool  # the device was in runtime mode and was detached first
@@ -781,7 +791,8 @@ def flash_usb(image: Path, vid_pid: str | None, board: str, progress: Progress |
         image=image, source_slot=from_slot, device=found.ids, serial=found.serial, board=info.board,
         target_slot=info.target_slot, product=slot.manifest.product, version=slot.manifest.version,
         security_counter=slot.manifest.security_counter, key_id=slot.key.key_id.hex(), bytes=len(payload.data),
-        slot_size=info.slot_size, transfer_size=functional.transfer_size, transfers=session.transfers,
+        slot_size=info.slot_size, transfer_size=functional.block_size,
+        device_transfer_size=functional.transfer_size, transfers=session.transfers,
         status_polls=dfu.requests[Request.GETSTATUS], detached=detached,
         manifestation_tolerant=functional.manifestation_tolerant, retries=session.retries,
         seconds=session.seconds, sha256=payload.sha256)
@@ -1029,7 +1040,7 @@ class _Session:
         self.dfu.claim(None)
         self.to_idle()  # before SET_INTERFACE, which a device allows in dfuIDLE
         self.dfu.claim(ALT_INFO)
-        size = self.dfu.found.functional.transfer_size
+        size = self.dfu.found.functional.block_size
         data = b""
         block = 0
         while True:
@@ -1086,7 +1097,7 @@ class _Session:
         self.phase = "preparing the download"
         self.to_idle()
         data = self.payload.data
-        size = self.dfu.found.functional.transfer_size
+        size = self.dfu.found.functional.block_size
         total = len(data)
         self.phase = "downloading"
         self.written = 0
@@ -1157,7 +1168,9 @@ def format_result(result: DfuResult) -> str:
         f"{result.security_counter}, key {result.key_id}) into slot {result.target_slot} of the {result.board} "
         f"board at USB {result.device}{serial} (DFU 1.1)",
         f"{result.bytes} bytes ({result.bytes * 100 // result.slot_size if result.slot_size else 100}% of the "
-        f"{result.slot_size}-byte slot) in {result.transfers} transfers of up to {result.transfer_size} bytes, "
+        f"{result.slot_size}-byte slot) in {result.transfers} transfers of up to {result.transfer_size} bytes"
+        + (f" (wTransferSize {result.device_transfer_size}, above libusb's 4096)"
+           if result.device_transfer_size != result.transfer_size else "") + ", "
         f"{result.status_polls} status polls, {result.seconds:.1f} s ({rate_text})"
         + (", after detaching it into DFU mode" if result.detached else "")
         + (f", {result.retries} restart after DFU_ABORT" if result.retries else ""),

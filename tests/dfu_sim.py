@@ -554,6 +554,8 @@ class SimBackend(usb.backend.IBackend):
             return self._descriptor(device, wValue, data)
         if bmRequestType & 0x60 != 0x20 or bmRequestType & 0x1F != 1:  # class request to an interface
             raise _stall(f"request type {bmRequestType:#x} request {bRequest}")
+        if len(data) > 4096:  # libusb's MAX_CTRL_BUFFER_LENGTH (Linux, Windows)
+            raise usb.core.USBError("Invalid parameter", -2, errno.EINVAL)
         now = self.clock.now()
         if bmRequestType & 0x80:
             answer = device.control(now, bmRequestType, bRequest, wValue, wIndex, b"", len(data))
