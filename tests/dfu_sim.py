@@ -31,6 +31,7 @@ Time is a simulated clock that the host's waits advance (`SimClock`).
 
 from __future__ import annotations
 
+import array
 import errno
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from types import SimpleNamespace
 import usb.backend
 import usb.core
 
-from mantra.provision.dfu import (
+from mantra.provision.dfu_protocol import (
     ALT_INFO,
     ALT_SLOT,
     DFU_CLASS,
@@ -561,7 +562,7 @@ class SimBackend(usb.backend.IBackend):
             answer = device.control(now, bmRequestType, bRequest, wValue, wIndex, b"", len(data))
             assert isinstance(answer, bytes)
             answer = answer[:len(data)]
-            data[:len(answer)] = __import__("array").array("B", answer)
+            data[:len(answer)] = array.array("B", answer)
             return len(answer)
         return device.control(now, bmRequestType, bRequest, wValue, wIndex, bytes(data), len(data))
 

@@ -7,11 +7,10 @@ cargo build is needed."""
 from __future__ import annotations
 
 import hashlib
-import os
+import random
 import shutil
 import subprocess
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,7 +65,7 @@ def make_image(directory: Path, keyset: KeySet, *, board: str = BOARD, seed: int
     """A signed GPT disk image: ESP with a made-up BOOTX64.EFI, slot a with
     a made-up kernel and boot filesystem, slot b empty."""
     directory.mkdir(parents=True, exist_ok=True)
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     sources = {}
     for path, size in (("EFI/BOOT/BOOTX64.EFI", 40_000), ("MANTRA/KERNEL.ELF", kernel_kib * 1024),
                        ("MANTRA/BOOTFS.IMG", 150_000)):
