@@ -916,20 +916,30 @@ def format_result(result: DfuResult) -> str:
 @contextmanager
 def rich_progress(console=None) -> Iterator[Progress]:
     """A rich progress bar (bytes, throughput, time left) as a flash_usb
-    progress callback."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    progress callback; it appears with the first block, not before (the
+    checks before the download print nothing)."""
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import Progress as Bar
 
     from mantra.console import err
 
-    with Bar(TextColumn("[bold cyan]DFU download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-             TimeRemainingColumn(), console=console or err, transient=False) as bar:
-        task = bar.add_task("download", total=None)
+    bar: Bar | None = None
+    task = None
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(done: int, total: int) -> None:
+        nonlocal bar, task
+        if bar is None:
+            bar = Bar(TextColumn("[bold cyan]DFU download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), console=console or err)
+            bar.start()
+            task = bar.add_task("download", total=total)
+        bar.update(task, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 __all__ = ["DeviceInfo", "DfuError", "DfuProtocolError", "DfuResult", "DfuStatus", "FunctionalDescriptor", "Request",

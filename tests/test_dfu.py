@@ -646,3 +646,37 @@ def test_a_dfu_device_that_is_not_mantraboot_is_refused(signed: Path, device_dis
         flash(signed, device, clock)
     assert error.value.kind == "descriptor"
     untouched(device, device_disk, before)
+
+
+def test_how_the_flash_command_uses_it(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock) -> None:
+    """The `--usb` branch of `mantra flash` (tools/mantra/cli/flash.py, on
+    another branch) in a few lines: flash_usb with the rich progress bar,
+    format_result on success; a DfuError is a MantraError, which the root
+    app prints as "error:" and "try:" with exit status 1."""
+    import typer
+    from mantra.cli import _MantraGroup
+    from typer.testing import CliRunner
+
+    device = sim(device_disk, keyset)
+    backends = {"attached": SimBackend(device, clock=clock), "none": SimBackend(clock=clock)}
+    app = typer.Typer(cls=_MantraGroup)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    @app.command()
+    def flash(image: Path, usb: str = typer.Option(None, "--usb"), board: str = typer.Option(BOARD, "-b"),
+              bus: str = "attached") -> None:
+        with dfu.rich_progress() as progress:
+            result = flash_usb(image, usb, board, progress, backend=backends[bus], clock=clock)
+        typer.echo(format_result(result))
+
+    done = CliRunner().invoke(app, ["flash", str(signed), "--usb", "1209:0001"])
+    assert done.exit_code == 0, done.output
+    assert "into slot b of the qemu-x86_64 board at USB 1209:0001 serial MANTRA-0001" in done.output
+    assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
+    failed = CliRunner().invoke(app, ["flash", str(signed), "--bus", "none"])
+    assert failed.exit_code == 1
+    assert failed.output.startswith("error: no USB DFU device 1209:0001 found")  # no progress bar before the download
+    assert "try: connect the board's USB device port" in failed.output and "udev rule" in failed.output
