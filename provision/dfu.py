@@ -85,6 +85,9 @@ REENUMERATION_POLL_S = 0.1
 CONTROL_TIMEOUT_MS = 5000
 # A device in dfuMANIFEST-WAIT-RESET need not answer: asked once, briefly.
 WAIT_RESET_TIMEOUT_MS = 500
+# bcdDFUVersion of the devices this host drives: DFU 1.1, and 1.0 (the same
+# requests and states). Not DfuSe (0x011A), whose blocks 0 and 1 are commands.
+SUPPORTED_VERSIONS = (0x0110, 0x0100)
 # The longest poll timeout believed (bwPollTimeout is 24 bits of ms).
 MAX_POLL_S = 60.0
 
@@ -453,7 +456,7 @@ Progress = Callable[[int, int], None]
 
 
 def flash_usb(image: Path, vid_pid: str | None, board: str, progress: Progress | None = None, *, backend=None,
-              from_slot: str = "a", root: Path | bytes | None = None, serial: str | None = None,
+              from_slot: str = "a", root: Path | str | bytes | None = None, serial: str | None = None,
               workspace: Workspace | None = None, clock: Clock | None = None,
               log: Callable[[str], None] | None = None) -> DfuResult:
     """Flashes slot `from_slot` of the signed disk image `image` into the
@@ -471,7 +474,7 @@ def flash_usb(image: Path, vid_pid: str | None, board: str, progress: Progress |
     log = log or (lambda line: None)
     board_data = load_board(workspace or Workspace.locate(), board)
     ids = _ids(vid_pid, board_data)
-    root_public = load_root_public(root) if isinstance(root, Path) else root
+    root_public = load_root_public(Path(root)) if isinstance(root, (str, Path)) else root
 
     # 1. The image, before the device is touched.
     payload = read_payload(image, from_slot)
@@ -494,6 +497,12 @@ def flash_usb(image: Path, vid_pid: str | None, board: str, progress: Progress |
     if not functional.can_download:
         raise DfuError("descriptor", f"USB device {found.describe()} does not accept downloads (bitCanDnload is "
                        "clear)", "the device's DFU function is read-only: flash it another way (serial)")
+    if functional.dfu_version not in SUPPORTED_VERSIONS:
+        raise DfuError("descriptor", f"USB device {found.describe()} speaks DFU version "
+                       f"{functional.dfu_version >> 8}.{functional.dfu_version & 0xFF:02x}"
+                       + (" (ST's DfuSe, whose DFU_DNLOAD blocks 0 and 1 are commands)"
+                          if functional.dfu_version == 0x011A else "") + ", not DFU 1.1: nothing was written",
+                       "flash MantraBoot boards only; check --usb VID:PID (docs/dfu.md)")
     if functional.transfer_size == 0:
         raise DfuError("descriptor", f"USB device {found.describe()} gives wTransferSize 0",
                        "the device's descriptors are broken: update its firmware")
@@ -565,6 +574,9 @@ def _find_one(ids: list[tuple[int, int]], backend, serial: str | None, board: Bo
     except usb.core.NoBackendError:
         raise DfuError("not-found", "libusb 1.0 is not installed (pyusb found no backend)",
                        "sudo apt install libusb-1.0-0") from None
+    except usb.core.USBError as exc:
+        raise DfuError("not-found", f"cannot list the USB devices: {exc.strerror or exc}",
+                       "check that /dev/bus/usb exists (in a container: pass the USB bus through)") from None
     if not found:
         vid, pid = ids[0]
         which = f"USB DFU device {_ids_text(ids)}" + (f" with serial number {serial}" if serial else "")

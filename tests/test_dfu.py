@@ -680,3 +680,18 @@ def test_how_the_flash_command_uses_it(signed: Path, device_disk: Path, keyset: 
     assert failed.exit_code == 1
     assert failed.output.startswith("error: no USB DFU device 1209:0001 found")  # no progress bar before the download
     assert "try: connect the board's USB device port" in failed.output and "udev rule" in failed.output
+
+
+@pytest.mark.parametrize("version, what", [(0x011A, r"DFU version 1\.1a \(ST's DfuSe"), (0x0200, r"DFU version 2\.00,")])
+def test_other_dfu_versions_are_refused(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock,
+                                        version: int, what: str) -> None:
+    device = sim(device_disk, keyset, dfu_version=version, start_in_dfu_mode=True)
+    with pytest.raises(DfuError, match=what + ".*not DFU 1.1: nothing was written"):
+        flash(signed, device, clock)
+    assert device.dnload_sizes == [] and device.requests == []
+
+
+def test_dfu_1_0_device(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock) -> None:
+    device = sim(device_disk, keyset, dfu_version=0x0100)
+    flash(signed, device, clock)
+    assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
