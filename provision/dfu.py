@@ -109,9 +109,11 @@ class _Stalled(Exception):
 
 
 class _WrongState(Exception):
-    def __init__(self, state: DfuStatus, expected: str, what: str) -> None:
-        super().__init__(f"{what}: the device is in state {state.state_label}, expected {expected}")
-        self.status = state
+    """DFU_GETSTATUS answered a state the host did not expect there."""
+
+    def __init__(self, status: DfuStatus, expected: str, what: str) -> None:
+        super().__init__(f"{what}: the device is in state {status.state_label}, expected {expected}")
+        self.status = status
 
 
 class DfuError(MantraError):
@@ -236,12 +238,14 @@ def find_dfu(ids: list[tuple[int, int]], backend, *, serial: str | None = None) 
             number = device.iSerialNumber
             device_serial = usb.util.get_string(device, number) if number else None
         except usb.core.USBError as exc:
+            _dispose(device)
             if _is_gone(exc):
                 continue  # unplugged while being looked at
             raise _open_error(exc, ident) from None
         except ValueError:  # no language ids: no strings readable
             device_serial = None
         if serial is not None and device_serial != serial:
+            _dispose(device)  # not ours: close what reading its serial number opened
             continue
         for number, (protocol, alts, functional) in sorted(interfaces.items()):
             found.append(Found(device, number, alts, functional, protocol, device_serial))
@@ -301,9 +305,9 @@ class DfuInterface:
         except usb.core.USBError as exc:
             if _is_stall(exc):
                 raise _Stalled(f"{request.label} stalled") from None
-            if _is_gone(exc) or exc.errno is None:
+            if _is_gone(exc):
                 raise _Gone(f"{request.label}: {exc.strerror or exc}") from None
-            raise _Gone(f"{request.label}: {exc.strerror}") from None
+            raise DfuProtocolError(f"{request.label} failed: {exc.strerror or exc}") from None
 
     def claim(self, alt: int | None) -> None:
         try:
@@ -599,7 +603,7 @@ def _detach(found: Found, ids: list[tuple[int, int]], backend, clock: Clock, log
         runtime.claim(None)
         try:
             state = runtime.get_status().state
-        except _Stalled:
+        except (_Stalled, DfuProtocolError):
             state = State.APP_IDLE  # GETSTATUS is optional in runtime mode
         if state != State.APP_IDLE:
             log(f"runtime interface in state {State(state).label if state in State._value2member_map_ else state}")
@@ -618,6 +622,9 @@ def _detach(found: Found, ids: list[tuple[int, int]], backend, clock: Clock, log
     except (_Gone, usb.core.USBError) as exc:
         raise DfuError("gone", f"USB device {found.describe()} went away while being detached into DFU mode ({exc})",
                        f"reconnect the board and {AGAIN}") from None
+    except DfuProtocolError as exc:
+        raise DfuError("protocol", f"USB device {found.describe()}: {exc}",
+                       f"reset the board (power cycle) and {AGAIN}") from None
     _dispose(found.device)
     deadline = clock.now() + functional.detach_timeout_ms / 1000 + REENUMERATION_TIMEOUT_S
     while True:
@@ -684,10 +691,6 @@ class _Session:
         self.phase = "reading the device information"
         self.last_status: DfuStatus | None = None
 
-    @property
-    def where(self) -> str:
-        return self.dfu.found.describe()
-
     # -- errors -------------------------------------------------------------
 
     def gone(self, detail: str) -> DfuError:
@@ -720,16 +723,20 @@ class _Session:
     def status_error(self, status: DfuStatus) -> DfuError:
         """An error status: named, cleared, and what to try."""
         message = self.dfu.string(status.string_index)
-        try:
-            self.dfu.clear_status()
-        except (_Gone, _Stalled):
-            pass
+        cleared = False
+        if status.state == State.DFU_ERROR:
+            try:
+                self.dfu.clear_status()
+                cleared = True
+            except (_Gone, _Stalled):
+                pass
         known = status.status in Status._value2member_map_
         meaning = Status(status.status).meaning if known else "a status DFU 1.1 does not define"
         device_says = f" (the device says: {message})" if message else ""
         block = f" at block {self.block}" if self.phase == "downloading" else ""
         return DfuError("status", f"the USB device reports {status.status_label} while {self.phase}{block}: "
-                        f"{meaning}{device_says}; state {status.state_label}, cleared with DFU_CLRSTATUS",
+                        f"{meaning}{device_says}; state {status.state_label}"
+                        + (", cleared with DFU_CLRSTATUS" if cleared else ""),
                         Status(status.status).advice if known else AGAIN, status=status.status,
                         state=status.state, written=self.written)
 
@@ -752,28 +759,36 @@ class _Session:
             raise _WrongState(status, " or ".join(s.label for s in until), what)
 
     def to_idle(self) -> None:
-        """Brings the device to dfuIDLE: DFU_CLRSTATUS from dfuERROR, DFU_ABORT
-        from the other idle states; a device that does not get there twice is
-        an error."""
-        for attempt in range(2):
+        """Brings the device to dfuIDLE (a run cut short may have left it
+        elsewhere): DFU_CLRSTATUS from dfuERROR, DFU_ABORT from
+        dfuDNLOAD-IDLE / dfuUPLOAD-IDLE, polling through the busy states; a
+        request stalled on the way is cleared in the next round."""
+        for _ in range(4):
             status = self.dfu.get_status()
             self.last_status = status
-            if status.state == State.DFU_IDLE:
+            state = status.state
+            if state == State.DFU_IDLE:
                 if status.status != Status.OK:
                     raise self.status_error(status)
                 return
-            self.log(f"device in state {status.state_label} (status {status.status_label}): "
-                     + ("DFU_CLRSTATUS" if status.state == State.DFU_ERROR else "DFU_ABORT"))
             self.dfu.wait(status.poll_timeout_ms)
-            if status.state == State.DFU_ERROR:
-                self.dfu.clear_status()
+            if state == State.DFU_ERROR:
+                action, name = self.dfu.clear_status, "DFU_CLRSTATUS"
+            elif state in (State.DFU_DNLOAD_IDLE, State.DFU_UPLOAD_IDLE):
+                action, name = self.dfu.abort, "DFU_ABORT"
+            elif state in (State.DFU_DNLOAD_SYNC, State.DFU_DNBUSY, State.DFU_MANIFEST_SYNC, State.DFU_MANIFEST):
+                continue  # DFU_GETSTATUS moves these on
             else:
-                self.dfu.abort()
-        status = self.dfu.get_status()
-        if status.state != State.DFU_IDLE:
-            raise DfuError("state", f"the USB device stays in state {status.state_label} (status "
-                           f"{status.status_label}) after DFU_ABORT and DFU_CLRSTATUS, not dfuIDLE",
-                           f"reset the board (power cycle) and {AGAIN}", status=status.status, state=status.state)
+                break
+            self.log(f"device in state {status.state_label} (status {status.status_label}): {name}")
+            try:
+                action()
+            except _Stalled:
+                continue
+        status = self.last_status
+        raise DfuError("state", f"the USB device stays in state {status.state_label} (status {status.status_label}), "
+                       "not dfuIDLE, after DFU_ABORT and DFU_CLRSTATUS", f"reset the board (power cycle) and {AGAIN}",
+                       status=status.status, state=status.state)
 
     def read_info(self) -> DeviceInfo:
         found = self.dfu.found

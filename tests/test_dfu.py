@@ -316,6 +316,7 @@ def test_stall_mid_transfer_is_cleared_and_reported(signed: Path, device_disk: P
     (State.DFU_DNLOAD_IDLE, Status.OK, "ABORT"),
     (State.DFU_UPLOAD_IDLE, Status.OK, "ABORT"),
     (State.DFU_ERROR, Status.ERR_WRITE, "CLRSTATUS"),
+    (State.DFU_DNLOAD_SYNC, Status.OK, "ABORT"),  # DFU_GETSTATUS moves it on to dfuDNLOAD-IDLE
 ])
 def test_device_found_in_another_state(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock,
                                        start_state: State, start_status: Status, fix: str) -> None:
