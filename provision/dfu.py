@@ -835,10 +835,13 @@ class _Session:
                 self.retries += 1
                 self.log(f"{exc}: DFU_ABORT, then the download again from block 0")
                 self.dfu.wait(exc.status.poll_timeout_ms)
-                if exc.status.state == State.DFU_ERROR:
-                    self.dfu.clear_status()
-                else:
-                    self.dfu.abort()
+                try:
+                    if exc.status.state == State.DFU_ERROR:
+                        self.dfu.clear_status()
+                    else:
+                        self.dfu.abort()
+                except _Stalled:
+                    pass  # not abortable there: the next to_idle() clears the error
 
     def _abort_quietly(self) -> None:
         """Interrupted (Ctrl-C): leaves the device in dfuIDLE if it can, so
