@@ -683,7 +683,8 @@ def test_how_the_flash_command_uses_it(signed: Path, device_disk: Path, keyset: 
     assert "try: connect the board's USB device port" in failed.output and "udev rule" in failed.output
 
 
-@pytest.mark.parametrize("version, what", [(0x011A, r"DFU version 1\.1a \(ST's DfuSe"), (0x0200, r"DFU version 2\.00,")])
+@pytest.mark.parametrize("version, what", [(0x011A, r"DFU version 1\.1a \(ST's DfuSe"),
+                                           (0x0200, r"DFU version 2\.00,")])
 def test_other_dfu_versions_are_refused(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock,
                                         version: int, what: str) -> None:
     device = sim(device_disk, keyset, dfu_version=version, start_in_dfu_mode=True)
