@@ -162,7 +162,7 @@ class SimDevice:
         self._upload: bytes | None = None
         self._ready = False
         if self.start_in_dfu_mode:
-            self._enter_dfu(0.0)
+            self._enter_dfu(0.0, delay_ms=0)
 
     # -- the bus --------------------------------------------------------------
 
@@ -175,8 +175,9 @@ class SimDevice:
         self.present_from = now + (self.reenumerate_ms if delay_ms is None else delay_ms) / 1000
         self.alt = 0
 
-    def _enter_dfu(self, now: float) -> None:
-        self._reenumerate("dfu", now, 0 if now == 0.0 else None)
+    def _enter_dfu(self, now: float, delay_ms: int | None = None) -> None:
+        """MantraBoot starts its DFU mode: on the bus after `delay_ms` (default reenumerate_ms)."""
+        self._reenumerate("dfu", now, delay_ms)
         self.state = self.start_state if self.start_state is not None else State.DFU_IDLE
         self.status = self.start_status
         self._reset_session()  # a new boot of MantraBoot: nothing of an earlier session in RAM
