@@ -143,6 +143,7 @@ class SimDevice:
     answers: list[str] = field(default_factory=list)  # the state each DFU_GETSTATUS reported
     stalls: list[str] = field(default_factory=list)
     poll_violations: int = 0
+    timeouts: int = 0  # requests left unanswered (dfuMANIFEST-WAIT-RESET)
     detaches: int = 0
     resets: int = 0
     erases: int = 0
@@ -317,10 +318,11 @@ class SimDevice:
         self.requests.append((now, req.name, self.state.label))
         if index != self.dfu_interface:
             raise self._error(f"{req.name} to interface {index}")
-        if self.state == State.DFU_MANIFEST_WAIT_RESET:
+        self._advance(now, req)
+        if self.state == State.DFU_MANIFEST_WAIT_RESET:  # listens for nothing but a USB reset
+            self.timeouts += 1
             raise usb.core.USBTimeoutError("Operation timed out (dfuMANIFEST-WAIT-RESET: waiting for a USB reset)",
                                            -7, errno.ETIMEDOUT)
-        self._advance(now, req)
         if self.mode == "runtime":
             return self._runtime(now, req, value)
         state = self.state
