@@ -51,6 +51,20 @@ class DiskLayout:
 
 
 @dataclass(frozen=True)
+class UsbIds:
+    """The USB IDs of the board's DFU function (board.toml [usb]): `pid` in
+    runtime mode, `dfu_pid` in DFU mode (often the same)."""
+
+    vid: int
+    pid: int
+    dfu_pid: int
+
+    def __str__(self) -> str:
+        ids = f"{self.vid:04x}:{self.pid:04x}"
+        return ids if self.dfu_pid == self.pid else f"{ids} (DFU mode {self.vid:04x}:{self.dfu_pid:04x})"
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     dir: Path
@@ -61,6 +75,8 @@ class Board:
     console_index: int
     build: BuildData
     disk: DiskLayout
+    # None when the board has no USB DFU function (no [usb] table).
+    usb: UsbIds | None = None
 
     @property
     def kconfig(self) -> Path:
@@ -126,8 +142,22 @@ def load_board(workspace: Workspace, name: str) -> Board:
             esp_size_mib=disk.integer("esp_size_mib", minimum=33),
             slot_size_mib=disk.integer("slot_size_mib", minimum=1),
         ),
+        usb=_usb_ids(data.table("usb")) if data.has("usb") else None,
     )
     for required in (board.kconfig, board.defconfig):
         if not required.is_file():
             raise MantraError(f"board {name} has no {required.name}", f"add {workspace.relative(required)}")
     return board
+
+
+def _usb_ids(usb: Table) -> UsbIds:
+    usb.check_keys(("vid", "pid", "dfu_pid"), "[usb]")
+    values = {key: usb.integer(key, default=None) for key in ("vid", "pid", "dfu_pid")}
+    values["dfu_pid"] = values["pid"] if values["dfu_pid"] is None else values["dfu_pid"]
+    for key, value in values.items():
+        if value is None:
+            usb.integer(key)  # the missing-key error
+        if not 0 <= value <= 0xFFFF:
+            raise MantraError(f"{usb.file}: `usb.{key}` must be a 16-bit USB ID (0 to 0xffff), not {value:#x}",
+                              "fix the value in the file")
+    return UsbIds(**values)
