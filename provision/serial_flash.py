@@ -776,7 +776,7 @@ def bench_line(result: FlashResult) -> str:
     return f"effective throughput: {result.effective:.1f} x line rate"
 
 
-def flash(image: Path, port: str, board: str, *, from_slot: str = "a", baud: int | None = None,
+def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", baud: int | None = None,
           wait: float = DEFAULT_WAIT, root: Path | None = None, compress: bool = True, dry_run: bool = False,
           activate: bool = True, reset: bool = True, progress: Progress | None = None, log: Log | None = None,
           busy: Callable[[int, int], None] | None = None, transport: Transport | None = None,
@@ -800,6 +800,13 @@ def flash(image: Path, port: str, board: str, *, from_slot: str = "a", baud: int
         f"{board}, security counter {slot_image.manifest.security_counter}, verified with {found[1]}")
 
     start = clock()
+    if dry_run and transport is None and port is None:  # no board: the plan from the image alone
+        bmap = block_map(slot_image.source, msg.DEFAULT_BLOCK_SIZE)
+        compression = Compression.ZLIB if compress else Compression.NONE
+        result = FlashResult("(no port)", board, "?", bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
+                             0, 0, 0.0, initial_baud, compression, dry_run=True)
+        result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression)
+        return result
     own = transport is None
     if own:
         transport = SerialTransport.open(port, initial_baud)

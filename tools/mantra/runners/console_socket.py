@@ -117,6 +117,23 @@ class ConsoleSession:
             raise MantraError("a console line cannot contain line ends", "send one line per call")
         self._sock.sendall(line.encode() + b"\n")
 
+    def write(self, data: bytes) -> None:
+        """Raw bytes into the console (a binary protocol such as MantraFlash)."""
+        self._sock.sendall(data)
+
+    def read_bytes(self, start: int, timeout: float) -> bytes:
+        """The raw bytes the console printed from byte offset `start` on,
+        waiting up to `timeout` s for the first one; b"" when none came (or
+        the board stopped). Offsets count bytes, not `text`'s characters."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._data) <= start and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return bytes(self._data[start:])
+
     def wait_for(self, pattern: str | re.Pattern[str], timeout: float, start: int = 0) -> re.Match[str]:
         """Waits until a whole line of the console after offset `start`
         matches `pattern` (a regular expression, searched within the line,
