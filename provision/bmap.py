@@ -2,8 +2,8 @@
 which blocks of the slot's FAT volume hold anything, bmaptool's idea.
 
 `fat_used_ranges` parses the volume's boot sector (BPB) and its first FAT
-(FAT12, FAT16 or FAT32, told apart by cluster count as the FAT specification
-does) and returns the byte ranges the file system uses: the boot sector and
+(FAT12, FAT16 or FAT32: FAT32 when the BPB has no 16-bit FAT size, as the
+UEFI FAT driver and Linux decide, else FAT12/16 by cluster count) and returns the byte ranges the file system uses: the boot sector and
 reserved sectors, the FATs, the FAT12/16 root directory, every allocated
 cluster. `block_map` cuts the slot image into blocks, keeps those that
 overlap a used range and hashes them: the map entries (u32 block index ||
@@ -25,7 +25,6 @@ from mantra.errors import MantraError
 from mantra.provision.messages import MapEntry, image_digest
 
 FAT12_MAX_CLUSTERS = 4084
-FAT16_MAX_CLUSTERS = 65524
 _BAD = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}
 
 
@@ -99,9 +98,15 @@ def parse_boot_sector(sector: bytes, volume_size: int, what: str = "the slot") -
         raise BmapError(f"{what}: the FAT volume ({total * bps} bytes) is larger than its partition "
                         f"({volume_size} bytes)", hint)
     clusters = (total - first_data) // spc
-    bits = 12 if clusters <= FAT12_MAX_CLUSTERS else 16 if clusters <= FAT16_MAX_CLUSTERS else 32
-    if bits == 32 and (fat16 != 0 or root_entries != 0):
-        raise BmapError(f"{what}: FAT32 by cluster count, but the BPB has FAT16 fields", hint)
+    # As the UEFI FAT driver and Linux decide: no 16-bit FAT size means
+    # FAT32 (mformat -F makes FAT32 of any cluster count), else the cluster
+    # count tells FAT12 from FAT16.
+    if fat16 == 0:
+        bits = 32
+        if root_entries != 0:
+            raise BmapError(f"{what}: a FAT32 BPB with {root_entries} root directory entries", hint)
+    else:
+        bits = 12 if clusters <= FAT12_MAX_CLUSTERS else 16
     if (clusters + 2) * bits > fat_sectors * bps * 8:
         raise BmapError(f"{what}: the FAT ({fat_sectors} sectors) is too small for {clusters} clusters", hint)
     return FatLayout(bits, bps, spc, reserved, fats, fat_sectors, root_dir_sectors, total, clusters)
