@@ -98,7 +98,7 @@ def board_disk(image: Path, directory: Path, *, target: str = "b") -> Path:
     return disk
 
 
-def bench(image: Path, board: str, directory: Path, *, board_factory: BoardFactory = qemu_board,
+def bench(image: Path, board: str, directory: Path, *, board_factory: BoardFactory | None = None,
           progress: Progress | None = None, log: Log | None = None, wait: float = 120.0, clock=None,
           **flash_options) -> FlashResult:
     """Flashes slot a of `image` to a fresh board made from it (slot b wiped)
@@ -107,6 +107,6 @@ def bench(image: Path, board: str, directory: Path, *, board_factory: BoardFacto
     import time
 
     disk = board_disk(image, directory)
-    with board_factory(disk) as (transport, port):
+    with (board_factory or qemu_board)(disk) as (transport, port):
         return flash(image, port, board, transport=transport, progress=progress, log=log, wait=wait,
                      clock=clock or getattr(transport, "clock", None) or time.monotonic, **flash_options)

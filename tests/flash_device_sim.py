@@ -527,8 +527,10 @@ class TcpDevice:
     """The device behind 127.0.0.1:port (pyserial socket://), one connection
     at a time, on the real clock."""
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: SimDevice, *, cut_after: int | None = None) -> None:
         self.device = device
+        self.cut_after = cut_after  # close the first connection after this many bytes from the host
+        self.connections = 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.stop = threading.Event()
@@ -546,6 +548,8 @@ class TcpDevice:
                 conn, _ = self.server.accept()
             except OSError:
                 continue
+            self.connections += 1
+            received = 0
             with conn:
                 conn.settimeout(0.02)
                 start = time.monotonic()
@@ -560,6 +564,9 @@ class TcpDevice:
                         data = b""
                     except OSError:
                         break
+                    received += len(data)
+                    if self.cut_after is not None and self.connections == 1 and received > self.cut_after:
+                        break  # the cable is pulled
                     now = time.monotonic() - start
                     out = self.device.receive(data, now) if data else b""
                     out += self.device.tick(now)

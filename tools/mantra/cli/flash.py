@@ -12,6 +12,8 @@ import typer
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from typer.core import TyperCommand
+
 from mantra import build as driver
 from mantra.cli.common import DEFAULT_BOARD, DEFAULT_PRODUCT, BoardOption, ProductOption, workspace
 from mantra.console import err, out
@@ -97,7 +99,7 @@ def flash(
                         "rate` (slot image bytes ÷ bytes on the line).")] = False,
     product: ProductOption = DEFAULT_PRODUCT,
     usb: Annotated[str | None, typer.Option(
-        "--usb", metavar="[VID:PID]", is_flag=False, flag_value="",
+        "--usb", metavar="[VID:PID]",
         help="Flash over USB (DFU) instead of serial; VID:PID defaults to the board's.")] = None,
 ) -> None:
     """Flash a signed image's slot into a board's inactive slot over serial.
@@ -117,8 +119,9 @@ def flash(
         raise MantraError(f"{baud} baud is not a MantraFlash rate",
                           f"give one of {', '.join(map(str, SUPPORTED_BAUDS))}")
     if usb is not None:
-        if image is None and usb and not _VID_PID.match(usb):
-            image, usb = Path(usb), ""  # `--usb IMAGE`: the value was the image
+        if usb and not _VID_PID.match(usb):
+            raise MantraError(f"--usb {usb}: not a USB id", "give --usb alone (the board's ids) or --usb VID:PID "
+                              "in hex, e.g. --usb 1209:0001")
         _flash_usb(image, usb or None, board, ws)
         return
     if bench:
@@ -165,5 +168,17 @@ def _bench(ws, board: str, product: str) -> None:
     out.print(bench_line(result), markup=False)
 
 
+class _FlashCommand(TyperCommand):
+    """`--usb` takes an optional value: a bare `--usb` (last, or followed
+    by anything but VID:PID) means the board's own USB ids."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:  # type: ignore[override]
+        fixed = []
+        for i, arg in enumerate(args):
+            bare = arg == "--usb" and (i + 1 == len(args) or not _VID_PID.match(args[i + 1]))
+            fixed.append("--usb=" if bare else arg)
+        return super().parse_args(ctx, fixed)
+
+
 def register(app: typer.Typer) -> None:
-    app.command()(flash)
+    app.command(cls=_FlashCommand)(flash)
