@@ -34,10 +34,10 @@ class ConsoleTransport:
         self.offset = 0
 
     def write(self, data: bytes) -> None:
-        self.console.write(data)
+        self.console.send_bytes(data)
 
     def read(self, timeout: float) -> bytes:
-        data = self.console.read_bytes(self.offset, timeout)
+        data = self.console.wait_raw(self.offset, timeout)
         self.offset += len(data)
         return data
 

@@ -310,6 +310,7 @@ class Session:
         self.hello: HelloReply | None = None
         self.busy = busy or (lambda done, total: None)
         self.data_stats = DataStats()
+        self.data_seq = 0  # the next DATA seq of this BEGIN
         self.finish_instructions = 0
 
     @property
@@ -428,7 +429,9 @@ class Session:
         return self._hello(self.command(msg.Hello(), timeout=self.timing.baud_revert / tries, retries=tries))
 
     def begin(self, begin: msg.Begin) -> int:
-        return self.command(begin).held
+        held = self.command(begin).held
+        self.data_seq = 0
+        return held
 
     def send_map(self, entries: tuple[msg.MapEntry, ...]) -> None:
         """MAP frames with consecutive entries; stops early when the board
@@ -466,12 +469,17 @@ class Session:
 
     # -- DATA ---------------------------------------------------------------
 
-    def send_blocks(self, blocks: list[tuple[int, bytes]], compression: Compression, block_size: int,
+    def send_blocks(self, blocks, compression: Compression, block_size: int,
                     progress: Progress | None = None) -> DataStats:
-        """Sends each (map entry, block bytes) as DATA frames: each block
-        encoded on its own, chunked, at most `window` frames unacknowledged,
-        go-back-N from a NAK's seq (from the block's first frame for a hash
-        or decompression NAK), resent from the oldest after ack_timeout."""
+        """Sends each (map entry, block bytes) of `blocks` (a sized iterable)
+        as DATA frames: each block encoded on its own and chunked, at most
+        `window` frames unacknowledged. An ACK or NAK carries the board's
+        next expected seq, so it acknowledges every frame before it (a lost
+        ACK costs nothing); a NAK for a bad or out-of-sequence frame resends
+        from its seq (go-back-N), one for a block that failed its hash or
+        decompression from that block's first frame; after ack_timeout
+        without an ACK everything from the oldest unacknowledged frame is
+        resent."""
         hello = self.hello
         assert hello is not None, "sync() first"
         window = max(1, hello.window)
@@ -482,15 +490,10 @@ class Session:
         progress(0, total)
 
         schedule: list[tuple[_Block, int]] = []  # position -> (block, chunk number)
+        seq0 = self.data_seq  # DATA seq counts from 0 after BEGIN, across rounds: seq = seq0 + position
         pending = iter(blocks)
-        live: dict[int, _Block] = {}  # blocks not yet acknowledged, by first position
         failures: dict[int, int] = {}
-        sent_max = 0  # positions below have been sent at least once
-        base = 0  # oldest unacknowledged position
-        nxt = 0  # next position to send
-        done_blocks = 0
-        last_progress = self.clock()
-        stalls = 0
+        state = {"base": 0, "nxt": 0, "sent_max": 0, "done": 0, "last": self.clock(), "stalls": 0}
 
         def extend() -> bool:
             try:
@@ -499,99 +502,106 @@ class Session:
                 return False
             encoding, encoded = encode_block(data, compression)
             block = _Block(entry, encoding, encoded, len(schedule), -(-len(encoded) // chunk_size))
-            live[block.first] = block
             stats.encoded_bytes += len(encoded)
             schedule.extend((block, i) for i in range(block.chunks))
             return True
 
         def position(seq: int) -> int:
-            """The position ≤ nxt whose seq is `seq` (within one wrap)."""
-            return nxt - ((nxt - seq) & 0xFFFF)
+            """The position of `seq` at or before the furthest frame sent
+            (the board cannot expect a later one)."""
+            return state["sent_max"] - ((seq0 + state["sent_max"] - seq) & 0xFFFF)
+
+        def acknowledge(p: int) -> None:
+            """Every frame before position p reached the board."""
+            for q in range(state["base"], p):
+                block, chunk = schedule[q]
+                if chunk == block.chunks - 1:
+                    state["done"] += 1
+                    stats.blocks += 1
+                    progress(state["done"] * block_size, total)
+            state["base"] = p
+            state["stalls"] = 0
+            state["last"] = self.clock()
+
+        def rewind_block(p: int, reason: NakReason) -> None:
+            """The block starting at position p failed on the board: send it again."""
+            block, chunk = schedule[p]
+            if chunk != 0 or p + block.chunks <= state["base"]:
+                self.link.log(f"ignored a NAK ({reason.name.lower()}) for seq {(seq0 + p) & 0xFFFF}, not a block "
+                              "in flight")
+                return
+            failures[block.entry] = failures.get(block.entry, 0) + 1
+            what = "hash check" if reason == NakReason.BLOCK_HASH else "decompression"
+            self.link.log(f"the block of map entry {block.entry} failed its {what} on the board: resending it")
+            if failures[block.entry] > self.timing.block_retries:
+                raise FlashError(f"the block of map entry {block.entry} keeps failing its {what} on the board "
+                                 f"({failures[block.entry]} times)",
+                                 "the image file may have changed while flashing (rebuild, then run the command "
+                                 "again); otherwise try --no-compress or a lower --baud")
+            if p > state["base"]:
+                acknowledge(p)  # the board expects p: all before it arrived (their ACKs were lost)
+            state["base"] = p  # the block's chunks before the last were acknowledged: take them back
+            state["nxt"] = p
 
         while True:
-            while nxt < base + window and (nxt < len(schedule) or extend()):
-                block, chunk = schedule[nxt]
+            while state["nxt"] < state["base"] + window and (state["nxt"] < len(schedule) or extend()):
+                p = state["nxt"]
+                block, chunk = schedule[p]
                 piece = block.data[chunk * chunk_size : (chunk + 1) * chunk_size]
                 payload = msg.Data(block.entry, len(block.data), chunk * chunk_size, block.encoding, piece).encode()
-                self.link.send(FrameType.DATA, payload, nxt & 0xFFFF, "sending data")
+                self.link.send(FrameType.DATA, payload, (seq0 + p) & 0xFFFF, "sending data")
                 stats.frames += 1
-                if nxt < sent_max:
+                if p < state["sent_max"]:
                     stats.resent += 1
-                nxt += 1
-                sent_max = max(sent_max, nxt)
-                last_progress = self.clock()  # the ACK timer runs from the last frame on the line
-            if base >= len(schedule) and not extend():
+                state["nxt"] = p + 1
+                state["sent_max"] = max(state["sent_max"], p + 1)
+                state["last"] = self.clock()  # the ACK timer runs from the last frame on the line
+            if state["base"] >= len(schedule) and not extend():
                 break
-            left = last_progress + self.timing.ack_timeout - self.clock()
+            left = state["last"] + self.timing.ack_timeout - self.clock()
             frames = self.link.receive(max(0.0, left), "sending data")
             if not frames and left <= 0:
                 stats.timeouts += 1
-                stalls += 1
-                if stalls >= self.timing.data_stalls:
+                state["stalls"] += 1
+                if state["stalls"] >= self.timing.data_stalls:
                     raise ConnectionLost(
-                        f"the board on {self.link.port} stopped acknowledging data ({done_blocks} of {len(blocks)} "
+                        f"the board on {self.link.port} stopped acknowledging data ({state['done']} of {len(blocks)} "
                         f"blocks written)", f"check the cable and the board's power, then {_RESUME}")
-                self.link.log(f"no ACK within {self.timing.ack_timeout:g} s: resending from seq {base & 0xFFFF}")
-                nxt = base
-                last_progress = self.clock()
+                self.link.log(f"no ACK within {self.timing.ack_timeout:g} s: resending from seq "
+                              f"{(seq0 + state['base']) & 0xFFFF}")
+                state["nxt"] = state["base"]
+                state["last"] = self.clock()
                 continue
             for frame in frames:
-                if frame.type == FrameType.ACK:
+                if frame.type in (FrameType.ACK, FrameType.NAK):
                     try:
-                        ack = msg.Ack.decode(frame.payload)
-                    except MessageError:
+                        reply = (msg.Ack if frame.type == FrameType.ACK else msg.Nak).decode(frame.payload)
+                    except MessageError as exc:
+                        self.link.log(f"skipped a malformed {frame.type.name}: {exc}")
                         continue
-                    p = position(ack.next_seq)
-                    if p <= base:
-                        continue  # a duplicate or stale ACK
-                    for q in range(base, p):
-                        block, chunk = schedule[q]
-                        if chunk == block.chunks - 1:
-                            live.pop(block.first, None)
-                            done_blocks += 1
-                            stats.blocks += 1
-                            progress(done_blocks * block_size, total)
-                    base = p
-                    stalls = 0
-                    last_progress = self.clock()
-                elif frame.type == FrameType.NAK:
-                    try:
-                        nak = msg.Nak.decode(frame.payload)
-                    except MessageError:
+                    p = position(reply.next_seq)
+                    if p < 0:
+                        self.link.log(f"skipped a {frame.type.name} for seq {reply.next_seq}, before this round")
                         continue
-                    stats.naks += 1
-                    p = position(nak.next_seq)
-                    if p > nxt:
-                        continue
-                    if nak.reason in (NakReason.BLOCK_HASH, NakReason.DECOMPRESS):
-                        block, _chunk = schedule[p]
-                        failures[block.entry] = failures.get(block.entry, 0) + 1
-                        what = "hash check" if nak.reason == NakReason.BLOCK_HASH else "decompression"
-                        self.link.log(f"block of map entry {block.entry} failed its {what} on the board: resending it")
-                        if failures[block.entry] > self.timing.block_retries:
-                            raise FlashError(
-                                f"block {block.entry} of the map keeps failing its {what} on the board "
-                                f"({failures[block.entry]} times)",
-                                "the image file may have changed while flashing (rebuild, then run the command "
-                                "again); otherwise try --no-compress or a lower --baud")
-                        if p < base:  # the block's earlier chunks were acknowledged: take them back
-                            for q in range(p, base):
-                                block_q, chunk_q = schedule[q]
-                                if chunk_q == block_q.chunks - 1:  # cannot happen for one block; be safe
-                                    raise FlashError("the board NAKed data it had acknowledged as written",
-                                                     "reset the board, then run the same command again")
-                            base = p
-                    else:
-                        self.link.log(f"NAK ({nak.reason.name.lower().replace('_', ' ')}): resending from seq "
-                                      f"{nak.next_seq}")
-                    nxt = max(p, base)
-                    last_progress = self.clock()
+                    if frame.type == FrameType.NAK:
+                        stats.naks += 1
+                        if reply.reason in (NakReason.BLOCK_HASH, NakReason.DECOMPRESS):
+                            rewind_block(p, reply.reason)
+                            state["last"] = self.clock()
+                            continue
+                        self.link.log(f"NAK ({reply.reason.name.lower().replace('_', ' ')}): resending from seq "
+                                      f"{reply.next_seq}")
+                    if p > state["base"]:
+                        acknowledge(p)
+                    if frame.type == FrameType.NAK and p >= state["base"]:
+                        state["nxt"] = p
+                        state["last"] = self.clock()
                 elif frame.type == FrameType.ERROR:
                     raise DeviceError("DATA", msg.Error.decode(frame.payload), self.link.port)
                 elif frame.type == FrameType.BUSY:
-                    last_progress = self.clock()
+                    state["last"] = self.clock()
+        self.data_seq = (seq0 + len(schedule)) & 0xFFFF
         return stats
-
 
 def encode_block(data: bytes, compression: Compression) -> tuple[Compression, bytes]:
     """One block as DATA sends it: zlib when that makes it smaller (and the
@@ -846,11 +856,21 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         result.held_blocks = sum(held)
         todo = [i for i, h in enumerate(held) if not h]
         log(f"have: the board holds {result.held_blocks} of {len(bmap.entries)} blocks; sending {len(todo)}")
-        blocks = ((i, slot_image.source.read(bmap.entries[i].index * bmap.block_size, bmap.block_size))
-                  for i in todo)
-        session.send_blocks(_Sized(blocks, len(todo)), compression, bmap.block_size, progress)
-        result.sent_blocks = len(todo)
-        session.finish()
+        result.sent_blocks = _send(session, slot_image.source, bmap, todo, compression, progress)
+        for attempt in range(FINISH_ROUNDS):
+            try:
+                session.finish()
+                break
+            except DeviceError as error:
+                # A block that read back wrong is no longer held: HAVE says which, send those again.
+                if error.code != ErrorCode.SLOT_CHECK or attempt == FINISH_ROUNDS - 1:
+                    raise
+                held = session.have(len(bmap.entries))
+                todo = [i for i, h in enumerate(held) if not h]
+                if not todo:
+                    raise
+                log(f"finish: {error.device_message}; sending the {len(todo)} blocks the board lacks again")
+                result.sent_blocks += _send(session, slot_image.source, bmap, todo, compression, progress)
         log("finish: the board checked the whole slot")
         if activate:
             session.activate()
@@ -887,6 +907,16 @@ def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_paylo
     line += len(bmap.entries) * msg.MAP_ENTRY_SIZE + map_frames * (OVERHEAD + 4)
     line += 3 * OVERHEAD + 100  # BEGIN header, HAVE, FINISH, ACTIVATE, RESET: small
     return encoded, line
+
+
+FINISH_ROUNDS = 3  # FINISH, and again after resending blocks that read back wrong
+
+
+def _send(session: Session, source: SlotSource, bmap: BlockMap, todo: list[int], compression: Compression,
+          progress: Progress | None) -> int:
+    blocks = ((i, source.read(bmap.entries[i].index * bmap.block_size, bmap.block_size)) for i in todo)
+    session.send_blocks(_Sized(blocks, len(todo)), compression, bmap.block_size, progress)
+    return len(todo)
 
 
 class _Sized:

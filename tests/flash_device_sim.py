@@ -87,6 +87,7 @@ class SimDevice:
         # fault injection
         self.corrupt_block_once: set[int] = set()  # map entries whose decoded block is damaged once (hash NAK)
         self.fail_write: set[int] = set()  # map entries whose write fails (ERROR block I/O)
+        self.damage_once: set[int] = set()  # map entries written wrong once (the disk's fault)
         self.finish_fail: str | None = None  # "slot": FINISH fails the file-system check
         self.power_cycle(in_flash_mode)
 
@@ -390,6 +391,9 @@ class SimDevice:
         if command.entry in self.fail_write:
             s["next_seq"] = p["first_seq"]
             return self._error("DATA", m.ErrorCode.BLOCK_IO, f"WriteBlocks of block {entry.index} failed")
+        if command.entry in self.damage_once:  # the disk keeps a wrong byte: FINISH's read-back finds it
+            self.damage_once.discard(command.entry)
+            block = bytes([block[0] ^ 0x80]) + block[1:]
         self.write_block(s["slot"], entry.index, block)
         s["have"][command.entry] = True
         s["finished"] = False
@@ -412,6 +416,7 @@ class SimDevice:
             return self._error("FINISH", m.ErrorCode.SLOT_CHECK, "whole-slot check failed: the map is incomplete")
         for i, e in enumerate(s["map"]):
             if hashlib.sha256(self.read_block(s["slot"], e.index)).digest() != e.hash:
+                s["have"][i] = False  # written again once the host has asked HAVE
                 return self._error("FINISH", m.ErrorCode.SLOT_CHECK,
                                    f"whole-slot check failed: block {e.index} (map entry {i}) reads back wrong")
         if m.image_digest(s["map"]) != s["begin"].image_digest:
@@ -464,6 +469,7 @@ class SimTransport:
         self.rng = random.Random(seed)
         self.written = 0
         self.mangle = None  # callable(bytes) -> bytes applied to each host write (bit flips)
+        self.mangle_rx = None  # the same for what the device sends
         self.cut = None  # callable(bytes) -> bool: True makes this write fail as a pulled cable
         self.closed = False
         self.writes: list[bytes] = []
@@ -480,6 +486,8 @@ class SimTransport:
         return bytes(self.rng.randrange(256) for _ in data)
 
     def _deliver(self, out: bytes) -> None:
+        if out and self.mangle_rx is not None:
+            out = self.mangle_rx(out)
         if out:
             self.inbox += out if self._line_ok() else self._garble(out)
             self.device.apply_pending_baud(self.now)

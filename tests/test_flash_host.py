@@ -235,6 +235,47 @@ def test_block_hash_mismatch_resends_the_whole_block(image, disk, keyset):
     assert_flashed(image, disk, keyset)
 
 
+def test_seq_wraps_at_65536(image, disk, keyset, monkeypatch):
+    """Both sides start DATA near the end of the u16 seq range (as after
+    65 000 frames); a NAK and a corrupted block across the wrap still resend
+    the right frames."""
+    start = 65530
+    original_device_begin = SimDevice._cmd_begin
+    original_host_begin = sf.Session.begin
+
+    def device_begin(self, *args):
+        original_device_begin(self, *args)
+        if self.session:
+            self.session["next_seq"] = start
+
+    def host_begin(self, begin):
+        held = original_host_begin(self, begin)
+        self.data_seq = start
+        return held
+
+    monkeypatch.setattr(SimDevice, "_cmd_begin", device_begin)
+    monkeypatch.setattr(sf.Session, "begin", host_begin)
+    dev = device(disk, keyset)
+    dev.corrupt_block_once = {1}
+    tr = SimTransport(dev)
+    count = {"n": 0}
+
+    def mangle(data: bytes) -> bytes:
+        if data[:2] == b"MF" and data[2] == FrameType.DATA:
+            count["n"] += 1
+            if count["n"] == 5:  # seq 65534
+                return data[:-1] + bytes([data[-1] ^ 1])
+        return data
+
+    tr.mangle = mangle
+    result = run(image, dev, transport=tr)
+    seqs = [seq for seq, _d in data_frames(tr.writes)]
+    assert seqs[0] == start and 0 in seqs and 65535 in seqs
+    assert result.data.timeouts == 0 and result.data.naks >= 2
+    assert all(n == 1 for n in dev.stats.writes.values())
+    assert_flashed(image, disk, keyset)
+
+
 def test_lost_frames_time_out_and_resend(image, disk, keyset):
     """A DATA frame that vanishes (no NAK: nothing after it arrives) is
     resent after the ACK timeout."""
@@ -253,6 +294,38 @@ def test_lost_frames_time_out_and_resend(image, disk, keyset):
     result = run(image, dev, transport=tr)
     assert result.data.resent >= 1
     assert_flashed(image, disk, keyset)
+
+
+def test_lost_acks_cost_nothing(image, disk, keyset):
+    """ACKs and NAKs carry the next expected seq: a later one acknowledges
+    what a lost one would have, so lost ACKs cause no resend and no wait."""
+    dev = device(disk, keyset)
+    dev.corrupt_block_once = {2}
+    tr = SimTransport(dev)
+    state = {"acks": 0, "lost": 0}
+
+    def mangle_rx(data: bytes) -> bytes:
+        dec = FrameDecoder()
+        frames = dec.feed(data)
+        if len(frames) == 1 and frames[0].type == FrameType.ACK:
+            state["acks"] += 1
+            if state["acks"] % 3 == 0:
+                state["lost"] += 1
+                return data[:-1] + bytes([data[-1] ^ 0xFF])  # bad CRC: the host drops it
+        return data
+
+    tr.mangle_rx = mangle_rx
+    result = run(image, dev, transport=tr)
+    assert state["lost"] > 10
+    assert result.data.timeouts == 0
+    assert all(n == 1 for n in dev.stats.writes.values())
+    assert_flashed(image, disk, keyset)
+    # the same flash with every ACK arriving resends exactly as much (the bad block and what followed it)
+    clean = device(device_disk(image, disk.parent / "clean.img"), keyset)
+    clean.corrupt_block_once = {2}
+    clean_result = run(image, clean)
+    assert result.data.resent == clean_result.data.resent > 0
+    assert result.tx_bytes == clean_result.tx_bytes
 
 
 def test_wrong_board_in_the_command_is_refused_before_the_port(image, disk, keyset):
@@ -329,6 +402,23 @@ def test_slot_verification_failure_at_finish_is_surfaced_and_not_activated(image
     with pytest.raises(sf.DeviceError, match="refused FINISH .slot verify.: slot verification failed"):
         run(image, dev)
     assert "ACTIVATE" not in dev.stats.frames and dev.records["b"].state != SlotState.PENDING
+
+
+def test_finish_readback_failure_resends_what_the_board_lacks(image, disk, keyset):
+    """FINISH finds a block that reads back wrong: the board forgets it,
+    HAVE says so, the host sends that block again and FINISHes."""
+    dev = device(disk, keyset)
+    dev.damage_once = {5}
+    lines = []
+    result = run(image, dev, log=lines.append)
+    assert dev.stats.frames["FINISH"] == 2
+    assert any(e[0] == "FINISH" and e[1] == 11 for e in dev.stats.errors)
+    assert any("sending the 1 blocks the board lacks again" in line for line in lines)
+    index = block_map_of(image).entries[5].index
+    assert dev.stats.writes[index] == 2 and sum(dev.stats.writes.values()) == len(dev.stats.writes) + 1
+    assert result.sent_blocks == len(dev.stats.writes) + 1
+    assert dev.records["b"].state == SlotState.PENDING
+    assert_flashed(image, disk, keyset)
 
 
 def test_dry_run_writes_nothing(image, disk, keyset):
