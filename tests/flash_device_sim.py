@@ -589,3 +589,48 @@ class TcpDevice:
         self.stop.set()
         self.thread.join(timeout=5)
         self.server.close()
+
+
+class PtyDevice:
+    """The device behind a pseudo-terminal: the host opens `path` (a real
+    tty device node) with pyserial; a thread serves the master side."""
+
+    def __init__(self, device: SimDevice) -> None:
+        import os
+        import tty
+
+        self.device = device
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.master)
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import os
+        import select
+
+        start = time.monotonic()
+        while not self.stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            data = b""
+            if ready:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:
+                    break
+            now = time.monotonic() - start
+            out = (self.device.receive(data, now) if data else b"") + self.device.tick(now)
+            if out:
+                os.write(self.master, out)
+            self.device.apply_pending_baud(now)
+
+    def close(self) -> None:
+        import os
+
+        self.stop.set()
+        self.thread.join(timeout=5)
+        os.close(self.master)
+        os.close(self.slave)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from flash_device_sim import SimDevice, SimTransport, TcpDevice
+from flash_device_sim import PtyDevice, SimDevice, SimTransport, TcpDevice
 from flash_support import BOARD, device_disk, make_image, make_keyset
 from mantra.cli import app
 from mantra.provision import serial_flash as sf
@@ -55,6 +55,20 @@ def test_flash_over_socket_url(image, board, keyset):
                      r"\d+ blocks sent, \d+ already held", result.output)
     assert "slot b is pending: it boots next" in result.output
     assert board.stats.resets == 1 and board.records["b"].state == SlotState.PENDING
+    verify_disk(board.disk, keyset.root_public, slot="b", board=BOARD)
+
+
+def test_flash_over_a_pty(image, board, keyset):
+    """A tty device node (a pty), opened by pyserial's POSIX port, with a
+    baud switch (termios on the pty)."""
+    pty = PtyDevice(board)
+    try:
+        result = invoke("-b", BOARD, "--port", pty.path, "--baud", "460800", str(image))
+    finally:
+        pty.close()
+    assert result.exit_code == 0, result.output
+    assert f"on {pty.path}:" in result.output and "at 460800 baud" in result.output
+    assert board.records["b"].state == SlotState.PENDING
     verify_disk(board.disk, keyset.root_public, slot="b", board=BOARD)
 
 
