@@ -371,6 +371,7 @@ class Session:
         hello = encode_frame(FrameType.HELLO, msg.Hello().encode())
         probe = SYNC_LINE + hello + b"\n"  # the newline ends the frame's bytes as a console line
         deadline = self.clock() + wait
+        malformed = None
         while (now := self.clock()) < deadline:
             self.link.write(probe, "waiting for the board")
             until = min(now + self.timing.sync_interval, deadline)
@@ -380,6 +381,12 @@ class Session:
                         try:
                             reply = HelloReply.decode(frame.payload)
                         except MessageError as exc:
+                            # a late reply from an earlier session once; twice the same is the board's
+                            if str(exc) == malformed:
+                                raise FlashError(f"the board on {self.link.port} sends a malformed HELLO reply: {exc}",
+                                                 "the board's MantraBoot and this mantra disagree on the protocol: "
+                                                 "update one of them") from None
+                            malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
                         return self._hello(reply)
@@ -734,6 +741,9 @@ def check_device(slot_image: SlotImage, hello: HelloReply, board: str, port: str
                          f"the board's minimum {hello.rollback_min}; nothing was written",
                          "flash a newer release (raise security_counter in product.toml and rebuild)")
     target = hello.target
+    if target is None:
+        raise FlashError(f"the board on {port} has no slot it can write now; nothing was written",
+                         "let the board boot and confirm its running slot, then run the same command again")
     if target.running:
         raise FlashError(f"the board offers its running slot {target.name} as the target; refusing to write it",
                          "update MantraBoot: flash mode must never offer the running slot")
@@ -825,6 +835,9 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
     try:
         hello = session.sync(wait)
         target = hello.target
+        if target is None:
+            raise FlashError(f"the board on {port} has no slot it can write now (it offers none as the target)",
+                             "let the board boot and confirm its running slot, then run the same command again")
         log(f"board: {hello.board} on {port}, MantraFlash {hello.version}, block size {hello.block_size}, window "
             f"{hello.window}, {hello.baud} baud; slot {target.name} is the target ({target.size} bytes)")
         check_device(slot_image, hello, board, port, found)
