@@ -846,6 +846,12 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         compression = Compression.ZLIB if compress and hello.supports(Compression.ZLIB) else Compression.NONE
         result = FlashResult(port, board, target.name, bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
                              0, 0, 0.0, hello.baud, compression, dry_run=dry_run)
+        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
+                          len(bmap.entries), bmap.digest, slot_image.envelope)
+        if len(begin.encode()) > link.max_payload:
+            raise FlashError(f"the slot's signed manifest ({len(slot_image.envelope)} bytes) does not fit a BEGIN "
+                             f"frame (at most {link.max_payload} bytes of payload); nothing was written",
+                             "sign with fewer revoked keys or a shorter manifest (docs/signing.md)")
         if dry_run:
             result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload)
             result.seconds = clock() - start
@@ -861,8 +867,6 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                 log(f"baud: the board did not answer at {baud}; both went back to {hello.baud}")
         result.baud = line_baud
 
-        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
-                          len(bmap.entries), bmap.digest, slot_image.envelope)
         session.begin(begin)
         session.send_map(bmap.entries)
         held = session.have(len(bmap.entries))
