@@ -167,12 +167,16 @@ class SerialTransport:
         self.port.write(data)
 
     def read(self, timeout: float) -> bytes:
-        self.port.timeout = max(0.0, timeout)
+        self._timeout(max(0.0, timeout))
         first = self.port.read(1)
         if not first:
             return b""
-        waiting = self.port.in_waiting
-        return first + (self.port.read(waiting) if waiting else b"")
+        self._timeout(0)  # then whatever else has arrived, without waiting
+        return first + self.port.read(1 << 16)
+
+    def _timeout(self, value: float) -> None:
+        if self.port.timeout != value:  # setting it reconfigures a tty
+            self.port.timeout = value
 
     def flush(self) -> None:
         self.port.flush()
