@@ -44,6 +44,7 @@ from mantra.provision.frames import Frame, FrameDecoder, FrameType, encode_frame
 from mantra.provision.messages import Compression, ErrorCode, HelloReply, MessageError, NakReason
 
 SYNC_LINE = b"MANTRA-FLASH\n"
+FLASH_MODE_LINE = b"MantraBoot: flash mode (protocol"  # what MantraBoot prints on entering flash mode
 DEFAULT_BAUD = 115200
 DEFAULT_WAIT = 60.0
 
@@ -63,7 +64,10 @@ class Timing:
     retries: int = 5  # sends of one command
     ack_timeout: float = 2.0  # DATA: resend from the oldest unacknowledged frame
     data_stalls: int = 5  # consecutive ack timeouts before the link counts as lost
-    sync_interval: float = 0.1  # MANTRA-FLASH line and HELLO while waiting for the board
+    sync_interval: float = 0.1  # the MANTRA-FLASH line while waiting for the board
+    hello_interval: float = 1.0  # a HELLO frame while waiting (and at once when flash mode is announced)
+    settle_quiet: float = 0.3  # after the HELLO reply: quiet this long ends the wait for late replies
+    settle_max: float = 2.0
     baud_revert: float = 2.0  # no valid frame at the new rate: both sides go back
     block_retries: int = 3  # a block failing its hash check on the device this often is an error
 
@@ -315,6 +319,7 @@ class Session:
         self.busy = busy or (lambda done, total: None)
         self.data_stats = DataStats()
         self.data_seq = 0  # the next DATA seq of this BEGIN
+        self.busy_total = 0
         self.finish_instructions = 0
 
     @property
@@ -324,8 +329,9 @@ class Session:
     # -- commands ---------------------------------------------------------
 
     def _drain(self) -> None:
-        for frame in self.link.receive(0.0, "waiting for the board"):
-            self.link.log(f"stale {frame.type.name} frame dropped")
+        stale = self.link.receive(0.0, "waiting for the board")
+        if stale:
+            self.link.log(f"dropped {len(stale)} late frames ({', '.join(sorted({f.type.name for f in stale}))})")
 
     def command(self, command, *, have_count: int | None = None, timeout: float | None = None,
                 retries: int | None = None):
@@ -339,6 +345,7 @@ class Session:
         payload = command.encode()
         self._drain()
         undecodable = None
+        skipped = 0
         for _attempt in range(retries):
             self.link.send(command.TYPE, payload, 0, f"sending {name}")
             deadline = self.clock() + timeout
@@ -346,10 +353,14 @@ class Session:
                 for frame in self.link.receive(left, f"waiting for the reply to {name}"):
                     if frame.type == FrameType.OK:
                         try:
-                            return msg.decode_reply(command.TYPE, frame.payload, have_count=have_count)
+                            reply = msg.decode_reply(command.TYPE, frame.payload, have_count=have_count)
                         except MessageError as exc:
                             undecodable = exc
-                            self.link.log(f"skipped a reply that is not {name}'s: {exc}")
+                            skipped += 1
+                            continue
+                        if skipped:
+                            self.link.log(f"skipped {skipped} late replies that are not {name}'s ({undecodable})")
+                        return reply
                     elif frame.type == FrameType.ERROR:
                         try:
                             error = msg.Error.decode(frame.payload)
@@ -360,6 +371,7 @@ class Session:
                         try:
                             busy = msg.Busy.decode(frame.payload)
                             self.busy(busy.done, busy.total)
+                            self.busy_total = busy.total
                         except MessageError:
                             pass
                         deadline = self.clock() + timeout
@@ -373,14 +385,28 @@ class Session:
         MANTRA-FLASH (which MantraBoot polls for at boot) and a HELLO frame
         every sync_interval until a HELLO reply comes."""
         hello = encode_frame(FrameType.HELLO, msg.Hello().encode())
-        probe = SYNC_LINE + hello + b"\n"  # the newline ends the frame's bytes as a console line
         deadline = self.clock() + wait
         malformed = None
+        next_hello = self.clock()
+        announced = False
         while (now := self.clock()) < deadline:
+            # The line for MantraBoot's boot-time poll; a HELLO now and then
+            # for a board already in flash mode, and at once when it
+            # announces flash mode (a board that buffered many would answer
+            # each, late).
+            probe = SYNC_LINE
+            if now >= next_hello:
+                probe += hello + b"\n"  # the newline ends the frame's bytes as a console line
+                next_hello = now + self.timing.hello_interval
             self.link.write(probe, "waiting for the board")
             until = min(now + self.timing.sync_interval, deadline)
             while (left := until - self.clock()) > 0:
-                for frame in self.link.receive(left, "waiting for the board"):
+                frames = self.link.receive(left, "waiting for the board")
+                if not announced and FLASH_MODE_LINE in self.link.decoder.noise:
+                    announced = True
+                    next_hello = self.clock()
+                    until = next_hello  # send the HELLO now (after looking at what came)
+                for n, frame in enumerate(frames):
                     if frame.type == FrameType.OK:
                         try:
                             reply = HelloReply.decode(frame.payload)
@@ -393,6 +419,7 @@ class Session:
                             malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
+                        self._settle(len(frames) - n - 1)
                         return self._hello(reply)
                     if frame.type == FrameType.ERROR:
                         raise DeviceError("HELLO", msg.Error.decode(frame.payload), self.link.port)
@@ -401,6 +428,19 @@ class Session:
         raise FlashError(f"no MantraBoot flash mode on {self.link.port} within {wait:g} s{seen}",
                          "reset or power the board now and run the same command (it waits --wait seconds; "
                          "MantraBoot listens for MANTRA-FLASH at boot), or set the UEFI variable MantraFlashMode")
+
+    def _settle(self, late: int = 0) -> None:
+        """Lets late answers to earlier HELLOs arrive and drops them: waits
+        until the line is quiet for settle_quiet s (at most settle_max s).
+        `late`: such frames already received."""
+        end = self.clock() + self.timing.settle_max
+        while (left := end - self.clock()) > 0:
+            frames = self.link.receive(min(left, self.timing.settle_quiet), "waiting for the board")
+            if not frames:
+                break
+            late += len(frames)
+        if late:
+            self.link.log(f"dropped {late} late replies to earlier HELLOs")
 
     def _hello(self, reply: HelloReply) -> HelloReply:
         if reply.version != msg.PROTOCOL_VERSION:
@@ -466,7 +506,10 @@ class Session:
         return held
 
     def finish(self) -> int:
+        self.busy_total = 0
         self.finish_instructions = self.command(msg.Finish()).instructions
+        if self.busy_total:
+            self.busy(self.busy_total, self.busy_total)  # the check is done
         return self.finish_instructions
 
     def activate(self) -> None:
