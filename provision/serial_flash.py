@@ -331,7 +331,8 @@ class Session:
     def _drain(self) -> None:
         stale = self.link.receive(0.0, "waiting for the board")
         if stale:
-            self.link.log(f"dropped {len(stale)} late frames ({', '.join(sorted({f.type.name for f in stale}))})")
+            self.link.log(f"dropped {_count(len(stale), 'late frame')} "
+                          f"({', '.join(sorted({f.type.name for f in stale}))})")
 
     def command(self, command, *, have_count: int | None = None, timeout: float | None = None,
                 retries: int | None = None):
@@ -359,7 +360,8 @@ class Session:
                             skipped += 1
                             continue
                         if skipped:
-                            self.link.log(f"skipped {skipped} late replies that are not {name}'s ({undecodable})")
+                            self.link.log(f"skipped {_count(skipped, 'late reply', 'late replies')} that "
+                                          f"{'is' if skipped == 1 else 'are'} not {name}'s ({undecodable})")
                         return reply
                     elif frame.type == FrameType.ERROR:
                         try:
@@ -440,7 +442,7 @@ class Session:
                 break
             late += len(frames)
         if late:
-            self.link.log(f"dropped {late} late replies to earlier HELLOs")
+            self.link.log(f"dropped {_count(late, 'late reply', 'late replies')} to earlier HELLOs")
 
     def _hello(self, reply: HelloReply) -> HelloReply:
         if reply.version != msg.PROTOCOL_VERSION:
@@ -656,6 +658,10 @@ class Session:
                     state["last"] = self.clock()
         self.data_seq = (seq0 + len(schedule)) & 0xFFFF
         return stats
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
 
 def encode_block(data: bytes, compression: Compression) -> tuple[Compression, bytes]:
     """One block as DATA sends it: zlib when that makes it smaller (and the
