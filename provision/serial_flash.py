@@ -878,7 +878,8 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         compression = Compression.ZLIB if compress else Compression.NONE
         result = FlashResult("(no port)", board, "?", bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
                              0, 0, 0.0, initial_baud, compression, dry_run=True)
-        result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression)
+        result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression,
+                                                     envelope=len(slot_image.envelope))
         return result
     own = transport is None
     if own:
@@ -906,7 +907,8 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                              f"frame (at most {link.max_payload} bytes of payload); nothing was written",
                              "sign with fewer revoked keys or a shorter manifest (docs/signing.md)")
         if dry_run:
-            result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload)
+            result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload,
+                                                         envelope=len(slot_image.envelope))
             result.seconds = clock() - start
             return result
 
@@ -958,11 +960,12 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                 pass
 
 
-def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_payload: int = msg.MAX_PAYLOAD
-         ) -> tuple[int, int]:
+def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_payload: int = msg.MAX_PAYLOAD,
+         envelope: int = 0) -> tuple[int, int]:
     """What a flash of every mapped block would cost: (encoded bytes of the
-    blocks, bytes on the line for BEGIN, MAP, HAVE and DATA without
-    resends). A dry run reports it; blocks the board already holds lower it."""
+    blocks, bytes on the line for BEGIN with an `envelope`-byte signed
+    manifest, MAP, HAVE, DATA, FINISH, ACTIVATE and RESET, without resends).
+    A dry run reports it; blocks the board already holds lower it."""
     from mantra.provision.frames import OVERHEAD
 
     chunk = msg.data_chunk_size(max_payload)
@@ -975,7 +978,9 @@ def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_paylo
     per = msg.map_entries_per_frame(max_payload)
     map_frames = -(-len(bmap.entries) // per)
     line += len(bmap.entries) * msg.MAP_ENTRY_SIZE + map_frames * (OVERHEAD + 4)
-    line += 3 * OVERHEAD + 100  # BEGIN header, HAVE, FINISH, ACTIVATE, RESET: small
+    have_frames = -(-len(bmap.entries) // (8 * max_payload))
+    line += OVERHEAD + 60 + envelope  # BEGIN
+    line += have_frames * (OVERHEAD + 8) + 3 * OVERHEAD  # HAVE, FINISH, ACTIVATE, RESET
     return encoded, line
 
 

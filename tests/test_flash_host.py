@@ -436,6 +436,16 @@ def test_dry_run_writes_nothing(image, disk, keyset):
     assert result.encoded_bytes == sum(len(sf.encode_block(block_of(image, e.index), Compression.ZLIB)[1])
                                        for e in bm.entries)
     assert result.tx_bytes > result.encoded_bytes
+    # the estimate is what a real flash of every mapped block puts on the line, sync aside
+    real_dev = device(device_disk(image, disk.parent / "real.img"), keyset)
+    real_dev.root_public = keyset.root_public
+    real_tr = SimTransport(real_dev)
+    real = run(image, real_dev, transport=real_tr, compress=True)
+    zero = hashlib.sha256(bytes(BLOCK)).digest()
+    held_bytes = sum(len(sf.encode_block(bytes(BLOCK), Compression.ZLIB)[1]) + 28
+                     for e in bm.entries if e.hash == zero)
+    sync_bytes = sum(len(w) for w in real_tr.writes if w.startswith(b"MANTRA-FLASH"))
+    assert abs((real.tx_bytes - sync_bytes) - (result.tx_bytes - held_bytes)) < 200
 
 
 def test_dry_run_without_a_board(image):
