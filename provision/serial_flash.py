@@ -63,7 +63,7 @@ class Timing:
     reply_timeout: float = 2.0  # a command's reply (extended by BUSY)
     retries: int = 5  # sends of one command
     ack_timeout: float = 2.0  # DATA: resend from the oldest unacknowledged frame
-    data_stalls: int = 5  # consecutive ack timeouts before the link counts as lost
+    data_stalls: int = 10  # consecutive ack timeouts (20 s of silence) before the link counts as lost
     sync_interval: float = 0.1  # the MANTRA-FLASH line while waiting for the board
     hello_interval: float = 1.0  # a HELLO frame while waiting (and at once when flash mode is announced)
     settle_quiet: float = 0.3  # after the HELLO reply: quiet this long ends the wait for late replies
