@@ -227,11 +227,13 @@ def _is_link_error(exc: BaseException) -> bool:
 class Link:
     """Frames over a transport; counts what goes on the line."""
 
-    def __init__(self, transport: Transport, port: str, clock: Clock, log: Log) -> None:
+    def __init__(self, transport: Transport, port: str, clock: Clock, log: Log, baud: int = DEFAULT_BAUD) -> None:
         self.transport = transport
         self.port = port
         self.clock = clock
         self.log = log
+        self.baud = baud  # the line rate: how long written bytes take to leave
+        self.tx_done = 0.0  # when what was written has left the transmitter (estimated)
         self.decoder = FrameDecoder()
         self.tx_bytes = 0
         self.rx_bytes = 0
@@ -251,6 +253,13 @@ class Link:
                 raise self.lost(exc, doing) from None
             raise
         self.tx_bytes += len(data)
+        self.tx_done = max(self.tx_done, self.clock()) + len(data) * 10 / self.baud
+
+    def on_line(self) -> float:
+        """When everything written so far will have reached the other end:
+        timeouts for an answer count from then (at 9600 baud a 4 KiB frame
+        takes 4 s)."""
+        return max(self.tx_done, self.clock())
 
     def send(self, ftype: FrameType, payload: bytes, seq: int, doing: str) -> None:
         self.write(encode_frame(ftype, payload, seq, self.max_payload), doing)
@@ -275,6 +284,7 @@ class Link:
 
     def set_baud(self, baud: int) -> None:
         self.transport.set_baud(baud)
+        self.baud = baud
         self.decoder.reset()
 
     def flush(self) -> None:
@@ -349,7 +359,7 @@ class Session:
         skipped = 0
         for _attempt in range(retries):
             self.link.send(command.TYPE, payload, 0, f"sending {name}")
-            deadline = self.clock() + timeout
+            deadline = self.link.on_line() + timeout
             while (left := deadline - self.clock()) > 0:
                 for frame in self.link.receive(left, f"waiting for the reply to {name}"):
                     if frame.type == FrameType.OK:
@@ -614,7 +624,7 @@ class Session:
                 state["last"] = self.clock()  # the ACK timer runs from the last frame on the line
             if state["base"] >= len(schedule) and not extend():
                 break
-            left = state["last"] + self.timing.ack_timeout - self.clock()
+            left = max(state["last"], self.link.tx_done) + self.timing.ack_timeout - self.clock()
             frames = self.link.receive(max(0.0, left), "sending data")
             if not frames and left <= 0:
                 stats.timeouts += 1
@@ -884,7 +894,7 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
     own = transport is None
     if own:
         transport = SerialTransport.open(port, initial_baud)
-    link = Link(transport, port, clock, log)
+    link = Link(transport, port, clock, log, initial_baud)
     session = Session(link, timing, busy=busy)
     try:
         hello = session.sync(wait)
@@ -892,6 +902,7 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         if target is None:
             raise FlashError(f"the board on {port} has no slot it can write now (it offers none as the target)",
                              "let the board boot and confirm its running slot, then run the same command again")
+        link.baud = hello.baud or initial_baud
         log(f"board: {hello.board} on {port}, MantraFlash {hello.version}, block size {hello.block_size}, window "
             f"{hello.window}, {hello.baud} baud; slot {target.name} is the target ({target.size} bytes)")
         check_device(slot_image, hello, board, port, found)
