@@ -330,6 +330,7 @@ class Session:
         self.data_stats = DataStats()
         self.data_seq = 0  # the next DATA seq of this BEGIN
         self.busy_total = 0
+        self.wait_bytes = 0  # written while waiting for the board (sync)
         self.finish_instructions = 0
 
     @property
@@ -431,6 +432,7 @@ class Session:
                             malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
+                        self.wait_bytes = self.link.tx_bytes - len(hello)  # the answered HELLO counts
                         self._settle(len(frames) - n - 1)
                         return self._hello(reply)
                     if frame.type == FrameType.ERROR:
@@ -829,12 +831,13 @@ class FlashResult:
     mapped_blocks: int
     held_blocks: int  # already on the device (resume, or identical)
     sent_blocks: int
-    tx_bytes: int  # everything the host put on the line
+    tx_bytes: int  # everything the host put on the line, waiting for the board included
     rx_bytes: int
     seconds: float
     baud: int
     compression: Compression
     dry_run: bool = False
+    wait_bytes: int = 0  # of tx_bytes, what went out while waiting for the board (MANTRA-FLASH, unanswered HELLOs)
     encoded_bytes: int = 0  # the blocks' encoded bytes, once each
     data: DataStats = field(default_factory=DataStats)
     baud_reverted: bool = False
@@ -842,10 +845,18 @@ class FlashResult:
     activated: bool = False
 
     @property
+    def line_bytes(self) -> int:
+        """The frames put on the line from the HELLO the board answered on,
+        resends included: what the flash cost. Waiting for the board is left
+        out (it depends on when the board was reset), so the figure is the
+        same on every run."""
+        return self.tx_bytes - self.wait_bytes
+
+    @property
     def effective(self) -> float:
         """docs/flash-protocol.md's effective throughput: slot image bytes
         delivered ÷ bytes put on the line."""
-        return effective_throughput(self.image_size, self.tx_bytes)
+        return effective_throughput(self.image_size, self.line_bytes)
 
 
 def effective_throughput(image_bytes: int, line_bytes: int) -> float:
@@ -1021,6 +1032,7 @@ class _Sized:
 
 def _finish_result(result: FlashResult, link: Link, session: Session, clock: Clock, start: float) -> FlashResult:
     result.tx_bytes = link.tx_bytes
+    result.wait_bytes = session.wait_bytes
     result.rx_bytes = link.rx_bytes
     result.seconds = clock() - start
     result.data = session.data_stats

@@ -65,6 +65,15 @@ def data_frames(writes: list[bytes]) -> list[tuple[int, Data]]:
     return found
 
 
+HELLO_FRAME = 14  # bytes of the HELLO the board answers, the first that counts
+
+
+def session_bytes(tr: SimTransport) -> int:
+    """What the host wrote from the answered HELLO on: everything but the
+    probes sent while waiting for the board (each starts with MANTRA-FLASH)."""
+    return sum(len(w) for w in tr.writes if not w.startswith(b"MANTRA-FLASH")) + HELLO_FRAME
+
+
 def slot_bytes(path: Path, slot: str) -> bytes:
     part = open_slot(path, slot).partition
     with path.open("rb") as f:
@@ -104,7 +113,8 @@ def test_full_flash(image, disk, keyset):
     assert dev.stats.frames["FINISH"] == 1 and dev.stats.frames["ACTIVATE"] == 1
     # the figures are counted, not assumed
     assert result.tx_bytes == tr.written
-    assert result.effective == pytest.approx(8 * 1024 * 1024 / tr.written)
+    assert result.line_bytes == session_bytes(tr) < tr.written
+    assert result.effective == pytest.approx(8 * 1024 * 1024 / session_bytes(tr))
     assert result.compression == Compression.ZLIB
     assert result.encoded_bytes == dev.stats.data_bytes  # no resends: every chunk byte once
     assert progress[-1] == (result.sent_blocks * BLOCK, result.sent_blocks * BLOCK)
@@ -448,6 +458,7 @@ def test_dry_run_writes_nothing(image, disk, keyset):
                      for e in bm.entries if e.hash == zero)
     sync_bytes = sum(len(w) for w in real_tr.writes if w.startswith(b"MANTRA-FLASH"))
     assert abs((real.tx_bytes - sync_bytes) - (result.tx_bytes - held_bytes)) < 200
+    assert real.line_bytes == session_bytes(real_tr)
 
 
 def test_dry_run_without_a_board(image):
@@ -609,8 +620,8 @@ def test_bench_figure(image, tmp_path, keyset):
     result = bench(image, BOARD, tmp_path / "bench", board_factory=sim_board)
     dev, tr = boards[0]
     assert result.image_size == 8 * 1024 * 1024
-    assert result.tx_bytes == tr.written
-    figure = result.image_size / tr.written
+    assert result.tx_bytes == tr.written and result.line_bytes == session_bytes(tr)
+    figure = result.image_size / session_bytes(tr)
     assert sf.bench_line(result) == f"effective throughput: {figure:.1f} x line rate"
     assert figure >= 3
     # the board's slot b was wiped first: every mapped block that is not all zeros was sent
@@ -622,5 +633,9 @@ def test_bench_figure(image, tmp_path, keyset):
 def test_bench_figure_is_the_ratio():
     r = sf.FlashResult("p", BOARD, "b", 128 << 20, BLOCK, 40, 0, 40, 10_000_000, 0, 1.0, 115200, Compression.ZLIB)
     assert sf.bench_line(r) == "effective throughput: 13.4 x line rate"
+    r.tx_bytes, r.wait_bytes = 10_000_500, 500  # waiting for the board is not part of the figure
+    assert r.line_bytes == 10_000_000 and sf.bench_line(r) == "effective throughput: 13.4 x line rate"
+    r.wait_bytes = 0
+    assert sf.bench_line(r) == "effective throughput: 13.4 x line rate"  # 13.42 either way: rounding
     with pytest.raises(ValueError):
         sf.effective_throughput(1, 0)
