@@ -509,7 +509,8 @@ class Session:
             if received != first + len(entries[first : first + per]):
                 raise FlashError(f"the board says it holds {received} map entries after entry "
                                  f"{first + per - 1}", "reset the board, then run the same command again")
-        raise FlashError("the board did not take the whole block map", "reset the board, then run the same command again")
+        raise FlashError("the board did not take the whole block map",
+                         "reset the board, then run the same command again")
 
     def have(self, count: int) -> list[bool]:
         per = 8 * self.link.max_payload
@@ -1042,6 +1043,6 @@ def _finish_result(result: FlashResult, link: Link, session: Session, clock: Clo
 
 
 __all__ = ["ConnectionLost", "DataStats", "DeviceError", "FlashError", "FlashResult", "Link", "Progress",
-           "SerialTransport", "Session", "SlotImage", "Timing", "Transport", "bench_line", "check_device",
-           "check_image", "effective_throughput", "encode_block", "find_root", "flash", "load_slot_image",
+           "SYNC_LINE", "SerialTransport", "Session", "SlotImage", "Timing", "Transport", "bench_line", "check_device",
+           "check_image", "effective_throughput", "encode_block", "find_root", "flash", "load_slot_image", "plan",
            "verify_slot_image"]
