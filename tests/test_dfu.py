@@ -653,37 +653,27 @@ def test_a_dfu_device_that_is_not_mantraboot_is_refused(signed: Path, device_dis
     untouched(device, device_disk, before)
 
 
-def test_how_the_flash_command_uses_it(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock) -> None:
-    """The `--usb` branch of `mantra flash` (tools/mantra/cli/flash.py, on
-    another branch) in a few lines: flash_usb with the rich progress bar,
-    format_result on success; a DfuError is a MantraError, which the root
-    app prints as "error:" and "try:" with exit status 1."""
-    import typer
-    from mantra.cli import _MantraGroup
+def test_the_flash_command_over_usb(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`./mantra flash -b BOARD --usb [VID:PID] IMAGE` (tools/mantra/cli/flash.py)
+    with the simulated device in place of libusb: the slot is written and
+    format_result printed; no device → "error:" + "try:" with the udev hint,
+    exit status 1, nothing printed before it."""
+    from mantra.cli import app
     from typer.testing import CliRunner
 
     device = sim(device_disk, keyset)
-    backends = {"attached": SimBackend(device, clock=clock), "none": SimBackend(clock=clock)}
-    app = typer.Typer(cls=_MantraGroup)
+    backends = iter([SimBackend(device, clock=clock), SimBackend(clock=clock)])
+    monkeypatch.setattr(dfu, "_libusb", lambda: next(backends))
+    monkeypatch.setattr(dfu, "SystemClock", lambda: clock)
 
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    @app.command()
-    def flash(image: Path, usb: str = typer.Option(None, "--usb"), board: str = typer.Option(BOARD, "-b"),
-              bus: str = "attached") -> None:
-        with dfu.rich_progress() as progress:
-            result = flash_usb(image, usb, board, progress, backend=backends[bus], clock=clock)
-        typer.echo(format_result(result))
-
-    done = CliRunner().invoke(app, ["flash", str(signed), "--usb", "1209:0001"])
+    done = CliRunner().invoke(app, ["flash", "-b", BOARD, str(signed), "--usb", "1209:0001"])
     assert done.exit_code == 0, done.output
     assert "into slot b of the qemu-x86_64 board at USB 1209:0001 serial MANTRA-0001" in done.output
     assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
-    failed = CliRunner().invoke(app, ["flash", str(signed), "--bus", "none"])
+    failed = CliRunner().invoke(app, ["flash", "-b", BOARD, "--usb", str(signed)])
     assert failed.exit_code == 1
-    assert failed.output.startswith("error: no USB DFU device 1209:0001 found")  # no progress bar before the download
+    assert "error: no USB DFU device 1209:0001 found" in failed.output
     assert "try: connect the board's USB device port" in failed.output and "udev rule" in failed.output
 
 

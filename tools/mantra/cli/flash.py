@@ -138,7 +138,7 @@ def flash(
         if usb and not _VID_PID.match(usb):
             raise MantraError(f"--usb {usb}: not a USB id", "give --usb alone (the board's ids) or --usb VID:PID "
                               "in hex, e.g. --usb 1209:0001")
-        _flash_usb(image, usb or None, board, ws)
+        _flash_usb(image, usb or None, board, ws, from_slot=from_slot, root=root)
         return
     if bench:
         _bench(ws, board, product, compress)
@@ -156,16 +156,16 @@ def flash(
     out.print(_summary(result, image, from_slot), markup=False, soft_wrap=True)
 
 
-def _flash_usb(image: Path | None, vid_pid: str | None, board: str, ws) -> None:
+def _flash_usb(image: Path | None, vid_pid: str | None, board: str, ws, *, from_slot: str,
+               root: Path | None) -> None:
     if image is None:
         raise MantraError("no IMAGE given", "give the image to flash: ./mantra flash -b BOARD --usb IMAGE")
-    try:
-        from mantra.provision import dfu
-    except ImportError:
-        raise MantraError("USB flashing (DFU) is not part of this checkout yet",
-                          "flash over the serial line instead: --port PORT") from None
+    from mantra.provision import dfu
+
     with _progress() as (progress, _busy):
-        dfu.flash_usb(image, vid_pid, board, progress)
+        result = dfu.flash_usb(image, vid_pid, board, progress, from_slot=from_slot, root=root, workspace=ws,
+                               log=_log)
+    out.print(dfu.format_result(result), markup=False, soft_wrap=True)
 
 
 def _bench(ws, board: str, product: str, compress: bool) -> None:
