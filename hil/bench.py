@@ -31,7 +31,7 @@ from typing import Any
 from mantra.hil.errors import BenchFileError
 
 DEFAULT_BENCH = Path(__file__).resolve().parent / "benches" / "qemu.toml"
-PLACE_KEYS = {"description", "qemu", "console", "power", "dfu", "tpm", "flasher", "remote", "boot_timeout", "tags"}
+PLACE_KEYS = {"description", "qemu", "console", "power", "dfu", "tpm", "flasher", "remote", "boot_timeout", "tags", "board"}
 POWER_KINDS = {"none", "manual", "usb-relay", "pdu", "qemu"}
 
 

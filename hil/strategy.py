@@ -21,12 +21,13 @@ logged with its duration (`history`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mantra.hil.errors import HilError
 
@@ -83,7 +84,8 @@ class Strategy:
         self.image = image
         self.state = UNKNOWN
         self.history: list[tuple[str, float]] = []
-        self.boot_info = None
+        self.boot_info: dict[str, Any] | None = None
+        self.boot_mark = 0  # console offset where the last boot began
         self.healthy_ms: int | None = None
         self.flash_report: str | None = None
         self._steps: dict[str, Callable[[], None]] = {
@@ -129,14 +131,14 @@ class Strategy:
         console, power = self.target.console, self.target.power
         if not self.target.console_port.needs_power:
             console.open()  # a real port: listen before the board starts talking
-        mark = console.mark()
+        mark = self.boot_mark = console.mark()
         if self.state == "flashed" and getattr(self.target.flasher, "serial", False):
             power.cycle()  # leave flash mode
         else:
             power.on()
         console.open()
         console.cursor = mark
-        self.boot_info = self.target.boot.wait_booted(start=mark)
+        self.boot_info = dataclasses.asdict(self.target.boot.wait_booted(start=mark))
 
     def _settle(self) -> None:
         self.healthy_ms = self.target.boot.wait_healthy()

@@ -100,6 +100,18 @@ class Target:
         else:
             raise BenchFileError(f"place {spec.name}: flasher {flasher!r} is unknown", 'use "image" or "serial"')
         self.strategy = Strategy(self, image=image)
+        self.board_name: str | None = data["qemu"].get("board", "qemu-x86_64") if self.qemu else data.get("board")
+
+    @property
+    def image_manifest(self) -> str | None:
+        """manifest.json of the image the board was flashed with (None: unknown)."""
+        image = self.strategy.image or (self.qemu.source_image if self.qemu else None)
+        if image is None:
+            return None
+        try:
+            return (image.parent / "manifest.json").read_text()
+        except OSError:
+            return None
 
     # --- locking and lifetime -----------------------------------------------------------
 
@@ -116,6 +128,9 @@ class Target:
             raise
         target.lock = lock
         return target
+
+    def console_log_path(self) -> Path:
+        return self.console.log
 
     def attestation(self, root_public: bytes) -> AttestationDriver:
         return AttestationDriver(self.console, self.qemu.source_image if self.qemu else self.bench.root,

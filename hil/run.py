@@ -1,0 +1,110 @@
+"""`mantra hil test`: scenarios on several places at once, one thread per
+place (each board is its own QEMU or hardware; threads only wait on them).
+
+Each place is locked for the run (LockHeld is an infrastructure error),
+each scenario is retried after an infrastructure error (the board powered
+off first), and each result keeps the console output of its attempts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mantra.hil.bench import Bench
+from mantra.hil.errors import HilError
+from mantra.hil.results import INFRA, PASSED, Attempt, Result, classify, describe, run_with_retries
+from mantra.hil.scenarios import SCENARIOS
+
+
+def open_board(bench: Bench, place: str, *, owner: str | None, wait: float = 0.0, image: Path | None = None,
+               notes: list[str] | None = None) -> Any:
+    """A locked Target (local place) or RemoteTarget (a place on a bench host over SSH)."""
+    spec = bench.place(place)
+    if spec.remote:
+        from mantra.hil.remote import RemoteTarget
+
+        return RemoteTarget.connect(bench, spec, owner=owner, wait=wait)
+    from mantra.hil.target import Target
+
+    return Target.acquire(bench, place, owner=owner, wait=wait, image=image, notes=notes)
+
+
+@dataclass
+class RunOptions:
+    scenarios: Sequence[str] = ("boot", "service-restart")
+    retries: int = 1
+    owner: str | None = None
+    wait: float = 0.0
+    image: Path | None = None
+    log: Callable[[str], None] = print
+    notes: list[str] = field(default_factory=list)
+    # Called with (place, board) once the board is open: tests use it to play bench failures.
+    on_open: Callable[[str, Any], None] | None = None
+
+
+def run_place(bench: Bench, place: str, options: RunOptions) -> list[Result]:
+    results: list[Result] = []
+    started = time.monotonic()
+    board = None
+    attempts, board = run_with_retries(
+        lambda: open_board(bench, place, owner=options.owner, wait=options.wait, image=options.image,
+                           notes=options.notes),
+        retries=options.retries, sleep=1.0)
+    if board is None:
+        # Could not even get the place: every scenario is an infrastructure error.
+        for name in options.scenarios:
+            last = attempts[-1]
+            results.append(Result(place, name, last.outcome, last.message, time.monotonic() - started, attempts))
+        return results
+    try:
+        if options.on_open:
+            options.on_open(place, board)
+        for name in options.scenarios:
+            scenario = SCENARIOS[name]
+            mark = board.console.mark()
+            begun = time.monotonic()
+            options.log(f"[{place}] {name}: running")
+
+            def reset() -> None:
+                options.log(f"[{place}] {name}: infrastructure error; powering off and retrying")
+                board.strategy.transition("off")
+
+            tries, details = run_with_retries(lambda: scenario(board), retries=options.retries, reset=reset)
+            last = tries[-1]
+            result = Result(place, name, last.outcome, last.message, time.monotonic() - begun, tries,
+                            console=board.console.text_since(mark), console_log=board.console_log_path(),
+                            details=details or {})
+            options.log(f"[{place}] {name}: {result.outcome} ({result.duration:.1f} s"
+                        + (f", {result.retried} retried" if result.retried else "") + ")"
+                        + (f": {last.message.splitlines()[0]}" if last.message else ""))
+            results.append(result)
+    finally:
+        try:
+            board.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not hide the results
+            options.log(f"[{place}] closing failed: {describe(exc)}")
+    return results
+
+
+def run_places(bench: Bench, places: Sequence[str], options: RunOptions) -> tuple[list[Result], float]:
+    """Runs the scenarios on every place in parallel; returns the results (in place order) and the wall time."""
+    for name in options.scenarios:
+        if name not in SCENARIOS:
+            raise HilError(f"no scenario {name!r}", f"scenarios: {', '.join(SCENARIOS)}")
+    for place in places:
+        bench.place(place)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(len(places), 1), thread_name_prefix="hil") as pool:
+        futures = [pool.submit(run_place, bench, place, options) for place in places]
+        results = [result for future in futures for result in future.result()]
+    return results, time.monotonic() - started
+
+
+__all__ = ["Attempt", "INFRA", "PASSED", "RunOptions", "classify", "open_board", "run_place", "run_places",
+           "threading"]
