@@ -266,7 +266,9 @@ class RemoteLink:
             raise RemoteError(f"{self.where}: not a protocol line: {line[:200]!r}", "check the remote command") \
                 from None
 
-    def call(self, op: str, timeout: float = 60.0, **args: Any) -> Any:
+    def call(self, op: str, wait: float = 60.0, /, **args: Any) -> Any:
+        """Sends one request and returns its result (raises the error the
+        server sent as its own type); `wait` bounds the wait for the answer."""
         with self._lock:
             self._next += 1
             ident = self._next
@@ -276,7 +278,7 @@ class RemoteLink:
             except Exception as exc:  # noqa: BLE001
                 raise RemoteError(f"{self.where}: sending {op} failed: {exc}", "retry") from None
             while True:
-                answer = self._read(timeout, f"{op}")
+                answer = self._read(wait, f"{op}")
                 if answer.get("id") == ident:
                     break
         if answer.get("ok"):
@@ -341,8 +343,8 @@ class RemoteConsole:
         self.place = target.name
         self.cursor = 0
 
-    def _call(self, op: str, timeout: float = 60.0, **args: Any) -> Any:
-        return self.target.link.call(op, timeout, place=self.target.remote_name, **args)
+    def _call(self, op: str, wait: float = 60.0, /, **args: Any) -> Any:
+        return self.target.link.call(op, wait, place=self.target.remote_name, **args)
 
     def expect(self, pattern: str | re.Pattern[str], timeout: float, *, start: int | None = None) -> _Match:
         text = pattern.pattern if isinstance(pattern, re.Pattern) else pattern
