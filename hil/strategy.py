@@ -16,7 +16,8 @@ States, in order: off -> flash-mode -> flashed -> booted -> healthy.
 and runs its steps in order; a step that raises leaves the board in state
 "unknown", from which the next transition starts with power-off. A healthy
 board is also booted: asking for "booted" then does nothing. Every step is
-logged with its duration (`history`).
+logged with its duration (`history`). A board with nothing on it (a QEMU
+place never flashed) is flashed on its way to booting.
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ class Strategy:
     def transition(self, state: str) -> None:
         if state not in STATES:
             raise HilError(f"unknown state {state!r}", f"states: {', '.join(STATES)}")
-        for step in path(self.graph, self.state, state):
+        steps = path(self.graph, self.state, state)
+        if self.target.needs_flash() and any(step.name == "boot" for step in steps) and self.state != "flashed":
+            # A board with nothing on it (a new QEMU place) is flashed on its way to booting.
+            steps = path(self.graph, self.state, "flashed") + path(self.graph, "flashed", state)
+        for step in steps:
             started = time.monotonic()
             try:
                 self._steps[step.name]()

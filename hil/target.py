@@ -129,6 +129,10 @@ class Target:
         target.lock = lock
         return target
 
+    def needs_flash(self) -> bool:
+        """Whether there is nothing to boot yet (a QEMU place without a disk)."""
+        return self.qemu is not None and not self.qemu.image.is_file()
+
     def console_log_path(self) -> Path:
         return self.console.log
 
