@@ -83,15 +83,26 @@ class ConsoleDriver:
                     with self._changed:
                         if self._closing:
                             break
-                    chunk = serial.read(4096)
-                    if not chunk:
-                        continue
-                    log.write(chunk)
-                    log.flush()
-                    with self._changed:
-                        self._data.extend(chunk)
-                        self._changed.notify_all()
+                    # One byte (waiting up to the port's timeout), then what is
+                    # waiting, each piece kept as soon as it is read: a read(4096)
+                    # that meets a disconnect drops the bytes it already had
+                    # (pyserial), e.g. a dying board's last words.
+                    chunk = bytearray(serial.read(1))
+                    try:
+                        while chunk and len(chunk) < 65536 and getattr(serial, "in_waiting", 0):
+                            more = serial.read(min(serial.in_waiting, 65536))
+                            if not more:
+                                break
+                            chunk += more
+                    finally:
+                        if chunk:
+                            log.write(chunk)
+                            log.flush()
+                            with self._changed:
+                                self._data.extend(chunk)
+                                self._changed.notify_all()
             except Exception:  # the port closed under us (pyserial: "socket disconnected", OSError)
+                pass
                 pass
             finally:
                 with self._changed:
