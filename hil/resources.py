@@ -49,11 +49,22 @@ class ConsolePort(Protocol):
 
 def open_serial_url(url: str, baud: int, **kwargs: Any) -> SerialLike:
     """pyserial's serial_for_url, its errors as ConsoleError. The one seam
-    for opening ports (tests replace it)."""
+    for opening ports (tests replace it).
+
+    pyserial's open() ends with reset_input_buffer(), which for socket://
+    reads and throws away whatever the board already sent (QEMU starts the
+    guest as soon as the connection is accepted, so its first lines can be
+    there): the port is opened without that reset, so the log has everything."""
     import serial
 
     try:
-        return serial.serial_for_url(url, baudrate=baud, timeout=0.2, write_timeout=10, **kwargs)
+        port = serial.serial_for_url(url, baudrate=baud, timeout=0.2, write_timeout=10, do_not_open=True, **kwargs)
+        port.reset_input_buffer = lambda: None  # type: ignore[method-assign]
+        try:
+            port.open()
+        finally:
+            del port.reset_input_buffer
+        return port
     except (serial.SerialException, ValueError, OSError) as exc:
         raise ConsoleError(f"cannot open the console {url}: {exc}",
                            "check that the port exists and that no other program holds it "

@@ -95,11 +95,11 @@ class FakeBoard:
             except OSError:
                 return
             with client:
-                for line in self.lines:
-                    client.sendall(line)
-                    time.sleep(0.01)
-                client.settimeout(self.close_after or 30)
                 try:
+                    for line in self.lines:
+                        client.sendall(line)
+                        time.sleep(0.01)
+                    client.settimeout(self.close_after or 30)
                     while chunk := client.recv(100):
                         self.received += chunk
                 except OSError:
