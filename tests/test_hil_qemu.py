@@ -1,0 +1,150 @@
+"""The bench on QEMU boards: the project's boot, service-restart and flash
+scenarios on two places in parallel through `mantra hil test`; QEMU killed
+mid-test is classified as an infrastructure error and retried; the pytest
+plugin (`pytest --hil-place`). Every check reads what the guests printed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from mantra.build import BuildResult
+from mantra.hil.bench import load_bench
+from mantra.hil.results import INFRA, PASSED
+from mantra.hil.run import RunOptions, run_places
+from support import ROOT, mantra
+
+def write_bench(directory: Path, image: Path, places: list[str]) -> Path:
+    bench = directory / "bench.toml"
+    bench.write_text(f'[bench]\nstate_dir = "{directory}/state"\nlock_dir = "{directory}/locks"\n' + "".join(
+        f'[places.{name}]\nqemu = {{ image = "{image}" }}\n' for name in places))
+    return bench
+
+
+@pytest.mark.boot
+def test_scenarios_on_two_places_in_parallel(default_image: BuildResult, tmp_path: Path) -> None:
+    bench = write_bench(tmp_path, default_image.image, ["q1", "q2"])
+    junit, report = tmp_path / "junit.xml", tmp_path / "report.md"
+    result = mantra("hil", "test", "--bench", str(bench), "--places", "q1,q2",
+                    "--scenario", "boot,service-restart,flash", "--junit", str(junit), "--report", str(report),
+                    timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = re.search(r"hil: 6 scenario run\(s\) on 2 place\(s\): 6 passed, 0 failed, 0 infrastructure error\(s\), "
+                        r"0 error\(s\); 0 retried; wall time ([\d.]+) s \(scenario time summed over places ([\d.]+) s\)",
+                        result.stdout)
+    assert summary, result.stdout
+    wall, summed = float(summary[1]), float(summary[2])
+    assert wall < summed  # the two boards ran at the same time
+    # Both places ran each scenario, in parallel: their boot runs overlap in the log.
+    started = {place: result.stderr.index(f"[{place}] boot: running") for place in ("q1", "q2")}
+    finished = {place: result.stderr.index(f"[{place}] boot: passed") for place in ("q1", "q2")}
+    assert max(started.values()) < min(finished.values()), result.stderr
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("6", "0", "0")
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert set(cases) == {(f"hil.{p}", s) for p in ("q1", "q2") for s in ("boot", "service-restart", "flash")}
+    for place in ("q1", "q2"):
+        boot_out = cases[(f"hil.{place}", "boot")].find("system-out").text
+        assert "MantraBoot 0.1.0 (board qemu-x86_64)" in boot_out and "MantraCore ready" in boot_out
+        assert re.search(r"init: all services healthy \(\d+ ms since boot\)", boot_out)
+        log = (tmp_path / "state" / place / "console.log").read_text(errors="replace")
+        assert log.count("MantraCore ready") == 2  # boot, then flash's boot
+        assert re.search(r"init: crashy failed: crash loop \(5 crashes in \d+ ms\); not restarting", log)
+    text = report.read_text()
+    assert "| q2 | service-restart | passed | 1 |" in text
+    assert re.search(r"- faults: (#\w+ ?){2,}", text) and "- restart delays (ms): 100 200 400 800" in text
+    assert "- verified with keys: " in text and "init: started crashy" in text
+    # The locks are released and the boards are off.
+    assert not list((tmp_path / "locks").glob("*.lock"))
+    assert not list((tmp_path / "state").glob("*/qemu.json"))
+
+
+@pytest.mark.boot
+def test_qemu_killed_mid_test_is_an_infrastructure_error(default_image: BuildResult, tmp_path: Path) -> None:
+    bench = load_bench(write_bench(tmp_path, default_image.image, ["q1"]), root=ROOT)
+    killed: list[str] = []
+
+    def kill_once_the_kernel_is_up(place: str, board) -> None:  # noqa: ANN001
+        def watch() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and "MantraCore ready" not in board.console.text:
+                time.sleep(0.02)
+            pid = board.qemu.qemu_pid()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{pid}")
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    # No retries: the run ends in an infrastructure error, not a test failure.
+    results, _ = run_places(bench, ["q1"], RunOptions(scenarios=["boot"], retries=0, log=lambda line: None,
+                                                      on_open=kill_once_the_kernel_is_up))
+    [result] = results
+    assert killed and result.outcome == INFRA, result.message
+    assert result.attempts[0].error_type == "BoardGone"
+    assert "QEMU was killed (SIGKILL) without the bench powering the board off" in result.message
+    assert "MantraCore ready" in result.console  # what the guest said before it died is kept
+    # One retry: the next attempt (a fresh boot) passes; the report keeps both attempts.
+    killed.clear()
+    results, _ = run_places(bench, ["q1"], RunOptions(scenarios=["boot"], retries=1, log=lambda line: None,
+                                                      on_open=kill_once_the_kernel_is_up))
+    [result] = results
+    assert len(killed) == 1
+    assert [a.outcome for a in result.attempts] == [INFRA, PASSED] and result.outcome == PASSED
+    assert result.console.count("MantraCore ready") == 2
+
+
+PLUGIN_TESTS = '''
+import os, signal
+
+def test_boots(strategy, console):
+    strategy.transition("booted")
+    console.expect(r"^MantraCore ready", timeout=120, start=strategy.boot_mark)
+
+def test_wrong_banner_is_a_failure(strategy, console):
+    strategy.transition("booted")
+    console.expect(r"^Linux version", timeout=3, start=strategy.boot_mark)
+
+def test_board_killed_is_an_infrastructure_error(target, strategy, console):
+    strategy.transition("booted")
+    os.kill(target.qemu.qemu_pid(), signal.SIGKILL)
+    console.expect("never printed", timeout=60)
+'''
+
+
+@pytest.mark.boot
+def test_pytest_plugin_on_a_qemu_place(default_image: BuildResult, tmp_path: Path) -> None:
+    bench = write_bench(tmp_path, default_image.image, ["q1"])
+    tests = tmp_path / "test_on_bench.py"
+    tests.write_text(PLUGIN_TESTS)
+    junit = tmp_path / "junit.xml"
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "-p", "no:cacheprovider", str(tests),
+                          "--rootdir", str(tmp_path), "--hil-place", "q1", "--hil-bench", str(bench),
+                          "--hil-retries", "1", f"--junitxml={junit}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    output = run.stdout + run.stderr
+    assert re.search(r"1 failed, 1 passed, 1 error", output), output
+    assert "hil place q1: 1 test failure(s), 1 infrastructure error(s), 1 retried" in output
+    assert "infrastructure error: place q1: QEMU was killed (SIGKILL)" in output
+    root = ET.parse(junit).getroot()
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert cases["test_boots"].find("failure") is None and cases["test_boots"].find("error") is None
+    assert "Linux version" in cases["test_wrong_banner_is_a_failure"].find("failure").get("message")
+    assert "QEMU was killed" in cases["test_board_killed_is_an_infrastructure_error"].find("error").get("message")
+    assert not list((tmp_path / "locks").glob("*.lock"))
+
+
+def test_plugin_is_inert_without_a_place(tmp_path: Path) -> None:
+    tests = tmp_path / "test_on_bench.py"
+    tests.write_text(PLUGIN_TESTS)
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "pytest"), "-p", "no:cacheprovider", str(tests),
+                          "--rootdir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "3 skipped" in run.stdout, run.stdout + run.stderr
+    assert "hil place" not in run.stdout
