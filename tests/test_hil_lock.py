@@ -163,3 +163,23 @@ def test_cli_lock_unlock_break_and_places(tmp_path: Path) -> None:
     assert not (tmp_path / "locks" / "q1.lock").exists()
     unknown = _cli(bench, "lock", "nope")
     assert unknown.exit_code == 1 and "no place 'nope'" in unknown.output
+
+
+def test_a_locked_place_is_an_infrastructure_error_of_the_run(tmp_path: Path) -> None:
+    bench = tmp_path / "bench.toml"
+    bench.write_text(f'[bench]\nstate_dir = "{tmp_path}/state"\nlock_dir = "{tmp_path}/locks"\n'
+                     f'[places.q1]\nqemu = {{ image = "{tmp_path}/no-image.img" }}\n')
+    LockDir(tmp_path / "locks").acquire("q1", "alice", pid=None, expires_in=600)
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(app, ["--workspace", str(ROOT), "hil", "test", "--bench", str(bench), "--places",
+                                      "q1", "--owner", "bob", "--scenario", "boot", "--retries", "0",
+                                      "--junit", str(junit), "--report", str(tmp_path / "report.md")])
+    assert result.exit_code == 3, result.output  # only infrastructure errors
+    assert "0 passed, 0 failed, 1 infrastructure error(s)" in result.output
+    import xml.etree.ElementTree as ET
+
+    error = ET.parse(junit).getroot().find(".//testcase/error")
+    assert error is not None and error.get("type") == "infrastructure" and "locked by alice" in error.get("message")
+    # Nothing touched the board.
+    assert not (tmp_path / "state" / "q1" / "console.log").exists()
+    assert LockDir(tmp_path / "locks").read("q1").owner == "alice"
