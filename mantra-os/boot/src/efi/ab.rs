@@ -90,6 +90,10 @@ pub fn choose() -> Result<SlotImage, Fatal> {
     let mut reasons: [String; 2] = [String::new(), String::new()];
     for slot in Slot::ALL {
         let i = slot as usize;
+        if stored.is_some_and(|s| s.record(slot).state == State::Flashing) {
+            // Half written, perhaps: never read, never booted (decide keeps it).
+            continue;
+        }
         let slot_start = rdtsc();
         let loaded = load_slot(slot, handles[i], minimum);
         verify_tsc += rdtsc().wrapping_sub(slot_start);
@@ -227,6 +231,10 @@ fn report_events(decision: &Decision, reasons: &mut [String; 2]) {
                 reasons[i] = String::from("bad (marked bad on an earlier boot)");
             }
             Some(Event::Emptied) => say!("MantraBoot: slot {n}: now empty"),
+            Some(Event::Flashing) => {
+                say!("MantraBoot: slot {n}: flashing (a flash began and was not activated): not booted; flash it again (./mantra flash)");
+                reasons[i] = String::from("flashing (an unfinished flash)");
+            }
             Some(Event::Factory) | Some(Event::Refused) | None => {}
         }
     }
