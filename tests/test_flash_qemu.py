@@ -377,8 +377,8 @@ def test_resume_after_a_cut_and_a_corrupted_frame_is_resent(default_image: Build
                                                             tmp_path: Path, workspace: Workspace) -> None:
     source = new_source(default_image, tmp_path / "source", counter=2)
     slot_image = read_slot(source.image, "a")
-    # Make more blocks differ from the factory slot: a new file of noise.
     envelope = source.read("MANTRA/MANIFEST.SIG")
+    wipe(device, "b")  # a first flash: every mapped block is sent
     with console_session(device.image, workspace=workspace) as session:
         enter_flash_mode(session)
         link = Link(session, pos=len(session.raw()))
@@ -415,58 +415,82 @@ def kill_points() -> int:
     return int(os.environ.get("MANTRA_FLASH_KILL_POINTS", "5"))
 
 
+def wipe(device: SpoiledImage, slot: str, size: int = 4 << 20) -> None:
+    """Overwrites the start of a slot (its FAT metadata) with a pattern: the
+    slot holds no file system, so every mapped block must be sent."""
+    offset, _ = slot_partition(device.image, slot)
+    with device.image.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes([0xA5]) * size)
+
+
+BOOTING = r"^MantraBoot: booting slot ([ab]) \((active|pending)[,)].*$"
+
+
 def test_killed_while_flashing_always_boots_a_valid_slot(default_image: BuildResult, device: SpoiledImage,
                                                          tmp_path: Path, workspace: Workspace) -> None:
-    """QEMU is killed at random points of a flash (seeded); each restart must
-    boot a slot that verifies: the factory slot a while b is flashing, or
-    the new b once it was activated."""
+    """QEMU is killed (SIGTERM, no guest shutdown) at seeded random points of
+    a flash into a wiped slot b: after BEGIN, in the middle of the block
+    map, at a random DATA frame, after FINISH or after ACTIVATE. Every
+    restart must boot a slot that verified: the factory slot while the
+    other one is flashing, or the new image once it was activated."""
     source = new_source(default_image, tmp_path / "source", counter=3)
     slot_image = read_slot(source.image, "a")
     envelope = source.read("MANTRA/MANIFEST.SIG")
+    new_hash = hashlib.sha256(envelope).hexdigest()
+    wipe(device, "b")
     rng = random.Random(20261127)
-    points = kill_points()
     outcomes = []
-    for n in range(points):
-        # Stages: 0 after BEGIN, 1 during DATA, 2 after FINISH, 3 after ACTIVATE.
-        stage = rng.choice([0, 1, 1, 1, 2, 3])
-        with console_session(device.image, workspace=workspace) as session:
-            # First: the board boots (what did the last kill leave?).
-            booted = wait_line(session, r"^MantraBoot: booting slot ([ab]) \((\w+)[,)].*$", 0)
-            outcomes.append((stage, booted[1], booted[2]))
-            assert "MantraBoot: error" not in session.text, tail(session.text)
-            if booted[1] == "b":
-                # The new image was activated by an earlier run: it boots and confirms.
-                wait_line(session, r"init: boot confirmed: slot b \(security counter 3\)\r?$", booted.end())
-                break
-            # Reset into flash mode: the firmware's reset, then MANTRA-FLASH.
+    for _ in range(kill_points()):
+        stage = rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
         with console_session(device.image, workspace=workspace) as session:
             enter_flash_mode(session)
             link = Link(session, pos=len(session.raw()))
             flasher = MiniFlasher(link, slot_image, envelope)
-            held = flasher.start()
-            _, records = slots_var_live(device)
-            frames = flasher.data_frames(held)
-            if stage == 1 and frames:
-                flasher.send_data(frames, stop_after=rng.randrange(len(frames)))
-            elif stage >= 2:
-                flasher.send_data(frames)
-                flasher.finish()
-                if stage == 3:
+            flasher.hello = m.HelloReply.decode(link.command(m.Hello()))
+            flasher.entries = block_map(slot_image)
+            entries = flasher.entries
+            link.command(m.Begin(flasher.hello.target_slot, m.Compression.ZLIB, BLOCK, len(slot_image), len(entries),
+                                 m.image_digest(entries), envelope), timeout=10)
+            target = flasher.hello.target.name
+            _, records = slots_var(device)
+            assert records["ab".index(target)][0] == STATE_FLASHING
+            if stage != "begin":
+                per = m.map_entries_per_frame()
+                firsts = list(range(0, len(entries), per))
+                if stage == "map":
+                    firsts = firsts[:rng.randrange(len(firsts))]
+                for first in firsts:
+                    link.command(m.Map(first, tuple(entries[first:first + per])), timeout=10)
+            if stage in ("data", "finish", "activate"):
+                held = list(m.HaveReply.decode(link.command(m.Have(0, len(entries))), len(entries)).held)
+                frames = flasher.data_frames(held)
+                flasher.send_data(frames, stop_after=rng.randrange(len(frames) + 1) if stage == "data" else None)
+                if stage != "data":
+                    flasher.finish()
+                if stage == "activate":
                     link.command(m.Activate())
-            # Kill QEMU now (leaving the block kills the board).
-    else:
-        # Never activated within the points: one more boot, a must boot.
-        pass
+            # Leaving the block kills QEMU here.
+        with console_session(device.image, workspace=workspace) as session:
+            booted = wait_line(session, BOOTING, 0)
+            text = session.text
+            assert "MantraBoot: error" not in text, tail(text)
+            slot, state = booted[1], booted[2]
+            assert re.search(rf"^MantraBoot: slot {slot}: verified \(", text, re.M), tail(text)
+            other = "b" if slot == "a" else "a"
+            if stage != "activate":
+                # The flashed slot is flashing: kept, not read, not booted.
+                assert re.search(rf"^MantraBoot: slot {target}: flashing \(", text, re.M), tail(text)
+                assert slot != target
+            else:
+                assert (slot, state) == (target, "pending"), tail(text)
+            wait_line(session, r"MantraBoot: exiting boot services", booted.end(), timeout=60)
+        outcomes.append((stage, slot, state, other))
+    # The last boot runs to the services' health check: the slot is usable.
     with console_session(device.image, workspace=workspace) as session:
-        booted = wait_line(session, r"^MantraBoot: booting slot ([ab]) \((\w+)[,)].*$", 0)
-        assert "MantraBoot: error" not in session.text, tail(session.text)
-        slot = booted[1]
-        if slot == "a":
-            assert re.search(r"^MantraBoot: slot b: flashing \(", session.text, re.M) or \
-                re.search(r"^MantraBoot: slot b: verified", session.text, re.M), tail(session.text)
-        wait_line(session, rf"init: (boot confirmed: slot {slot}|boot healthy: slot {slot} is already active)",
-                  booted.end())
-    print("kill points (stage, booted slot, state):", outcomes)
+        booted = wait_line(session, BOOTING, 0)
+        wait_line(session, r"init: (all services healthy|boot confirmed)", booted.end())
+    print(f"kill points (stage, booted slot, state): {outcomes}; new envelope {new_hash[:16]}")
 
 
 def slots_var_live(device: SpoiledImage):
