@@ -10,8 +10,8 @@ metadata plus every non-zero block after it). Each test reads what the
 guest printed and what it wrote (the disk image, the variable store).
 
 `MANTRA_FLASH_KILL_POINTS` sets how many random kill points
-test_killed_while_flashing_always_boots_a_valid_slot uses (default 5; the
-`flash_long` marker's run uses 20).
+test_killed_while_flashing_always_boots_a_valid_slot uses (default 5);
+`-m flash_long` runs the 20-point version (about 6 minutes).
 """
 
 from __future__ import annotations
@@ -356,6 +356,16 @@ def test_wrong_board_and_wrong_key_are_refused_before_writing(default_image: Bui
                 flasher.start()
             assert refused.value.code == code, refused.value
             assert text in refused.value.message and "image refused before writing" in refused.value.message
+        # The baud switch: a rate the UART's clock divides, then HELLO at it
+        # (QEMU's UART takes any divisor); 921600 needs a faster clock than
+        # COM1's 1.8432 MHz: unsupported.
+        with pytest.raises(FlashError) as refused:
+            link.command(m.SetBaud(921600))
+        assert refused.value.code == m.ErrorCode.UNSUPPORTED
+        link.command(m.SetBaud(57600))
+        assert m.HelloReply.decode(link.command(m.Hello())).baud == 57600
+        link.command(m.SetBaud(115200))
+        assert m.HelloReply.decode(link.command(m.Hello())).baud == 115200
         # The protected slot: ERROR 7.
         good = new_source(default_image, tmp_path / "good")
         envelope = good.read("MANTRA/MANIFEST.SIG")
@@ -429,6 +439,23 @@ BOOTING = r"^MantraBoot: booting slot ([ab]) \((active|pending)[,)].*$"
 
 def test_killed_while_flashing_always_boots_a_valid_slot(default_image: BuildResult, device: SpoiledImage,
                                                          tmp_path: Path, workspace: Workspace) -> None:
+    """5 kill points (about 1.5 minutes; MANTRA_FLASH_KILL_POINTS changes it)."""
+    kill_while_flashing(default_image, device, tmp_path, workspace, kill_points())
+
+
+@pytest.mark.flash_long
+def test_killed_at_20_points_always_boots_a_valid_slot(default_image: BuildResult, device: SpoiledImage,
+                                                       tmp_path: Path, workspace: Workspace,
+                                                       request: pytest.FixtureRequest) -> None:
+    """The long version, 20 kill points (about 6 minutes): runs only when
+    selected with `-m flash_long`."""
+    if "flash_long" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the 20-point kill test runs with -m flash_long")
+    kill_while_flashing(default_image, device, tmp_path, workspace, 20, seed=7)
+
+
+def kill_while_flashing(default_image: BuildResult, device: SpoiledImage, tmp_path: Path, workspace: Workspace,
+                        points: int, seed: int = 20261127) -> None:
     """QEMU is killed (SIGTERM, no guest shutdown) at seeded random points of
     a flash into a wiped slot b: after BEGIN, in the middle of the block
     map, at a random DATA frame, after FINISH or after ACTIVATE. Every
@@ -439,9 +466,9 @@ def test_killed_while_flashing_always_boots_a_valid_slot(default_image: BuildRes
     envelope = source.read("MANTRA/MANIFEST.SIG")
     new_hash = hashlib.sha256(envelope).hexdigest()
     wipe(device, "b")
-    rng = random.Random(20261127)
+    rng = random.Random(seed)
     outcomes = []
-    for _ in range(kill_points()):
+    for _ in range(points):
         stage = rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
         with console_session(device.image, workspace=workspace) as session:
             enter_flash_mode(session)
@@ -496,3 +523,59 @@ def test_killed_while_flashing_always_boots_a_valid_slot(default_image: BuildRes
 def slots_var_live(device: SpoiledImage):
     found = read_variable(device.image.parent / "firmware-vars.fd", "MantraSlots")
     return parse_mantra_slots(found[1]) if found else (0, [])
+
+
+def test_no_bootable_slot_enters_flash_mode(default_image: BuildResult, device: SpoiledImage, tmp_path: Path,
+                                            workspace: Workspace) -> None:
+    """Both slots wiped: MantraBoot says why nothing boots, then waits in
+    flash mode (no MANTRA-FLASH needed); a flash makes the device boot."""
+    source = new_source(default_image, tmp_path / "source", counter=1)
+    wipe(device, "a")
+    wipe(device, "b")
+    with console_session(device.image, workspace=workspace) as session:
+        entry = wait_line(session, ENTRY_LINE.pattern, 0, timeout=120)
+        error = re.search(r"^MantraBoot: error: no bootable slot: slot a (.*)$", session.text[:entry.start()], re.M)
+        assert error, tail(session.text)
+        link = Link(session, pos=len(session.raw()))
+        flasher = MiniFlasher(link, read_slot(source.image, "a"), source.read("MANTRA/MANIFEST.SIG"))
+        held = flasher.start()
+        assert flasher.hello.target_slot == 1
+        assert [slot.state for slot in flasher.hello.slots] == [m.SlotState.EMPTY, m.SlotState.EMPTY]
+        # After BEGIN the target is flashing (state 4), in HELLO and in MantraSlots.
+        again = m.HelloReply.decode(link.command(m.Hello()))
+        assert [slot.state for slot in again.slots] == [m.SlotState.EMPTY, m.SlotState.FLASHING]
+        assert [r[0] for r in slots_var(device)[1]] == [0, STATE_FLASHING]
+        flasher.send_data(flasher.data_frames(held))
+        flasher.finish()
+        link.command(m.Activate())
+        reset(link, session)
+    boot_new_slot(device, workspace, counter=1)
+
+
+def test_flash_costs_under_icount(default_image: BuildResult, device: SpoiledImage, tmp_path: Path,
+                                  workspace: Workspace) -> None:
+    """A whole flash of the default image into a wiped slot under -icount
+    shift=0 (TSC ticks = guest instructions): the figures MantraBoot prints."""
+    source = new_source(default_image, tmp_path / "source", counter=1)
+    slot_image = read_slot(source.image, "a")
+    wipe(device, "b")
+    with console_session(device.image, workspace=workspace, icount=True) as session:
+        enter_flash_mode(session, timeout=300)
+        link = Link(session, pos=len(session.raw()))
+        flasher = MiniFlasher(link, slot_image, source.read("MANTRA/MANIFEST.SIG"))
+        started = time.monotonic()
+        held = flasher.start()
+        flasher.send_data(flasher.data_frames(held))
+        finish_reply = flasher.finish()
+        seconds = time.monotonic() - started
+        link.command(m.Abort())
+        ended = wait_line(session, ENDED.pattern, 0, timeout=60)
+    figures = {k: int(v) for k, v in ended.groupdict().items()}
+    image_bytes = sum(BLOCK for _ in flasher.entries)
+    print(f"flash costs (guest instructions, -icount shift=0): {figures}; FINISH reply {finish_reply}; "
+          f"{len(flasher.entries)} mapped blocks ({image_bytes} bytes), {link.sent_bytes} bytes on the line "
+          f"(effective {image_bytes / link.sent_bytes:.1f} x line rate), {seconds:.1f} s wall clock")
+    assert figures["blocks"] == held.count(False) == len(flasher.entries) - held.count(True)
+    assert 0 < figures["begin"] < 100_000_000
+    assert 0 < figures["block"] < 100_000_000
+    assert finish_reply == figures["readback"] + figures["check"]
