@@ -280,6 +280,28 @@ def device(default_image: BuildResult, tmp_path: Path) -> SpoiledImage:
     return SpoiledImage(default_image, tmp_path / "device", slots=())
 
 
+def test_mantra_flash_then_boot_the_new_slot(default_image: BuildResult, device: SpoiledImage, tmp_path: Path,
+                                            workspace: Workspace) -> None:
+    """flash-host's `mantra.provision.serial_flash.flash` (what `./mantra
+    flash` runs) against the QEMU board's console socket, then the boot."""
+    from mantra.provision.bench import ConsoleTransport
+    from mantra.provision.serial_flash import flash
+
+    source = new_source(default_image, tmp_path / "source", counter=4)
+    wipe(device, "b")
+    log: list[str] = []
+    with console_session(device.image, workspace=workspace) as session:
+        result = flash(source.image, session.url, "qemu-x86_64", transport=ConsoleTransport(session),
+                       root=default_image.keys / "root.pub", log=log.append, wait=120)
+        assert result.activated and result.target_slot == "b", log
+        ended = wait_line(session, ENDED.pattern, 0, timeout=60)
+        assert int(ended["blocks"]) == result.sent_blocks, (ended.group(0), log)
+    print(f"mantra flash over QEMU's console: {result.mapped_blocks} mapped blocks, {result.sent_blocks} sent, "
+          f"{result.tx_bytes} bytes on the line, effective throughput {result.effective:.1f} x line rate")
+    # Booting b checks its envelope and every component's SHA-256.
+    boot_new_slot(device, workspace, counter=4)
+
+
 def test_flash_then_boot_the_new_slot(default_image: BuildResult, device: SpoiledImage, tmp_path: Path,
                                       workspace: Workspace) -> None:
     source = new_source(default_image, tmp_path / "source")
