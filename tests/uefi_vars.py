@@ -39,3 +39,24 @@ def read_variable(store: Path, name: str, vendor: uuid.UUID = MANTRA_VENDOR) -> 
                 found = (attributes, value)
         at = data.find(wanted, at + 1)
     return found
+
+
+# MantraSlots (docs/boot-state.md): slot record states. 4 (flashing) is set
+# by MantraBoot's flash mode at BEGIN and replaced by ACTIVATE (pending); it
+# is a well-formed state, never booted.
+STATE_EMPTY, STATE_ACTIVE, STATE_PENDING, STATE_BAD, STATE_FLASHING = range(5)
+STATE_NAMES = {0: "empty", 1: "active", 2: "pending", 3: "bad", 4: "flashing"}
+
+
+def parse_mantra_slots(data: bytes) -> tuple[int, list[tuple[int, int, int, bytes]]]:
+    """A MantraSlots value, checked strictly: (preferred slot, [(state, tries,
+    security counter, envelope hash) for a and b]); ValueError when malformed."""
+    if len(data) != 112 or data[:10] != b"MTRA-ABS\x01\x00" or data[10] > 1 or data[11:16] != bytes(5):
+        raise ValueError(f"malformed MantraSlots header: {data[:16].hex()}")
+    records = []
+    for at in (16, 64):
+        state, tries = data[at], data[at + 1]
+        if state not in STATE_NAMES or (state != STATE_PENDING and tries) or data[at + 2 : at + 8] != bytes(6):
+            raise ValueError(f"malformed MantraSlots record at {at}: {data[at:at + 8].hex()}")
+        records.append((state, tries, struct.unpack_from("<Q", data, at + 8)[0], data[at + 16 : at + 48]))
+    return data[10], records

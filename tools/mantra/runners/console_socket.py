@@ -107,6 +107,28 @@ class ConsoleSession:
         with self._changed:
             return self._closed
 
+    def raw(self, start: int = 0) -> bytes:
+        """The bytes the console sent from byte offset `start` on, undecoded
+        (for a binary protocol on the console, e.g. MantraFlash frames)."""
+        with self._changed:
+            return bytes(self._data[start:])
+
+    def wait_raw(self, start: int, timeout: float) -> bytes:
+        """Waits up to `timeout` seconds for bytes after byte offset `start`;
+        returns them (empty on timeout or when the board stopped)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._data) <= start and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return bytes(self._data[start:])
+
+    def send_bytes(self, data: bytes) -> None:
+        """Writes raw bytes to the console (no line end added)."""
+        self._sock.sendall(data)
+
     def mark(self) -> int:
         """The current end of `text`, for `wait_for(start=...)`."""
         return len(self.text)
