@@ -167,12 +167,16 @@ class SerialTransport:
         self.port.write(data)
 
     def read(self, timeout: float) -> bytes:
-        self.port.timeout = max(0.0, timeout)
+        self._timeout(max(0.0, timeout))
         first = self.port.read(1)
         if not first:
             return b""
-        waiting = self.port.in_waiting
-        return first + (self.port.read(waiting) if waiting else b"")
+        self._timeout(0)  # then whatever else has arrived, without waiting
+        return first + self.port.read(1 << 16)
+
+    def _timeout(self, value: float) -> None:
+        if self.port.timeout != value:  # setting it reconfigures a tty
+            self.port.timeout = value
 
     def flush(self) -> None:
         self.port.flush()
@@ -371,6 +375,7 @@ class Session:
         hello = encode_frame(FrameType.HELLO, msg.Hello().encode())
         probe = SYNC_LINE + hello + b"\n"  # the newline ends the frame's bytes as a console line
         deadline = self.clock() + wait
+        malformed = None
         while (now := self.clock()) < deadline:
             self.link.write(probe, "waiting for the board")
             until = min(now + self.timing.sync_interval, deadline)
@@ -380,6 +385,12 @@ class Session:
                         try:
                             reply = HelloReply.decode(frame.payload)
                         except MessageError as exc:
+                            # a late reply from an earlier session once; twice the same is the board's
+                            if str(exc) == malformed:
+                                raise FlashError(f"the board on {self.link.port} sends a malformed HELLO reply: {exc}",
+                                                 "the board's MantraBoot and this mantra disagree on the protocol: "
+                                                 "update one of them") from None
+                            malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
                         return self._hello(reply)
@@ -734,6 +745,9 @@ def check_device(slot_image: SlotImage, hello: HelloReply, board: str, port: str
                          f"the board's minimum {hello.rollback_min}; nothing was written",
                          "flash a newer release (raise security_counter in product.toml and rebuild)")
     target = hello.target
+    if target is None:
+        raise FlashError(f"the board on {port} has no slot it can write now; nothing was written",
+                         "let the board boot and confirm its running slot, then run the same command again")
     if target.running:
         raise FlashError(f"the board offers its running slot {target.name} as the target; refusing to write it",
                          "update MantraBoot: flash mode must never offer the running slot")
@@ -825,6 +839,9 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
     try:
         hello = session.sync(wait)
         target = hello.target
+        if target is None:
+            raise FlashError(f"the board on {port} has no slot it can write now (it offers none as the target)",
+                             "let the board boot and confirm its running slot, then run the same command again")
         log(f"board: {hello.board} on {port}, MantraFlash {hello.version}, block size {hello.block_size}, window "
             f"{hello.window}, {hello.baud} baud; slot {target.name} is the target ({target.size} bytes)")
         check_device(slot_image, hello, board, port, found)
@@ -833,6 +850,12 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         compression = Compression.ZLIB if compress and hello.supports(Compression.ZLIB) else Compression.NONE
         result = FlashResult(port, board, target.name, bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
                              0, 0, 0.0, hello.baud, compression, dry_run=dry_run)
+        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
+                          len(bmap.entries), bmap.digest, slot_image.envelope)
+        if len(begin.encode()) > link.max_payload:
+            raise FlashError(f"the slot's signed manifest ({len(slot_image.envelope)} bytes) does not fit a BEGIN "
+                             f"frame (at most {link.max_payload} bytes of payload); nothing was written",
+                             "sign with fewer revoked keys or a shorter manifest (docs/signing.md)")
         if dry_run:
             result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload)
             result.seconds = clock() - start
@@ -848,8 +871,6 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                 log(f"baud: the board did not answer at {baud}; both went back to {hello.baud}")
         result.baud = line_baud
 
-        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
-                          len(bmap.entries), bmap.digest, slot_image.envelope)
         session.begin(begin)
         session.send_map(bmap.entries)
         held = session.have(len(bmap.entries))

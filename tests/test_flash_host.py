@@ -491,6 +491,23 @@ def test_sync_through_console_text_from_boot(image, disk, keyset):
     assert result.sent_blocks > 0 and dev.stats.resets == 1
 
 
+def test_no_writable_slot(image, disk, keyset):
+    dev = device(disk, keyset)
+    dev.no_target = True
+    with pytest.raises(sf.FlashError, match="has no slot it can write now"):
+        run(image, dev)
+    assert set(dev.stats.frames) == {"HELLO"}
+
+
+def test_malformed_hello_reply_is_named(image, disk, keyset):
+    dev = device(disk, keyset)
+    dev.hello_extra = b"\0\0"
+    tr = SimTransport(dev)
+    with pytest.raises(sf.FlashError, match="sends a malformed HELLO reply: HELLO reply: 2 unexpected trailing bytes"):
+        run(image, dev, transport=tr)
+    assert tr.now < 1  # named at once, not after --wait
+
+
 def test_no_flash_mode_times_out_with_advice(image, disk, keyset):
     dev = device(disk, keyset)
     dev.mode = "booted"  # it never enters flash mode
