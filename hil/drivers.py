@@ -11,7 +11,6 @@ it against the reference image (mantra.signing.attest).
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mantra.hil.console import ConsoleDriver
-from mantra.hil.errors import ExpectTimeout, FlashError, TestFailure
+from mantra.hil.errors import ConsoleSilent, ExpectTimeout, FlashError, TestFailure
 from mantra.hil.power import PowerDriver
 
 # The boot banners, in order (README.md "The running system").
@@ -98,22 +97,27 @@ class ImageFlasher:
         return self.board.flash(image)
 
 
-# The flash tool's entry point (branch flash-host): mantra.provision.flash(port_url, image) -> report.
-FLASH_TOOL = ("mantra.provision", "flash")
-
-
 class SerialFlasher:
-    """MantraBoot's flash mode over the console (docs/flash-protocol.md):
+    """MantraBoot's flash mode over the console (docs/flash-protocol.md),
+    with the flash tool `mantra flash` runs (mantra.provision.serial_flash):
     power the board, type MANTRA-FLASH every 100 ms until MantraBoot says
-    `flash mode ... waiting for the host`, then hand the port to the flash
-    tool (the console driver lets go of it: one user per port)."""
+    `flash mode ... waiting for the host`, then let go of the console (one
+    user per port) and hand its URL to the flash tool, which writes the
+    image's slot into the board's inactive slot, activates it (pending) and
+    resets the board. A QEMU place without a disk gets the factory image
+    first (its virtual programmer), as a board comes from the factory."""
 
     serial = True
 
-    def __init__(self, url: Any, *, default_image: Path | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, url: Any, *, board: str, default_image: Path | None = None, factory: Any = None,
+                 workspace_root: Path | None = None, timeout: float = 180.0) -> None:
         self.url = url  # a callable giving the port's URL now (a QEMU port changes at every power-on)
+        self.board = board
         self.default_image = default_image
+        self.factory = factory  # a QemuBoard, or None for real boards
+        self.workspace_root = workspace_root
         self.timeout = timeout
+        self.result: Any = None
 
     def describe(self) -> str:
         return "MantraFlash over the console (mantra.provision)"
@@ -121,17 +125,27 @@ class SerialFlasher:
     def enter_flash_mode(self, power: PowerDriver, console: ConsoleDriver) -> None:
         console.close()
         power.off()
+        if self.factory is not None and not self.factory.image.is_file():
+            # From the factory with slot a only: slot b was never written.
+            self.factory.flash(self.default_image)
+            from mantra.provision.bench import wipe_slot
+
+            wipe_slot(self.factory.image, "b")
+        mark = console.mark()
+        if not getattr(console.port, "needs_power", False):
+            console.open()
         power.on()
         console.open()
-        mark = console.mark()
         deadline = time.monotonic() + self.timeout
         while True:
             console.send("MANTRA-FLASH")
             try:
                 console.expect(FLASH_MODE, 0.1, start=mark)
                 break
-            except ExpectTimeout:
+            except (ExpectTimeout, ConsoleSilent) as waiting:
                 if time.monotonic() > deadline:
+                    if isinstance(waiting, ConsoleSilent):
+                        raise
                     raise FlashError(f"place {console.place}: MantraBoot did not enter flash mode in "
                                      f"{self.timeout:g} s", "does this MantraBoot have flash mode "
                                      "(CONFIG_FLASH_WAIT_MS)? see the console log") from None
@@ -139,24 +153,29 @@ class SerialFlasher:
 
     def flash(self, image: Path | None, console: ConsoleDriver) -> str:
         image = image or self.default_image
-        module_name, function = FLASH_TOOL
+        if image is None:
+            raise FlashError(f"place {console.place}: no image to flash", "give one (mantra hil flash --image IMG)")
         try:
-            module = importlib.import_module(module_name)
+            from mantra.provision.serial_flash import flash as flash_tool
         except ImportError as exc:
-            raise FlashError(f"the flash tool {module_name} cannot be imported: {exc}", "./mantra reinstalls it") \
-                from None
-        tool = getattr(module, function, None)
-        if tool is None:
-            raise FlashError(f"the flash tool {module_name}.{function}() does not exist yet (mantra flash, "
-                             "branch flash-host)", 'use flasher = "image" for QEMU places until it lands')
+            raise FlashError(f"the flash tool mantra.provision.serial_flash cannot be imported: {exc}",
+                             "./mantra reinstalls it") from None
+        from mantra.errors import MantraError
+
+        url = self.url()
         try:
-            result = tool(self.url(), image)
-        except FlashError:
-            raise
-        except Exception as exc:  # the tool's own errors: the transfer failed
-            raise FlashError(f"place {console.place}: flashing failed: {exc}", "see the flash tool's message") \
-                from None
-        return str(result) if result is not None else f"flashed {image}"
+            result = flash_tool(image, url, self.board, wait=60.0, workspace_root=self.workspace_root)
+        except MantraError as exc:
+            refused = type(exc).__name__ in ("DeviceError",) or "refused" in exc.message
+            if refused:  # the board said no (wrong key, rollback, board): the system under test
+                raise TestFailure(f"place {console.place}: the board refused the image: {exc.message}", exc.hint) \
+                    from None
+            raise FlashError(f"place {console.place}: flashing failed: {exc.message}", exc.hint) from None
+        self.result = result
+        return (f"slot a of {image} -> slot {result.target_slot} of the {result.board} on {url}: "
+                f"{result.sent_blocks} blocks sent, {result.held_blocks} held, {result.tx_bytes} bytes on the line "
+                f"in {result.seconds:.1f} s; slot {result.target_slot} is "
+                + ("pending" if result.activated else "written"))
 
 
 class AttestationDriver:

@@ -95,8 +95,10 @@ class Target:
             url = self.qemu.console_url if self.qemu else (
                 lambda: self.console_port.resolve() if isinstance(self.console_port, USBSerialPort)
                 else self.console_port.url)
-            default_image = self.qemu.source_image if self.qemu else None
-            self.flasher = SerialFlasher(url, default_image=default_image)
+            default_image = image or (self.qemu.source_image if self.qemu else None)
+            board = data["qemu"].get("board", "qemu-x86_64") if self.qemu else data.get("board", "")
+            self.flasher = SerialFlasher(url, board=board, default_image=default_image, factory=self.qemu,
+                                         workspace_root=bench.root)
         else:
             raise BenchFileError(f"place {spec.name}: flasher {flasher!r} is unknown", 'use "image" or "serial"')
         self.strategy = Strategy(self, image=image)

@@ -21,16 +21,20 @@ from mantra.hil.results import INFRA, PASSED
 from mantra.hil.run import RunOptions, run_places
 from support import ROOT, mantra
 
-def write_bench(directory: Path, image: Path, places: list[str]) -> Path:
+def write_bench(directory: Path, image: Path, places: list[str], serial: tuple[str, ...] = ()) -> Path:
+    """QEMU places; those in `serial` are flashed over their console (MantraBoot's flash mode, mantra flash)."""
     bench = directory / "bench.toml"
     bench.write_text(f'[bench]\nstate_dir = "{directory}/state"\nlock_dir = "{directory}/locks"\n' + "".join(
-        f'[places.{name}]\nqemu = {{ image = "{image}" }}\n' for name in places))
+        f'[places.{name}]\nqemu = {{ image = "{image}" }}\n' + ('flasher = "serial"\n' if name in serial else "")
+        for name in places))
     return bench
 
 
 @pytest.mark.boot
 def test_scenarios_on_two_places_in_parallel(default_image: BuildResult, tmp_path: Path) -> None:
-    bench = write_bench(tmp_path, default_image.image, ["q1", "q2"])
+    """q1 is flashed by the virtual programmer (its disk written while off),
+    q2 over its serial console (MantraBoot's flash mode, mantra.provision)."""
+    bench = write_bench(tmp_path, default_image.image, ["q1", "q2"], serial=("q2",))
     junit, report = tmp_path / "junit.xml", tmp_path / "report.md"
     result = mantra("hil", "test", "--bench", str(bench), "--places", "q1,q2",
                     "--scenario", "boot,service-restart,flash", "--junit", str(junit), "--report", str(report),
@@ -59,6 +63,19 @@ def test_scenarios_on_two_places_in_parallel(default_image: BuildResult, tmp_pat
         assert re.search(r"init: crashy failed: crash loop \(5 crashes in \d+ ms\); not restarting", log)
     text = report.read_text()
     assert "| q2 | service-restart | passed | 1 |" in text
+    # q2 was flashed over MantraFlash: the flashed slot booted as pending and init confirmed it.
+    q2_log = (tmp_path / "state" / "q2" / "console.log").read_text(errors="replace")
+    assert re.search(r"MantraBoot: flash mode \(protocol 1, board qemu-x86_64\): waiting for the host", q2_log)
+    # The boot scenario's flash wrote slot b of the factory-fresh board (only slot a from the factory); the
+    # flash scenario's then wrote the slot that was inactive by then, a (its blocks mostly already held).
+    flashed = re.findall(r"- flash: slot a of .* -> slot (\w) of the qemu-x86_64 on socket://127\.0\.0\.1:\d+: (\d+) "
+                         r"blocks sent, (\d+) held, \d+ bytes on the line in [\d.]+ s; slot (\w) is pending", text)
+    assert flashed and all(slot == pending for slot, _, _, pending in flashed), text
+    [(slot, sent, held, _)] = flashed
+    assert int(sent) + int(held) > 0
+    assert f"- confirmed: slot {slot}" in text and re.search(rf"init: boot confirmed: slot {slot}", q2_log)
+    assert re.search(r"init: boot confirmed: slot b", q2_log)
+    assert re.search(r"- flash: wrote .* to .*/q1/image.img", text)
     assert re.search(r"- faults: (#\w+ ?){2,}", text) and "- restart delays (ms): 100 200 400 800" in text
     assert "- verified with keys: " in text and "init: started crashy" in text
     # The locks are released and the boards are off.
