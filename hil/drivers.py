@@ -178,8 +178,15 @@ class SerialFlasher:
                 + ("pending" if result.activated else "written"))
 
 
+ATTESTD_READY = r"attestd: .*(answering MANTRA-ATTEST-REQUEST|attestation requests will be refused)"
+
+
 class AttestationDriver:
-    """A TPM quote over the console, checked against the reference image."""
+    """A TPM quote over the console (attestd), checked against the signed
+    manifest of the reference image with mantra.signing.attest: the quote's
+    signature over a fresh nonce, the attestation key pinned on first use
+    (in the place's state directory), the event log replayed to the PCRs,
+    every measurement against the manifest of the slot that booted."""
 
     def __init__(self, console: ConsoleDriver, reference: Path, root_public: bytes, pin_dir: Path) -> None:
         self.console = console
@@ -187,23 +194,30 @@ class AttestationDriver:
         self.root_public = root_public
         self.pin_dir = pin_dir
 
-    def attest(self, timeout: float = 120.0) -> str:
+    def attest(self, *, slot: str = "a", timeout: float = 120.0) -> str:
         import os
 
         from mantra.signing import attest as attestation
 
         nonce = os.urandom(32)
-        expected = attestation.load_reference(self.reference, self.root_public)
+        try:
+            expected = attestation.load_reference(self.reference, self.root_public, slot=slot)
+        except attestation.AttestFailure as failure:
+            raise TestFailure(f"the reference image {self.reference} does not verify: {'; '.join(failure.reasons)}",
+                              "rebuild it") from None
         mark = self.console.mark()
         self.console.send(attestation.request_line(nonce))
         self.console.expect(r"MANTRA-ATTEST-(END|ERROR)\b", timeout, start=mark)
         lines = re.split(r"[\r\n]", self.console.text[mark:])
         try:
             blob = attestation.read_answer(lines, nonce)
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
             pin = attestation.AkPin(attestation.pin_file(self.pin_dir, self.console.place))
-            attestation.verify(blob, nonce, expected, pin, lambda line: None)
+            checks: list[str] = []
+            attestation.verify(blob, nonce, expected, pin, checks.append)
         except attestation.AttestFailure as failure:
             raise TestFailure(f"place {self.console.place}: attestation failed: {'; '.join(failure.reasons)}",
                               "the device did not boot what the reference image holds") from None
         manifest = expected.manifest
-        return f"attested: {manifest.product} {manifest.version} for {manifest.board}"
+        return (f"{manifest.product} {manifest.version} for {manifest.board}, slot {slot}, security counter "
+                f"{manifest.security_counter}: quote verified ({len(checks)} checks)")

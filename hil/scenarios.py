@@ -6,6 +6,8 @@
 | service-restart | the default product's `crashy` crashes on purpose: the kernel kills only it, init restarts it with growing backoff under a new koid, then gives up on the crash loop; the other services keep running |
 | flash | power off, flash mode, flash, boot: a slot verifies with the key that signed the flashed image; over MantraFlash (a place with `flasher = "serial"`), the flashed slot boots as pending and init confirms it |
 
+| attest | (a place with a TPM) attestd's TPM quote over a fresh nonce verifies against the flashed image: signature, pinned AK, event log, every measurement |
+
 A scenario is a function of the board (`board.console`, `board.strategy`)
 returning details for the report; it raises TestFailure (the system is
 wrong) or lets the drivers' InfraErrors through (the bench is wrong).
@@ -18,6 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from mantra.hil.drivers import ATTESTD_READY
 from mantra.hil.errors import TestFailure
 
 Scenario = Callable[[Any], dict[str, Any]]
@@ -95,5 +98,16 @@ def flash(board: Any) -> dict[str, Any]:
     return details
 
 
-SCENARIOS: dict[str, Scenario] = {"boot": boot, "service-restart": service_restart, "flash": flash}
+def attest(board: Any) -> dict[str, Any]:
+    """A place with a TPM (QEMU: swtpm): attestd answers a quote over a fresh
+    nonce that verifies against the signed image the board was flashed with."""
+    strategy, console = board.strategy, board.console
+    if strategy.state not in ("booted", "healthy"):
+        strategy.transition("booted")
+    ready = console.expect(ATTESTD_READY, 120, start=strategy.boot_mark)
+    check("refused" not in ready.group(0), f"the board has no TPM: {ready.group(0).strip()}")
+    return {"attested": board.attest()}
+
+
+SCENARIOS: dict[str, Scenario] = {"boot": boot, "service-restart": service_restart, "flash": flash, "attest": attest}
 DEFAULT_SCENARIOS = ("boot", "service-restart")

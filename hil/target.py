@@ -138,9 +138,23 @@ class Target:
     def console_log_path(self) -> Path:
         return self.console.log
 
-    def attestation(self, root_public: bytes) -> AttestationDriver:
-        return AttestationDriver(self.console, self.qemu.source_image if self.qemu else self.bench.root,
-                                 root_public, self.state_dir)
+    def attestation(self) -> AttestationDriver:
+        """The attestation driver, against the image this board was flashed
+        with and the root key of the key set that signed it (manifest.json)."""
+        import json
+
+        from mantra.signing.keys import load_root_public
+
+        image = self.strategy.image or (self.qemu.source_image if self.qemu else None)
+        if image is None or self.image_manifest is None:
+            raise HilError(f"place {self.name}: no reference image to attest against", "flash it with an image")
+        keys = json.loads(self.image_manifest)["signing"]["keys"]
+        root = load_root_public(self.bench.resolve(keys) / "root.pub")
+        return AttestationDriver(self.console, image, root, self.state_dir / "attest")
+
+    def attest(self, timeout: float = 120.0) -> str:
+        slot = (self.strategy.boot_info or {}).get("slot") or "a"
+        return self.attestation().attest(slot=slot, timeout=timeout)
 
     def describe(self) -> dict[str, str]:
         parts = {"console": self.console_port.describe(), "power": self.power_switch.describe(),

@@ -165,3 +165,25 @@ def test_plugin_is_inert_without_a_place(tmp_path: Path) -> None:
                           "--rootdir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert "3 skipped" in run.stdout, run.stdout + run.stderr
     assert "hil place" not in run.stdout
+
+
+@pytest.mark.boot
+def test_attestation_on_a_place_with_a_tpm(default_image: BuildResult, tmp_path: Path) -> None:
+    """The attest scenario passes on a QEMU place with swtpm; on a place
+    without a TPM it is a test failure (the board cannot attest), not an
+    infrastructure error."""
+    bench_file = tmp_path / "bench.toml"
+    bench_file.write_text(f'[bench]\nstate_dir = "{tmp_path}/state"\nlock_dir = "{tmp_path}/locks"\n'
+                          f'[places.tpm]\nqemu = {{ image = "{default_image.image}", tpm = true }}\n'
+                          f'[places.plain]\nqemu = {{ image = "{default_image.image}" }}\n')
+    bench = load_bench(bench_file, root=ROOT)
+    results, _ = run_places(bench, ["tpm", "plain"], RunOptions(scenarios=["attest"], retries=1,
+                                                                log=lambda line: None))
+    by_place = {r.place: r for r in results}
+    tpm, plain = by_place["tpm"], by_place["plain"]
+    assert tpm.outcome == PASSED, tpm.message
+    assert re.match(r"default 0\.1\.0 for qemu-x86_64, slot a, security counter 0: quote verified", tpm.details["attested"])
+    assert "tpm: TPM 2.0" in tpm.console and "MANTRA-ATTEST-END" in tpm.console
+    assert (tmp_path / "state" / "tpm" / "attest").is_dir()  # the AK pinned on first use
+    assert plain.outcome == "failed" and len(plain.attempts) == 1
+    assert "the board has no TPM: attestd: no TPM" in plain.message
