@@ -187,3 +187,31 @@ def test_attestation_on_a_place_with_a_tpm(default_image: BuildResult, tmp_path:
     assert (tmp_path / "state" / "tpm" / "attest").is_dir()  # the AK pinned on first use
     assert plain.outcome == "failed" and len(plain.attempts) == 1
     assert "the board has no TPM: attestd: no TPM" in plain.message
+
+
+@pytest.mark.boot
+def test_power_console_and_boot_commands(default_image: BuildResult, tmp_path: Path) -> None:
+    """A QEMU board powered on by one command is there for the next ones."""
+    bench = str(write_bench(tmp_path, default_image.image, ["q1"]))
+    try:
+        flashed = mantra("hil", "flash", "q1", "--bench", bench)
+        assert flashed.returncode == 0 and re.search(r"q1: wrote .*image\.img", flashed.stdout), flashed.stderr
+        on = mantra("hil", "power", "on", "q1", "--bench", bench)
+        assert on.returncode == 0 and "q1: power on" in on.stdout, on.stderr
+        console = mantra("hil", "console", "q1", "--bench", bench, "--expect", r"init: all services healthy",
+                         "--timeout", "240")
+        assert console.returncode == 0, console.stdout[-3000:] + console.stderr
+        assert "MantraCore ready" in console.stdout and "init: all services healthy" in console.stdout
+        status = mantra("hil", "power", "status", "q1", "--bench", bench)
+        assert "q1: power on" in status.stdout
+        off = mantra("hil", "power", "off", "q1", "--bench", bench)
+        assert off.returncode == 0 and "q1: power off" in off.stdout
+        assert "q1: power off" in mantra("hil", "power", "status", "q1", "--bench", bench).stdout
+        boot = mantra("hil", "boot", "q1", "--bench", bench, "--until", "booted", "--off")
+        assert boot.returncode == 0, boot.stderr
+        assert re.search(r"q1: booted in [\d.]+ s: MantraBoot 0\.1\.0 \(board qemu-x86_64\), slot a, services logd, "
+                         r"demo, crashy, attestd", boot.stdout), boot.stdout
+        assert not (tmp_path / "state" / "q1" / "qemu.json").exists()
+        assert not list((tmp_path / "locks").glob("*.lock"))
+    finally:
+        mantra("hil", "power", "off", "q1", "--bench", bench)

@@ -217,3 +217,23 @@ def test_bench_files(tmp_path: Path) -> None:
             load_bench(bad, root=tmp_path)
     with pytest.raises(BenchFileError, match="no place 'nope'"):
         bench.place("nope")
+
+
+def test_dfu_device_is_found_by_vid_pid_and_serial(monkeypatch: pytest.MonkeyPatch) -> None:
+    import usb.core
+
+    from mantra.hil.resources import USBDFUDevice
+
+    devices = [SimpleNamespace(idVendor=0x0483, idProduct=0xDF11, serial_number="3671"),
+               SimpleNamespace(idVendor=0x0483, idProduct=0xDF11, serial_number="9999")]
+
+    def find(find_all: bool, idVendor: int, idProduct: int):  # noqa: N803, ANN202
+        assert find_all
+        return iter([d for d in devices if (d.idVendor, d.idProduct) == (idVendor, idProduct)])
+
+    monkeypatch.setattr(usb.core, "find", find)
+    assert USBDFUDevice(USBMatch(0x0483, 0xDF11, "3671")).find() is devices[0]
+    with pytest.raises(NoSuchResource, match="2 USB devices match DFU USB 0483:df11"):
+        USBDFUDevice(USBMatch(0x0483, 0xDF11)).find()
+    with pytest.raises(NoSuchResource, match="0 USB devices match"):
+        USBDFUDevice(USBMatch(0x1209, 0x0001, "x")).find()

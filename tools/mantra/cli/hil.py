@@ -94,7 +94,7 @@ def places(ctx: typer.Context, bench: BenchOption = None,
         for port in list_serial_ports():
             if port.vid is not None:
                 out.print(f"USB serial: {port.device} vid={port.vid:04x} pid={port.pid:04x} "
-                          f"serial={port.serial_number} location={port.location}", markup=False)
+                          f"serial={port.serial_number} location={port.location}", markup=False, soft_wrap=True)
 
 
 def _remote_link(ctx: typer.Context, bench_path: Path | None, place: str):  # noqa: ANN202
@@ -126,7 +126,7 @@ def lock(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None, ow
         for note in notes:
             err.print(f"[yellow]{note}[/]")
         described = taken.info.describe()
-    out.print(f"{place}: {described}", markup=False)
+    out.print(f"{place}: {described}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -143,7 +143,7 @@ def unlock(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None, 
     else:
         info = loaded.locks().release(place, _owner(owner), force=force)
         removed = info.describe() if info else None
-    out.print(f"{place}: " + (f"unlocked (it was {removed})" if removed else "was not locked"), markup=False)
+    out.print(f"{place}: " + (f"unlocked (it was {removed})" if removed else "was not locked"), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -157,7 +157,7 @@ def power(ctx: typer.Context,
     try:
         if action == "status":
             state = board.power.get()
-            out.print(f"{place}: power {'on' if state else 'off' if state is False else 'unknown'}")
+            out.print(f"{place}: power {'on' if state else 'off' if state is False else 'unknown'}", soft_wrap=True)
             return
         if action != "on" and hasattr(board.console, "close"):
             board.console.close()
@@ -180,7 +180,7 @@ def flash(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None, o
         for state in ("off", "flash-mode", "flashed"):
             step(f"{place}: {state}")
             board.strategy.transition(state)
-        out.print(f"{place}: {board.strategy.flash_report}", markup=False)
+        out.print(f"{place}: {board.strategy.flash_report}", markup=False, soft_wrap=True)
     finally:
         board.close(power_off=False)
 
@@ -198,8 +198,8 @@ def boot(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None, ow
         out.print(f"{place}: {until} in {time.monotonic() - started:.1f} s: MantraBoot {info.get('bootloader')} "
                   f"(board {info.get('board')}), slot {info.get('slot')}, services {', '.join(info.get('services', []))}"
                   + (f"; healthy {board.strategy.healthy_ms} ms after boot" if until == "healthy" else ""),
-                  markup=False)
-        out.print(f"console log: {board.console_log_path()}", markup=False)
+                  markup=False, soft_wrap=True)
+        out.print(f"console log: {board.console_log_path()}", markup=False, soft_wrap=True)
     finally:
         board.close(power_off=off)
 
@@ -294,7 +294,7 @@ def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = Non
     if junit:
         write_junit(results, junit, wall=wall)
     out.print(summary_line(results, wall), markup=False, soft_wrap=True)
-    out.print(f"report: {report}" + (f"; JUnit: {junit}" if junit else ""), markup=False)
+    out.print(f"report: {report}" + (f"; JUnit: {junit}" if junit else ""), markup=False, soft_wrap=True)
     counts = summarize(results)
     if counts[FAILED] or counts[ERROR]:
         raise typer.Exit(1)
