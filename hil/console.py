@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mantra.hil.errors import ConsoleError, ConsoleSilent, ExpectTimeout
@@ -46,6 +47,8 @@ class ConsoleDriver:
         self._closing = False
         self._opened_at = 0  # size of the capture when the port was last opened
         self.cursor = 0
+        # Called when the port is found closed under us (the strategy forgets the board's state).
+        self.on_gone: Callable[[], None] | None = None
 
     # --- opening and closing ------------------------------------------------------------------
 
@@ -178,6 +181,8 @@ class ConsoleDriver:
     def _gone(self, pattern: str, text: str) -> Exception:
         from mantra.hil.qemu_board import board_gone_error
 
+        if self.on_gone is not None:
+            self.on_gone()
         error = board_gone_error(self.place, self.port.gone_reason())
         error.message += f" (while waiting for {pattern!r}; the console ended:\n{_tail(text)})"
         error.args = (error.message,)

@@ -142,10 +142,10 @@ class LockDir:
 
     def _write(self, info: LockInfo, *, replace: bool = False) -> bool:
         """Creates the lock file atomically; False if it exists (unless `replace`)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            if self.directory.stat().st_uid == os.getuid():
-                os.chmod(self.directory, 0o1777)  # a shared bench host: anyone may lock, only owners remove
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                os.chmod(self.directory, 0o1777)  # a shared bench host: anyone may lock (sticky, as /tmp)
         temporary = self.directory / f".{info.place}.{info.token}.{os.getpid()}.tmp"
         temporary.write_text(json.dumps(asdict(info), indent=1) + "\n")
         try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mantra.hil.errors import PowerError
-from mantra.hil.resources import DEFAULT_BAUD, SerialPort, USBSerialPort, open_serial_url
+from mantra.hil.resources import SerialPort, USBSerialPort
 
 
 class PowerSwitch(Protocol):
@@ -262,5 +262,5 @@ class PowerDriver:
                 from None
 
 
-__all__ = ["DEFAULT_BAUD", "ManualPower", "NetworkPDU", "NoPower", "PowerDriver", "PowerSwitch", "QemuPower",
-           "USBRelay", "lcus_frame", "open_serial_url"]
+__all__ = ["ManualPower", "NetworkPDU", "NoPower", "PowerDriver", "PowerSwitch", "QemuPower", "USBRelay",
+           "lcus_frame"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mantra.hil.errors import HilError, InfraError
+from mantra.hil.errors import HilError
 
 PASSED, FAILED, INFRA, ERROR = "passed", "failed", "infrastructure error", "error"
 

@@ -8,7 +8,6 @@ off first), and each result keeps the console output of its attempts.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from typing import Any
 
 from mantra.hil.bench import Bench
 from mantra.hil.errors import HilError
-from mantra.hil.results import INFRA, PASSED, Attempt, Result, classify, describe, run_with_retries
+from mantra.hil.results import Result, describe, run_with_retries
 from mantra.hil.scenarios import SCENARIOS
 
 
@@ -106,5 +105,4 @@ def run_places(bench: Bench, places: Sequence[str], options: RunOptions) -> tupl
     return results, time.monotonic() - started
 
 
-__all__ = ["Attempt", "INFRA", "PASSED", "RunOptions", "classify", "open_board", "run_place", "run_places",
-           "threading"]
+__all__ = ["RunOptions", "open_board", "run_place", "run_places"]

@@ -102,6 +102,7 @@ class Target:
         else:
             raise BenchFileError(f"place {spec.name}: flasher {flasher!r} is unknown", 'use "image" or "serial"')
         self.strategy = Strategy(self, image=image)
+        self.console.on_gone = lambda: self.strategy.force("unknown")
         self.board_name: str | None = data["qemu"].get("board", "qemu-x86_64") if self.qemu else data.get("board")
 
     @property

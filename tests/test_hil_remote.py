@@ -123,3 +123,30 @@ def test_remote_qemu_place_runs_the_scenarios(sshd: Sshd, default_image: BuildRe
     # The remote run released its lock and powered the board off.
     assert not list((tmp_path / "host-locks").glob("*.lock"))
     assert not (tmp_path / "host-state" / "qemu-r1" / "qemu.json").exists()
+
+
+@pytest.mark.boot
+def test_remote_board_killed_is_an_infrastructure_error_on_the_client(sshd: Sshd, default_image: BuildResult,
+                                                                      tmp_path: Path) -> None:
+    """QEMU dies on the bench host mid-test: the client gets BoardGone (its
+    type crosses the SSH link), classified as an infrastructure error."""
+    import os
+    import signal
+
+    from mantra.hil.errors import BoardGone
+
+    _, client = benches(tmp_path, sshd, default_image.image)
+    bench = load_bench(client, root=ROOT)
+    with RemoteTarget.connect(bench, bench.place("far-1"), owner="ci") as target:
+        target.strategy.transition("booted")
+        assert target.strategy.state == "booted" and target.strategy.boot_info["slot"] == "a"
+        pid = target.qemu_pid()
+        assert pid
+        os.kill(pid, signal.SIGKILL)  # the bench host is this machine
+        with pytest.raises(BoardGone, match=r"(?s)QEMU was killed \(SIGKILL\).*\(on .*127\.0\.0\.1") as gone:
+            target.console.expect("init: all services healthy", timeout=120)
+        assert classify(gone.value) == INFRA
+        # The strategy recovers through power-off.
+        target.strategy.transition("booted")
+        assert target.qemu_pid() not in (None, pid)
+    assert not list((tmp_path / "host-locks").glob("*.lock"))
