@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -92,9 +93,16 @@ class PlaceLock:
         self.info = info
         self.borrowed = borrowed
         self.released = False
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self._mutex = threading.Lock()  # refresh and release never interleave
 
     def refresh(self, expires_in: float = DEFAULT_EXPIRY) -> None:
         """Pushes the expiry `expires_in` seconds from now (long runs call it)."""
+        with self._mutex:
+            self._refresh(expires_in)
+
+    def _refresh(self, expires_in: float) -> None:
         if self.borrowed or self.released:
             return
         current = self.locks.read(self.info.place)
@@ -103,13 +111,33 @@ class PlaceLock:
                            (f"; it is now {current.describe()}" if current else ""),
                            "someone ran `mantra hil unlock --break`: coordinate before retrying")
         self.info = LockInfo(**{**asdict(self.info), "expires": time.time() + expires_in})
+        # (A --break landing between the read above and this replace is
+        # overwritten: breaking a live lock is a manual override anyway.)
         self.locks._write(self.info, replace=True)
 
-    def release(self) -> None:
-        if self.borrowed or self.released:
+    def keep_alive(self, every: float = 300.0, expires_in: float = DEFAULT_EXPIRY) -> None:
+        """Refreshes the lock every `every` seconds until it is released
+        (a run longer than the expiry keeps its place); a broken lock stops it."""
+        if self.borrowed or self._keeper is not None:
             return
-        self.released = True
-        self.locks._remove_if(self.info.place, self.info.token)
+
+        def keep() -> None:
+            while not self._stop.wait(every):
+                try:
+                    self.refresh(expires_in)
+                except Exception:  # noqa: BLE001 - broken: the next transition's refresh says so
+                    return
+
+        self._keeper = threading.Thread(target=keep, name=f"lock {self.info.place}", daemon=True)
+        self._keeper.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        with self._mutex:
+            if self.borrowed or self.released:
+                return
+            self.released = True
+            self.locks._remove_if(self.info.place, self.info.token)
 
     def __enter__(self) -> PlaceLock:
         return self

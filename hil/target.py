@@ -130,6 +130,7 @@ class Target:
             lock.release()
             raise
         target.lock = lock
+        lock.keep_alive()
         return target
 
     def needs_flash(self) -> bool:

@@ -113,6 +113,18 @@ def test_refresh_notices_a_broken_lock(tmp_path: Path) -> None:
     assert locks.read("p").owner == "carol"
 
 
+def test_keep_alive_pushes_the_expiry_until_release(tmp_path: Path) -> None:
+    locks = LockDir(tmp_path)
+    held = locks.acquire("p", "alice", expires_in=1.0)
+    held.keep_alive(every=0.1, expires_in=1.0)
+    time.sleep(1.5)  # longer than the expiry: still alice's
+    assert locks.read("p").stale_reason() is None
+    with pytest.raises(LockHeld):
+        locks.acquire("p", "bob")
+    held.release()
+    assert locks.read("p") is None
+
+
 def _race(directory: str, owner: str, start: float, results: multiprocessing.Queue) -> None:
     while time.time() < start:
         time.sleep(0.001)

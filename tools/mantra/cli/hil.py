@@ -258,7 +258,7 @@ def console(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None,
 @app.command()
 def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = None,
          places_option: Annotated[str | None, typer.Option(
-             "--places", metavar="A,B", help="Places to run on, in parallel (default: qemu-1).")] = None,
+             "--places", metavar="A,B", help="Places to run on, in parallel (default: qemu-1; all: every place).")] = None,
          scenario: Annotated[str, typer.Option("--scenario", metavar="S1,S2",
                                                help="Scenarios: boot, service-restart, flash.")]
          = "boot,service-restart,flash",
@@ -276,6 +276,8 @@ def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = Non
     ws = workspace(ctx)
     loaded = _bench(ctx, bench)
     chosen = [p.strip() for p in (places_option or "qemu-1").split(",") if p.strip()]
+    if chosen == ["all"]:
+        chosen = list(loaded.places)
     if build_first:
         from mantra.build import build
 
