@@ -433,10 +433,13 @@ class RemoteTarget:
         self.closed = False
 
     @classmethod
-    def connect(cls, bench: Bench, spec: PlaceSpec, *, owner: str | None = None, wait: float = 0.0) -> RemoteTarget:
+    def connect(cls, bench: Bench, spec: PlaceSpec, *, owner: str | None = None, wait: float = 0.0,
+                image: Path | None = None) -> RemoteTarget:
+        """Opens the place on its bench host; `image` is a path there."""
         link = link_for(bench, spec)
         try:
-            opened = link.call("open", wait + 60, place=remote_place(spec), owner=owner or default_owner(), wait=wait)
+            opened = link.call("open", wait + 60, place=remote_place(spec), owner=owner or default_owner(), wait=wait,
+                               image=str(image) if image else None)
         except BaseException:
             link.close()
             raise

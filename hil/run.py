@@ -28,7 +28,7 @@ def open_board(bench: Bench, place: str, *, owner: str | None, wait: float = 0.0
     if spec.remote:
         from mantra.hil.remote import RemoteTarget
 
-        return RemoteTarget.connect(bench, spec, owner=owner, wait=wait)
+        return RemoteTarget.connect(bench, spec, owner=owner, wait=wait, image=image)
     from mantra.hil.target import Target
 
     return Target.acquire(bench, place, owner=owner, wait=wait, image=image, notes=notes)

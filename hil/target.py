@@ -72,7 +72,7 @@ class Target:
             q = data["qemu"]
             source = bench.resolve(q["image"]) if "image" in q else \
                 bench.root / "build" / q.get("board", "qemu-x86_64") / q.get("product", "default") / "image.img"
-            self.qemu = QemuBoard(spec.name, self.state_dir, image or source, tpm=bool(q.get("tpm", False)),
+            self.qemu = QemuBoard(spec.name, self.state_dir, source, tpm=bool(q.get("tpm", False)),
                                   smp=q.get("smp"), icount=bool(q.get("icount", False)))
             self.console_port: Any = self.qemu
         else:

@@ -60,12 +60,13 @@ def _duration(text: str) -> float:
         raise typer.BadParameter(f"{text!r}: a duration such as 90, 30m, 2h") from None
 
 
-def _open(ctx: typer.Context, bench_path: Path | None, place: str, owner: str | None, wait: float = 0.0) -> Any:
+def _open(ctx: typer.Context, bench_path: Path | None, place: str, owner: str | None, wait: float = 0.0,
+          image: Path | None = None) -> Any:
     from mantra.hil.run import open_board
 
     bench = _bench(ctx, bench_path)
     notes: list[str] = []
-    board = open_board(bench, place, owner=_owner(owner), wait=wait, notes=notes)
+    board = open_board(bench, place, owner=_owner(owner), wait=wait, image=image, notes=notes)
     for note in notes:
         err.print(f"[yellow]{note}[/]")
     return board
@@ -170,13 +171,11 @@ def power(ctx: typer.Context,
 @app.command()
 def flash(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None, owner: OwnerOption = None,
           image: Annotated[Path | None, typer.Option("--image", metavar="IMG", dir_okay=False,
-                                                     help="The image (default: the place's built image).")] = None
+                                                     help="The image (default: the place's built image; for a remote place, a path on its bench host).")] = None
           ) -> None:
     """Flash a place (strategy: off -> flash-mode -> flashed)."""
-    board = _open(ctx, bench, place, owner)
+    board = _open(ctx, bench, place, owner, image=image.resolve() if image else None)
     try:
-        if image is not None:
-            board.strategy.image = image.resolve()
         for state in ("off", "flash-mode", "flashed"):
             step(f"{place}: {state}")
             board.strategy.transition(state)
