@@ -90,6 +90,8 @@ class SimDevice:
         self.damage_once: set[int] = set()  # map entries written wrong once (the disk's fault)
         self.finish_fail: str | None = None  # "slot": FINISH fails the file-system check
         self.no_target = False  # HELLO offers no writable slot
+        self.boot_until = 0.0  # before this time (s) the booting board reads nothing: input queues up
+        self.unread = bytearray()
         self.hello_extra = b""  # bytes appended to the HELLO reply (a malformed reply)
         self.power_cycle(in_flash_mode)
 
@@ -150,6 +152,11 @@ class SimDevice:
 
     def receive(self, data: bytes, now: float) -> bytes:
         """Bytes from the host (at the right baud); returns the device's answer."""
+        if self.mode == "boot" and now < self.boot_until:
+            self.unread += data  # the firmware is still starting: input waits in the line's buffers
+            return b""
+        if self.unread:
+            data, self.unread = bytes(self.unread) + data, bytearray()
         if self.mode == "boot":
             for i, byte in enumerate(data):
                 if byte in b"\r\n":
