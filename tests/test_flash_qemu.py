@@ -490,8 +490,12 @@ def kill_while_flashing(default_image: BuildResult, device: SpoiledImage, tmp_pa
     wipe(device, "b")
     rng = random.Random(seed)
     outcomes = []
-    for _ in range(points):
-        stage = rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
+    # Every kind of point once (seeded order), then random ones, mostly in DATA.
+    kinds = ["begin", "map", "data", "finish", "activate"]
+    rng.shuffle(kinds)
+    stages = kinds + [rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
+                      for _ in range(max(0, points - len(kinds)))]
+    for stage in stages[:points]:
         with console_session(device.image, workspace=workspace) as session:
             enter_flash_mode(session)
             link = Link(session, pos=len(session.raw()))
