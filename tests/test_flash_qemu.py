@@ -35,7 +35,8 @@ from mantra.provision.frames import Frame, FrameDecoder, FrameType, encode_frame
 from mantra.qemu import console_session
 from mantra.workspace import Workspace
 from test_boot_errors import SpoiledImage, tail
-from uefi_vars import STATE_ACTIVE, STATE_FLASHING, STATE_PENDING, parse_mantra_slots, read_variable
+from uefi_vars import (BOOTSERVICE_ACCESS, NON_VOLATILE, RUNTIME_ACCESS, STATE_ACTIVE, STATE_FLASHING, add_variable,
+                       parse_mantra_slots, read_variable)
 
 pytestmark = pytest.mark.boot
 
@@ -605,3 +606,27 @@ def test_flash_costs_under_icount(default_image: BuildResult, device: SpoiledIma
     assert 0 < figures["begin"] < 100_000_000
     assert 0 < figures["block"] < 100_000_000
     assert finish_reply == figures["readback"] + figures["check"]
+
+
+def test_mantra_flash_mode_variable_is_a_one_shot_request(default_image: BuildResult, device: SpoiledImage,
+                                                          workspace: Workspace) -> None:
+    """MantraFlashMode = 1 (written into the variable store while the board
+    is off) enters flash mode without MANTRA-FLASH; MantraBoot deletes it,
+    so after ABORT, and on the next boot, the device boots normally."""
+    store = device.image.parent / "firmware-vars.fd"
+    with console_session(device.image, workspace=workspace) as session:
+        wait_line(session, BOOTING, 0)  # the runner makes its store copy
+    add_variable(store, "MantraFlashMode", b"\x01", NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS)
+    assert read_variable(store, "MantraFlashMode") is not None
+    with console_session(device.image, workspace=workspace) as session:
+        entry = wait_line(session, ENTRY_LINE.pattern, 0, timeout=120)
+        link = Link(session, pos=len(session.raw()))
+        hello = m.HelloReply.decode(link.command(m.Hello()))
+        assert hello.target_slot == 1
+        link.command(m.Abort())
+        wait_line(session, r"MantraBoot: flash mode: aborted by the host; booting normally", entry.end(), timeout=60)
+        wait_line(session, r"^MantraBoot: booting slot a \(active, security counter 0\)\r?$", entry.end())
+    assert read_variable(store, "MantraFlashMode") is None
+    with console_session(device.image, workspace=workspace) as session:
+        booted = wait_line(session, BOOTING, 0)
+        assert not ENTRY_LINE.search(session.text[:booted.start()]), tail(session.text)
