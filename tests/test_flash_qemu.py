@@ -100,6 +100,7 @@ class Link:
     frames: list[Frame] = field(default_factory=list)
     sent_bytes: int = 0
     corrupt_next: int = 0  # corrupt the CRC of this many DATA frames
+    busy: int = 0  # BUSY keepalives seen
 
     def send(self, ftype: int, payload: bytes, seq: int = 0) -> None:
         data = encode_frame(ftype, payload, seq)
@@ -133,6 +134,9 @@ class Link:
                 if frame is None:
                     break
                 if frame.type == FrameType.BUSY:
+                    self.busy += 1
+                    done, total = struct.unpack("<II", frame.payload)
+                    assert done <= total, frame
                     deadline = time.monotonic() + timeout
                 elif frame.type == FrameType.OK:
                     return frame.payload
@@ -315,6 +319,7 @@ def test_flash_then_boot_the_new_slot(default_image: BuildResult, device: Spoile
         link = Link(session, pos=len(session.raw()))
         flasher = MiniFlasher(link, slot_image, envelope)
         held = flasher.start()
+        assert link.busy >= 1  # MAP's hashing of what the slot holds
         hello = flasher.hello
         assert (hello.version, hello.max_payload, hello.window, hello.compression, hello.block_size) == \
             (1, 4096, 8, 1, BLOCK)
@@ -326,7 +331,9 @@ def test_flash_then_boot_the_new_slot(default_image: BuildResult, device: Spoile
         # Factory contents differ from the new image only in the envelope's blocks.
         assert 0 < held.count(False) < len(held)
         flasher.send_data(flasher.data_frames(held))
+        busy = link.busy
         flasher.finish()
+        assert link.busy > busy  # FINISH's read-back
         link.command(m.Activate())
         flash_text_end = len(session.raw())
         reset(link, session)
