@@ -122,6 +122,14 @@ impl Target {
     }
 }
 
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SAFETY: `buffer` is the allocation of BLOCK_SIZE / 4096 pages
+        // `open` made; the target is going away, so nothing uses it after this.
+        let _ = unsafe { boot::free_pages(self.buffer, BLOCK_SIZE as usize / 4096) };
+    }
+}
+
 fn open_block_io(handle: Handle) -> Result<ScopedProtocol<BlockIO>, String> {
     boot::open_protocol_exclusive::<BlockIO>(handle)
         .map_err(|e| format!("cannot open the slot partition's EFI_BLOCK_IO_PROTOCOL exclusively: {}", e.status()))
