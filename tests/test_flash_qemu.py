@@ -35,7 +35,8 @@ from mantra.provision.frames import Frame, FrameDecoder, FrameType, encode_frame
 from mantra.qemu import console_session
 from mantra.workspace import Workspace
 from test_boot_errors import SpoiledImage, tail
-from uefi_vars import STATE_ACTIVE, STATE_FLASHING, STATE_PENDING, parse_mantra_slots, read_variable
+from uefi_vars import (BOOTSERVICE_ACCESS, NON_VOLATILE, RUNTIME_ACCESS, STATE_ACTIVE, STATE_FLASHING, add_variable,
+                       parse_mantra_slots, read_variable)
 
 pytestmark = pytest.mark.boot
 
@@ -99,6 +100,7 @@ class Link:
     frames: list[Frame] = field(default_factory=list)
     sent_bytes: int = 0
     corrupt_next: int = 0  # corrupt the CRC of this many DATA frames
+    busy: int = 0  # BUSY keepalives seen
 
     def send(self, ftype: int, payload: bytes, seq: int = 0) -> None:
         data = encode_frame(ftype, payload, seq)
@@ -132,6 +134,9 @@ class Link:
                 if frame is None:
                     break
                 if frame.type == FrameType.BUSY:
+                    self.busy += 1
+                    done, total = struct.unpack("<II", frame.payload)
+                    assert done <= total, frame
                     deadline = time.monotonic() + timeout
                 elif frame.type == FrameType.OK:
                     return frame.payload
@@ -314,6 +319,7 @@ def test_flash_then_boot_the_new_slot(default_image: BuildResult, device: Spoile
         link = Link(session, pos=len(session.raw()))
         flasher = MiniFlasher(link, slot_image, envelope)
         held = flasher.start()
+        assert link.busy >= 1  # MAP's hashing of what the slot holds
         hello = flasher.hello
         assert (hello.version, hello.max_payload, hello.window, hello.compression, hello.block_size) == \
             (1, 4096, 8, 1, BLOCK)
@@ -325,7 +331,9 @@ def test_flash_then_boot_the_new_slot(default_image: BuildResult, device: Spoile
         # Factory contents differ from the new image only in the envelope's blocks.
         assert 0 < held.count(False) < len(held)
         flasher.send_data(flasher.data_frames(held))
+        busy = link.busy
         flasher.finish()
+        assert link.busy > busy  # FINISH's read-back
         link.command(m.Activate())
         flash_text_end = len(session.raw())
         reset(link, session)
@@ -490,8 +498,12 @@ def kill_while_flashing(default_image: BuildResult, device: SpoiledImage, tmp_pa
     wipe(device, "b")
     rng = random.Random(seed)
     outcomes = []
-    for _ in range(points):
-        stage = rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
+    # Every kind of point once (seeded order), then random ones, mostly in DATA.
+    kinds = ["begin", "map", "data", "finish", "activate"]
+    rng.shuffle(kinds)
+    stages = kinds + [rng.choice(["begin", "map", "data", "data", "data", "data", "finish", "activate"])
+                      for _ in range(max(0, points - len(kinds)))]
+    for stage in stages[:points]:
         with console_session(device.image, workspace=workspace) as session:
             enter_flash_mode(session)
             link = Link(session, pos=len(session.raw()))
@@ -601,3 +613,27 @@ def test_flash_costs_under_icount(default_image: BuildResult, device: SpoiledIma
     assert 0 < figures["begin"] < 100_000_000
     assert 0 < figures["block"] < 100_000_000
     assert finish_reply == figures["readback"] + figures["check"]
+
+
+def test_mantra_flash_mode_variable_is_a_one_shot_request(default_image: BuildResult, device: SpoiledImage,
+                                                          workspace: Workspace) -> None:
+    """MantraFlashMode = 1 (written into the variable store while the board
+    is off) enters flash mode without MANTRA-FLASH; MantraBoot deletes it,
+    so after ABORT, and on the next boot, the device boots normally."""
+    store = device.image.parent / "firmware-vars.fd"
+    with console_session(device.image, workspace=workspace) as session:
+        wait_line(session, BOOTING, 0)  # the runner makes its store copy
+    add_variable(store, "MantraFlashMode", b"\x01", NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS)
+    assert read_variable(store, "MantraFlashMode") is not None
+    with console_session(device.image, workspace=workspace) as session:
+        entry = wait_line(session, ENTRY_LINE.pattern, 0, timeout=120)
+        link = Link(session, pos=len(session.raw()))
+        hello = m.HelloReply.decode(link.command(m.Hello()))
+        assert hello.target_slot == 1
+        link.command(m.Abort())
+        wait_line(session, r"MantraBoot: flash mode: aborted by the host; booting normally", entry.end(), timeout=60)
+        wait_line(session, r"^MantraBoot: booting slot a \(active, security counter 0\)\r?$", entry.end())
+    assert read_variable(store, "MantraFlashMode") is None
+    with console_session(device.image, workspace=workspace) as session:
+        booted = wait_line(session, BOOTING, 0)
+        assert not ENTRY_LINE.search(session.text[:booted.start()]), tail(session.text)

@@ -122,6 +122,14 @@ impl Target {
     }
 }
 
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SAFETY: `buffer` is the allocation of BLOCK_SIZE / 4096 pages
+        // `open` made; the target is going away, so nothing uses it after this.
+        let _ = unsafe { boot::free_pages(self.buffer, BLOCK_SIZE as usize / 4096) };
+    }
+}
+
 fn open_block_io(handle: Handle) -> Result<ScopedProtocol<BlockIO>, String> {
     boot::open_protocol_exclusive::<BlockIO>(handle)
         .map_err(|e| format!("cannot open the slot partition's EFI_BLOCK_IO_PROTOCOL exclusively: {}", e.status()))
@@ -133,7 +141,6 @@ struct Board {
     clock: Clock,
     minimum: Rollback,
     infos: [SlotInfo; 2],
-    handles: [Option<Handle>; 2],
     target: Option<Target>,
     /// `MantraSlots` to start from when the variable is missing (a
     /// factory-fresh device): the kept slot as it is installed.
@@ -273,13 +280,12 @@ impl Device for Board {
 
 /// A slot's signed manifest as installed: (security counter, version,
 /// envelope hash), when it verifies (envelope checks only).
-fn installed(handle: Option<Handle>, slot: Slot, minimum: Rollback) -> Option<(u64, String, [u8; 32])> {
+fn installed(handle: Option<Handle>, minimum: Rollback) -> Option<(u64, String, [u8; 32])> {
     let mut fs = Esp::open_handle(handle?, "slot").ok()??;
     let envelope = fs
         .read_bounded(cstr16!("\\MANTRA\\MANIFEST.SIG"), verify::MANIFEST_PATH, mantra_signing::MAX_ENVELOPE)
         .ok()??
         .ok()?;
-    let _ = slot;
     let policy = Policy {
         board: Some(mantra_config::BOARD),
         min_security_counter: Some(minimum.security_counter),
@@ -355,7 +361,7 @@ pub fn run(why: Why, clock: Clock) -> Result<(), Fatal> {
         }
         let record = stored.map(|s| *s.record(slot));
         if record.is_none_or(|r| r.state != State::Flashing) {
-            if let Some((counter, version, hash)) = installed(handles[i], slot, minimum) {
+            if let Some((counter, version, hash)) = installed(handles[i], minimum) {
                 info.security_counter = counter;
                 info.version = version;
                 if slot == keep {
@@ -389,12 +395,21 @@ pub fn run(why: Why, clock: Clock) -> Result<(), Fatal> {
     };
 
     say!(
+        "MantraBoot: entering flash mode ({}); slot {} is kept, slot {} can be written",
+        match why {
+            Why::Console => "MANTRA-FLASH on the console",
+            Why::Variable => "the MantraFlashMode variable",
+            Why::NothingBootable => "no bootable slot",
+        },
+        keep.name(),
+        target_slot.name()
+    );
+    say!(
         "MantraBoot: flash mode (protocol 1, board {}): waiting for the host",
         mantra_config::BOARD
     );
-    let _ = why;
     let serial = SerialTaken::take();
-    let mut board = Board { uart: Uart::board(), clock, minimum, infos, handles, target, factory, last_busy_ms: 0 };
+    let mut board = Board { uart: Uart::board(), clock, minimum, infos, target, factory, last_busy_ms: 0 };
     let (action, stats) = serve(&mut board);
     serial.give_back();
 
@@ -409,7 +424,6 @@ pub fn run(why: Why, clock: Clock) -> Result<(), Fatal> {
         stats.finish_readback,
         stats.finish_verify
     );
-    let _ = board.handles;
     if action == Action::Reset {
         say!("MantraBoot: flash mode: resetting");
         runtime::reset(ResetType::COLD, Status::SUCCESS, None);

@@ -125,53 +125,51 @@ impl Decoder {
 
     /// The next event, or `None` when more bytes are needed.
     pub fn next_event(&mut self) -> Option<Event> {
-        loop {
-            // Hunt: drop everything before the magic (a lone trailing `M`
-            // may be the start of one).
-            match self.buf.windows(2).position(|w| w == MAGIC) {
-                Some(0) => {}
-                Some(at) => {
-                    self.buf.drain(..at);
-                }
-                None => {
-                    let keep = usize::from(self.buf.last() == Some(&MAGIC[0]));
-                    let len = self.buf.len();
-                    self.buf.drain(..len - keep);
-                    return None;
-                }
+        // Hunt: drop everything before the magic (a lone trailing `M` may
+        // be the start of one).
+        match self.buf.windows(2).position(|w| w == MAGIC) {
+            Some(0) => {}
+            Some(at) => {
+                self.buf.drain(..at);
             }
-            if self.buf.len() < HEADER {
+            None => {
+                let keep = usize::from(self.buf.last() == Some(&MAGIC[0]));
+                let len = self.buf.len();
+                self.buf.drain(..len - keep);
                 return None;
             }
-            let frame_type = self.buf[2];
-            let flags = self.buf[3];
-            let len = usize::from(u16::from_le_bytes([self.buf[6], self.buf[7]]));
-            if len > MAX_PAYLOAD || flags != 0 || !ty::known(frame_type) {
-                self.buf.drain(..MAGIC.len());
-                return Some(Event::Dropped);
-            }
-            let total = HEADER + len + TRAILER;
-            if self.buf.len() < total {
-                return None;
-            }
-            let crc = u32::from_le_bytes([
-                self.buf[total - 4],
-                self.buf[total - 3],
-                self.buf[total - 2],
-                self.buf[total - 1],
-            ]);
-            if crc32(&self.buf[..total - TRAILER]) != crc {
-                self.buf.drain(..MAGIC.len());
-                return Some(Event::Dropped);
-            }
-            let frame = Frame {
-                frame_type,
-                seq: u16::from_le_bytes([self.buf[4], self.buf[5]]),
-                payload: self.buf[HEADER..HEADER + len].to_vec(),
-            };
-            self.buf.drain(..total);
-            return Some(Event::Frame(frame));
         }
+        if self.buf.len() < HEADER {
+            return None;
+        }
+        let frame_type = self.buf[2];
+        let flags = self.buf[3];
+        let len = usize::from(u16::from_le_bytes([self.buf[6], self.buf[7]]));
+        if len > MAX_PAYLOAD || flags != 0 || !ty::known(frame_type) {
+            self.buf.drain(..MAGIC.len());
+            return Some(Event::Dropped);
+        }
+        let total = HEADER + len + TRAILER;
+        if self.buf.len() < total {
+            return None;
+        }
+        let crc = u32::from_le_bytes([
+            self.buf[total - 4],
+            self.buf[total - 3],
+            self.buf[total - 2],
+            self.buf[total - 1],
+        ]);
+        if crc32(&self.buf[..total - TRAILER]) != crc {
+            self.buf.drain(..MAGIC.len());
+            return Some(Event::Dropped);
+        }
+        let frame = Frame {
+            frame_type,
+            seq: u16::from_le_bytes([self.buf[4], self.buf[5]]),
+            payload: self.buf[HEADER..HEADER + len].to_vec(),
+        };
+        self.buf.drain(..total);
+        Some(Event::Frame(frame))
     }
 }
 

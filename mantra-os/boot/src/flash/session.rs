@@ -444,7 +444,7 @@ impl Session {
             return Err(bad(format!("BEGIN: block size {block_size}, the device's is {BLOCK_SIZE}")));
         }
         let slot_size = device.slot_info(slot).size;
-        if image_size == 0 || image_size % u64::from(BLOCK_SIZE) != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(u64::from(BLOCK_SIZE)) {
             return Err(bad(format!("BEGIN: image size {image_size} is not a positive multiple of {BLOCK_SIZE}")));
         }
         if image_size > slot_size {
@@ -525,7 +525,7 @@ impl Session {
         let mut r = Reader::new(payload);
         let first = r.u32()? as usize;
         let rest = r.rest();
-        if rest.len() % MAP_ENTRY != 0 || rest.is_empty() {
+        if !rest.len().is_multiple_of(MAP_ENTRY) || rest.is_empty() {
             return Err(bad(format!("MAP: {} bytes of entries (36 each)", rest.len())));
         }
         let blocks = f.image_size / u64::from(BLOCK_SIZE);
