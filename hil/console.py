@@ -143,12 +143,14 @@ class ConsoleDriver:
     def text_since(self, start: int) -> str:
         return self.text[start:]
 
-    def expect(self, pattern: str | re.Pattern[str], timeout: float, *, start: int | None = None) -> re.Match[str]:
+    def expect(self, pattern: str | re.Pattern[str], timeout: float, *, start: int | None = None,
+               what: str | None = None) -> re.Match[str]:
         """Waits for a complete line after `start` (default: the cursor,
         i.e. after the previous match) that matches `pattern` (searched in
         the line; MULTILINE, so ^ and $ are the line's ends; lines may end
         in CR); moves the cursor past the match and returns it."""
         regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
+        what = what or repr(regex.pattern)
         begin = self.cursor if start is None else start
         deadline = time.monotonic() + timeout
         while True:
@@ -165,14 +167,14 @@ class ConsoleDriver:
             if closed:
                 if self._serial is None and not self._reader:
                     raise ConsoleError(f"place {self.place}: the console is not open", "power the board and open it")
-                raise self._gone(regex.pattern, text)
+                raise self._gone(what, text)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if silent:
                     raise ConsoleSilent(f"place {self.place}: the console ({self.port.describe()}) printed nothing "
                                         f"in {timeout:g} s", "is the board powered, the cable on the right port, "
                                         "the baud rate right?")
-                raise ExpectTimeout(f"place {self.place}: no line matching {regex.pattern!r} within {timeout:g} s; "
+                raise ExpectTimeout(f"place {self.place}: no line matching {what} within {timeout:g} s; "
                                     f"the console ended:\n{_tail(text[begin:])}", f"the whole console is in {self.log}")
             with self._changed:
                 if len(self._data) == size and not self._closed:
@@ -184,7 +186,7 @@ class ConsoleDriver:
         if self.on_gone is not None:
             self.on_gone()
         error = board_gone_error(self.place, self.port.gone_reason())
-        error.message += f" (while waiting for {pattern!r}; the console ended:\n{_tail(text)})"
+        error.message += f" (while waiting for {pattern}; the console ended:\n{_tail(text)})"
         error.args = (error.message,)
         return error
 
@@ -199,7 +201,7 @@ class ConsoleDriver:
     def write(self, data: bytes) -> None:
         serial = self._serial
         if serial is None or not self.is_open:
-            raise self._gone("(writing)", self.text) if self._reader else ConsoleError(
+            raise self._gone("nothing: writing", self.text) if self._reader else ConsoleError(
                 f"place {self.place}: the console is not open", "power the board and open it")
         try:
             serial.write(data)

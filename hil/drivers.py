@@ -50,7 +50,7 @@ class BootDriver:
     def _expect(self, pattern: str, timeout: float, start: int | None = None) -> re.Match[str]:
         """expect(), but a kernel panic or a refused boot ends the wait as a test failure at once."""
         either = re.compile(f"(?:{pattern})|(?P<fatal>{FATAL})", re.MULTILINE)
-        found = self.console.expect(either, timeout, start=start)
+        found = self.console.expect(either, timeout, start=start, what=repr(pattern))
         if found.group("fatal"):
             line_start = self.console.text.rfind("\n", 0, found.start()) + 1
             line_end = self.console.text.find("\n", found.end())

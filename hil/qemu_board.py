@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -297,6 +298,11 @@ class QemuBoard:
         said = ""
         with contextlib.suppress(OSError):
             said = (self.state_dir / "qemu.log").read_text(errors="replace").strip()
+        if signalled := re.search(r"terminating on signal (\d+)(?: from pid (\d+))?", said):
+            # QEMU ends with status 0 on SIGTERM/SIGINT/SIGHUP: not the guest's doing.
+            sender = f" from pid {signalled[2]}" if signalled[2] else ""
+            return (f"QEMU was terminated by signal {signalled[1]}{sender} without the bench powering the board off",
+                    True)
         return (f"the board stopped by itself: QEMU exited with status {code}" + (f" ({said})" if said else ""),
                 False)
 

@@ -8,8 +8,11 @@ off first), and each result keeps the console output of its attempts.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,9 @@ class RunOptions:
     notes: list[str] = field(default_factory=list)
     # Called with (place, board) once the board is open: tests use it to play bench failures.
     on_open: Callable[[str, Any], None] | None = None
+    # The boards open now (so an interrupted run can power them off), and the interruption.
+    open_boards: dict[str, Any] = field(default_factory=dict)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def run_place(bench: Bench, place: str, options: RunOptions) -> list[Result]:
@@ -61,16 +67,21 @@ def run_place(bench: Bench, place: str, options: RunOptions) -> list[Result]:
             last = attempts[-1]
             results.append(Result(place, name, last.outcome, last.message, time.monotonic() - started, attempts))
         return results
+    options.open_boards[place] = board
     try:
         if options.on_open:
             options.on_open(place, board)
         for name in options.scenarios:
+            if options.cancelled.is_set():
+                break
             scenario = SCENARIOS[name]
             mark = board.console.mark()
             begun = time.monotonic()
             options.log(f"[{place}] {name}: running")
 
             def reset() -> None:
+                if options.cancelled.is_set():
+                    raise HilError("the run was interrupted", "run it again")
                 options.log(f"[{place}] {name}: infrastructure error; powering off and retrying")
                 board.strategy.transition("off")
 
@@ -84,6 +95,7 @@ def run_place(bench: Bench, place: str, options: RunOptions) -> list[Result]:
                         + (f": {last.message.splitlines()[0]}" if last.message else ""))
             results.append(result)
     finally:
+        options.open_boards.pop(place, None)
         try:
             board.close()
         except Exception as exc:  # noqa: BLE001 - closing must not hide the results
@@ -99,10 +111,41 @@ def run_places(bench: Bench, places: Sequence[str], options: RunOptions) -> tupl
     for place in places:
         bench.place(place)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(len(places), 1), thread_name_prefix="hil") as pool:
+    with _interrupts_end_the_run(), ThreadPoolExecutor(max_workers=max(len(places), 1),
+                                                        thread_name_prefix="hil") as pool:
         futures = [pool.submit(run_place, bench, place, options) for place in places]
-        results = [result for future in futures for result in future.result()]
+        try:
+            results = [result for future in futures for result in future.result()]
+        except BaseException:
+            # Ctrl-C or SIGTERM (a cancelled CI job): power the boards off so
+            # that every place's thread ends now (and no QEMU outlives the run).
+            options.cancelled.set()
+            for place, board in list(options.open_boards.items()):
+                options.log(f"[{place}] interrupted: powering off")
+                try:
+                    board.power.off()
+                except Exception:  # noqa: BLE001
+                    pass
+            raise
     return results, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def _interrupts_end_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit in the main thread, as Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.signal(number, end) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 __all__ = ["RunOptions", "open_board", "run_place", "run_places"]

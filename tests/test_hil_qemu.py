@@ -95,7 +95,7 @@ def test_qemu_killed_mid_test_is_an_infrastructure_error(default_image: BuildRes
                 time.sleep(0.02)
             pid = board.qemu.qemu_pid()
             if pid:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)  # QEMU exits 0 on SIGTERM: still not the guest's doing
                 killed.append(f"{pid}")
 
         threading.Thread(target=watch, daemon=True).start()
@@ -107,7 +107,8 @@ def test_qemu_killed_mid_test_is_an_infrastructure_error(default_image: BuildRes
     [result] = results
     first = result.attempts[0]
     assert first.outcome == INFRA and first.error_type == "BoardGone", first.message
-    assert "QEMU was killed (SIGKILL) without the bench powering the board off" in first.message
+    assert re.search(r"QEMU was terminated by signal 15 from pid \d+ without the bench powering the board off "
+                     r"\(while waiting for '", first.message), first.message
     assert len(killed) == 1
     assert [a.outcome for a in result.attempts] == [INFRA, PASSED] and result.outcome == PASSED
     assert result.console.count("MantraCore ready") == 2
