@@ -42,6 +42,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--hil-wait", metavar="S", type=float, default=0.0, help="wait this long for a locked place")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if _enabled(config):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            def interrupted(signum: int, frame: object) -> None:
+                raise KeyboardInterrupt(f"signal {signum}")
+
+            # A cancelled CI job (SIGTERM) ends like Ctrl-C: fixtures close, boards power off.
+            signal.signal(signal.SIGTERM, interrupted)
+
+
 def _enabled(config: pytest.Config) -> bool:
     return config.getoption("--hil-place", default=None) is not None
 
@@ -70,6 +83,9 @@ def target(request: pytest.FixtureRequest) -> Any:
     bench = load_bench(Path(bench_file) if bench_file else None)
     board = open_board(bench, place, owner=config.getoption("--hil-owner"), wait=config.getoption("--hil-wait"))
     config.stash.setdefault(_BOARDS, []).append(board)  # type: ignore[arg-type]
+    import atexit
+
+    atexit.register(board.close)  # however pytest ends, no QEMU outlives it and the lock goes
     yield board
     board.close()
 
