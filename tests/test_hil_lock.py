@@ -115,9 +115,9 @@ def test_refresh_notices_a_broken_lock(tmp_path: Path) -> None:
 
 def test_keep_alive_pushes_the_expiry_until_release(tmp_path: Path) -> None:
     locks = LockDir(tmp_path)
-    held = locks.acquire("p", "alice", expires_in=1.0)
-    held.keep_alive(every=0.1, expires_in=1.0)
-    time.sleep(1.5)  # longer than the expiry: still alice's
+    held = locks.acquire("p", "alice", expires_in=2.0)
+    held.keep_alive(every=0.1, expires_in=2.0)
+    time.sleep(2.5)  # longer than the expiry: still alice's
     assert locks.read("p").stale_reason() is None
     with pytest.raises(LockHeld):
         locks.acquire("p", "bob")
