@@ -20,7 +20,7 @@ from typing import Any
 
 from mantra.hil.bench import Bench
 from mantra.hil.errors import HilError
-from mantra.hil.results import Result, describe, run_with_retries
+from mantra.hil.results import PASSED, Attempt, Result, describe, run_with_retries
 from mantra.hil.scenarios import SCENARIOS
 
 
@@ -148,4 +148,60 @@ def _interrupts_end_the_run() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-__all__ = ["RunOptions", "open_board", "run_place", "run_places"]
+__all__ = ["RunOptions", "open_board", "run_place", "run_places", "run_pytest_places"]
+
+
+def run_pytest_places(bench: Bench, places: Sequence[str], paths: Sequence[str], options: RunOptions
+                      ) -> tuple[list[Result], float]:
+    """Runs pytest over `paths` once per place, all places at once (one
+    pytest process each, with --hil-place), and reads each run's JUnit XML
+    back into results: a failure is a test failure, an error the plugin
+    marked "infrastructure error" an infrastructure error, any other error
+    an error; skipped tests are left out."""
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from mantra import proc
+
+    for place in places:
+        bench.place(place)
+
+    def one(place: str) -> list[Result]:
+        junit = bench.state_dir / place / "pytest-junit.xml"
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, "--hil-place", place,
+               "--hil-bench", str(bench.path), "--hil-retries", str(options.retries), "--hil-wait",
+               str(options.wait), f"--junitxml={junit}"]
+        if options.owner:
+            cmd += ["--hil-owner", options.owner]
+        options.log(f"[{place}] pytest {' '.join(paths)}: running")
+        begun = time.monotonic()
+        done = proc.run(cmd, what=f"pytest on {place}", hint="see its output", capture=True, check=False)
+        if not junit.is_file():
+            return [Result(place, "pytest", "error", f"pytest exited with status {done.returncode} without a "
+                           f"report:\n{(done.stdout + done.stderr)[-3000:]}", time.monotonic() - begun)]
+        results = []
+        log = bench.state_dir / place / "console.log"
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            if case.find("skipped") is not None:
+                continue
+            failure, error = case.find("failure"), case.find("error")
+            name = f"{case.get('classname', '')}::{case.get('name')}".strip(":")
+            if failure is not None:
+                outcome, message = "failed", failure.get("message") or ""
+            elif error is not None:
+                message = error.get("message") or ""
+                outcome = "infrastructure error" if "infrastructure error" in message else "error"
+            else:
+                outcome, message = PASSED, ""
+            duration = float(case.get("time") or 0)
+            results.append(Result(place, name, outcome, message, duration, [Attempt(outcome, message, duration)],
+                                  console_log=log if log.is_file() else None))
+            options.log(f"[{place}] {name}: {outcome}")
+        return results
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(len(places), 1), thread_name_prefix="hil-pytest") as pool:
+        results = [r for future in [pool.submit(one, place) for place in places] for r in future.result()]
+    return results, time.monotonic() - started

@@ -211,3 +211,25 @@ def test_power_console_and_boot_commands(default_image: BuildResult, tmp_path: P
         assert not list((tmp_path / "locks").glob("*.lock"))
     finally:
         mantra("hil", "power", "off", "q1", "--bench", bench)
+
+
+@pytest.mark.boot
+def test_hil_test_runs_pytest_files_on_places_in_parallel(default_image: BuildResult, tmp_path: Path) -> None:
+    """`mantra hil test --pytest FILE --places q1,q2`: one pytest per place, the results merged."""
+    bench = write_bench(tmp_path, default_image.image, ["q1", "q2"])
+    tests = tmp_path / "test_on_bench.py"
+    tests.write_text(PLUGIN_TESTS.split("def test_board_killed")[0])
+    junit = tmp_path / "junit.xml"
+    result = mantra("hil", "test", "--bench", str(bench), "--places", "q1,q2", "--pytest", str(tests),
+                    "--junit", str(junit), "--report", str(tmp_path / "report.md"), timeout=900)
+    assert result.returncode == 1, result.stdout + result.stderr  # a test failed
+    assert re.search(r"hil: 4 scenario run\(s\) on 2 place\(s\): 2 passed, 2 failed, 0 infrastructure error\(s\)",
+                     result.stdout), result.stdout + result.stderr
+    root = ET.parse(junit).getroot()
+    outcomes = {(s.get("name"), c.get("name").split("::")[-1]): ("failure" if c.find("failure") is not None else "ok")
+                for s in root.iter("testsuite") for c in s.iter("testcase")}
+    assert outcomes == {(p, t): o for p in ("q1", "q2")
+                        for t, o in (("test_boots", "ok"), ("test_wrong_banner_is_a_failure", "failure"))}
+    for place in ("q1", "q2"):
+        assert "MantraCore ready" in (tmp_path / "state" / place / "console.log").read_text(errors="replace")
+    assert not list((tmp_path / "locks").glob("*.lock"))

@@ -267,10 +267,13 @@ def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = Non
          junit: Annotated[Path | None, typer.Option("--junit", metavar="PATH", dir_okay=False)] = None,
          report: Annotated[Path | None, typer.Option("--report", metavar="PATH", dir_okay=False,
                                                      help="Markdown report (default: build/hil/report.md).")] = None,
-         build_first: Annotated[bool, typer.Option("--build", help="Build the default image first.")] = False) -> None:
-    """Run the project's scenarios through the bench on one or more places in parallel."""
+         build_first: Annotated[bool, typer.Option("--build", help="Build the default image first.")] = False,
+         pytest_paths: Annotated[list[str] | None, typer.Option(
+             "--pytest", metavar="PATH", help="Run these pytest files on each place instead of the scenarios "
+             "(pytest --hil-place PLACE; repeat for several).")] = None) -> None:
+    """Run the project's scenarios (or your pytest files) through the bench on one or more places in parallel."""
     from mantra.hil.results import FAILED, INFRA, ERROR, summarize, summary_line, write_junit, write_report
-    from mantra.hil.run import RunOptions, run_places
+    from mantra.hil.run import RunOptions, run_places, run_pytest_places
 
     ws = workspace(ctx)
     loaded = _bench(ctx, bench)
@@ -289,7 +292,10 @@ def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = Non
 
     options = RunOptions(scenarios=[s.strip() for s in scenario.split(",") if s.strip()], retries=retries,
                          owner=_owner(owner), wait=wait, log=log)
-    results, wall = run_places(loaded, chosen, options)
+    if pytest_paths:
+        results, wall = run_pytest_places(loaded, chosen, [str(Path(p).resolve()) for p in pytest_paths], options)
+    else:
+        results, wall = run_places(loaded, chosen, options)
     report = report or loaded.state_dir / "report.md"
     write_report(results, report, wall=wall)
     if junit:
