@@ -105,48 +105,45 @@ def test_remote_lock_contention_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
 
 
 @pytest.mark.boot
-def test_remote_qemu_place_runs_the_scenarios(sshd: Sshd, default_image: BuildResult, tmp_path: Path) -> None:
-    _, client = benches(tmp_path, sshd, default_image.image)
-    bench = load_bench(client, root=ROOT)
-    results, wall = run_places(bench, ["far-1"], RunOptions(scenarios=["boot", "service-restart"], retries=0,
-                                                            owner="ci-remote", log=lambda line: None))
-    assert [(r.scenario, r.outcome) for r in results] == [("boot", PASSED), ("service-restart", PASSED)], \
-        [r.message for r in results]
-    boot, restart = results
-    assert boot.details["services"] == "logd, demo, crashy, attestd"
-    assert "MantraBoot 0.1.0 (board qemu-x86_64)" in boot.console and "MantraCore ready" in boot.console
-    assert restart.details["crashes"] == 5 and restart.details["restart delays (ms)"] == "100 200 400 800"
-    # The client keeps a copy of the remote console; the bench host has the original.
-    local = (tmp_path / "client-state" / "far-1" / "console.log").read_text()
-    remote = (tmp_path / "host-state" / "qemu-r1" / "console.log").read_text(errors="replace")
-    assert re.search(r"init: all services healthy", local) and "MantraCore ready" in remote
-    # The remote run released its lock and powered the board off.
-    assert not list((tmp_path / "host-locks").glob("*.lock"))
-    assert not (tmp_path / "host-state" / "qemu-r1" / "qemu.json").exists()
-
-
-@pytest.mark.boot
-def test_remote_board_killed_is_an_infrastructure_error_on_the_client(sshd: Sshd, default_image: BuildResult,
-                                                                      tmp_path: Path) -> None:
-    """QEMU dies on the bench host mid-test: the client gets BoardGone (its
-    type crosses the SSH link), classified as an infrastructure error."""
+def test_remote_qemu_place_runs_the_scenarios_and_loses_its_board(sshd: Sshd, default_image: BuildResult,
+                                                                  tmp_path: Path) -> None:
+    """boot and service-restart on a place behind SSH; then QEMU dies on the
+    bench host mid-test: the client gets BoardGone (its type crosses the
+    link), an infrastructure error, and the strategy recovers."""
     import os
     import signal
 
     from mantra.hil.errors import BoardGone
+    from mantra.hil.scenarios import boot, service_restart
 
     _, client = benches(tmp_path, sshd, default_image.image)
     bench = load_bench(client, root=ROOT)
-    with RemoteTarget.connect(bench, bench.place("far-1"), owner="ci") as target:
+    with RemoteTarget.connect(bench, bench.place("far-1"), owner="ci-remote") as target:
+        booted = boot(target)
+        assert booted["services"] == "logd, demo, crashy, attestd" and booted["slot"] == "a"
+        restarted = service_restart(target)
+        assert restarted["crashes"] == 5 and restarted["restart delays (ms)"] == "100 200 400 800"
+        console = target.console.text
+        assert "MantraBoot 0.1.0 (board qemu-x86_64)" in console and "MantraCore ready" in console
+        # The lock is on the bench host, in the name of this client's owner, tied to the server's pid.
+        lock = LockDir(tmp_path / "host-locks").read("qemu-r1")
+        assert lock.owner == "ci-remote" and lock.pid is not None and lock.pid != os.getpid()
+
+        target.strategy.transition("off")
         target.strategy.transition("booted")
-        assert target.strategy.state == "booted" and target.strategy.boot_info["slot"] == "a"
         pid = target.qemu_pid()
         assert pid
         os.kill(pid, signal.SIGKILL)  # the bench host is this machine
         with pytest.raises(BoardGone, match=r"(?s)QEMU was killed \(SIGKILL\).*\(on .*127\.0\.0\.1") as gone:
             target.console.expect("init: all services healthy", timeout=120)
         assert classify(gone.value) == INFRA
-        # The strategy recovers through power-off.
-        target.strategy.transition("booted")
+        target.strategy.transition("booted")  # recovers through power-off
         assert target.qemu_pid() not in (None, pid)
+    # The client keeps a copy of the remote console; the bench host has the original.
+    local = (tmp_path / "client-state" / "far-1" / "console.log").read_text()
+    remote = (tmp_path / "host-state" / "qemu-r1" / "console.log").read_text(errors="replace")
+    assert re.search(r"init: all services healthy", local) and local.count("MantraCore ready") == 3
+    assert "MantraCore ready" in remote
+    # Closing released the lock and powered the board off.
     assert not list((tmp_path / "host-locks").glob("*.lock"))
+    assert not (tmp_path / "host-state" / "qemu-r1" / "qemu.json").exists()
