@@ -224,7 +224,6 @@ class RemoteLink:
         self.channel = self.client.get_transport().open_session()  # type: ignore[union-attr]
         self.channel.exec_command(full)
         self.reader = self.channel.makefile("r")
-        self.writer = self.channel.makefile_stdin("w")
         self.stderr = bytearray()
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
@@ -273,8 +272,7 @@ class RemoteLink:
             self._next += 1
             ident = self._next
             try:
-                self.writer.write(json.dumps({"id": ident, "op": op, **args}) + "\n")
-                self.writer.flush()
+                self.channel.sendall((json.dumps({"id": ident, "op": op, **args}) + "\n").encode())
             except Exception as exc:  # noqa: BLE001
                 raise RemoteError(f"{self.where}: sending {op} failed: {exc}", "retry") from None
             while True:
@@ -290,12 +288,13 @@ class RemoteLink:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
-            self.channel.shutdown_write()
+            self.channel.shutdown_write()  # the server sees the end of its stdin and closes its places
         with contextlib.suppress(Exception):
             deadline = time.monotonic() + 15
             while not self.channel.exit_status_ready() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        with contextlib.suppress(Exception):
+            self.reader.close()
         with contextlib.suppress(Exception):
             self.client.close()
 
