@@ -29,6 +29,7 @@ HASH_SIZE = 32
 MAP_ENTRY_SIZE = 4 + HASH_SIZE  # u32 index + SHA-256
 DATA_HEADER_SIZE = 16
 SLOT_NAMES = ("a", "b")
+NO_TARGET = 0xFF  # HELLO reply's target slot when no slot can be written now
 
 # Rates a 16550 reaches from 115200 x 8 (divisor 1 = 921600) and the
 # standard ones down to 9600 ("Baud switch").
@@ -449,7 +450,7 @@ class HelloReply:
     root_key_hash: bytes  # SHA-256 of the 32 raw bytes of the built-in root key
     rollback_min: int
     slots: tuple[SlotInfo, ...]
-    target_slot: int  # index into slots: the one BEGIN writes
+    target_slot: int  # index into slots: the one BEGIN writes; NO_TARGET (0xFF) when none can be written
 
     def encode(self) -> bytes:
         if len(self.root_key_hash) != HASH_SIZE:
@@ -478,13 +479,14 @@ class HelloReply:
             raise MessageError(f"HELLO reply: max_payload {max_payload}, window {window}, block size {block_size}")
         if compression & ~0b11:
             raise MessageError(f"HELLO reply: unknown compression bits {compression:#x}")
-        if target >= len(slots):
+        if target >= len(slots) and target != NO_TARGET:
             raise MessageError(f"HELLO reply: target slot {target} of {len(slots)} slots")
         return cls(version, max_payload, window, compression, block_size, baud, board, root, rollback, slots, target)
 
     @property
-    def target(self) -> SlotInfo:
-        return self.slots[self.target_slot]
+    def target(self) -> SlotInfo | None:
+        """The slot BEGIN may write; None when the board has none (0xFF)."""
+        return None if self.target_slot == NO_TARGET else self.slots[self.target_slot]
 
     def supports(self, compression: Compression) -> bool:
         return compression == Compression.NONE or bool(self.compression & COMPRESSION_BIT[compression])

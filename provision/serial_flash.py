@@ -44,6 +44,7 @@ from mantra.provision.frames import Frame, FrameDecoder, FrameType, encode_frame
 from mantra.provision.messages import Compression, ErrorCode, HelloReply, MessageError, NakReason
 
 SYNC_LINE = b"MANTRA-FLASH\n"
+FLASH_MODE_LINE = b"MantraBoot: flash mode (protocol"  # what MantraBoot prints on entering flash mode
 DEFAULT_BAUD = 115200
 DEFAULT_WAIT = 60.0
 
@@ -62,8 +63,11 @@ class Timing:
     reply_timeout: float = 2.0  # a command's reply (extended by BUSY)
     retries: int = 5  # sends of one command
     ack_timeout: float = 2.0  # DATA: resend from the oldest unacknowledged frame
-    data_stalls: int = 5  # consecutive ack timeouts before the link counts as lost
-    sync_interval: float = 0.1  # MANTRA-FLASH line and HELLO while waiting for the board
+    data_stalls: int = 10  # consecutive ack timeouts (20 s of silence) before the link counts as lost
+    sync_interval: float = 0.1  # the MANTRA-FLASH line while waiting for the board
+    hello_interval: float = 1.0  # a HELLO frame while waiting (and at once when flash mode is announced)
+    settle_quiet: float = 0.3  # after the HELLO reply: quiet this long ends the wait for late replies
+    settle_max: float = 2.0
     baud_revert: float = 2.0  # no valid frame at the new rate: both sides go back
     block_retries: int = 3  # a block failing its hash check on the device this often is an error
 
@@ -167,12 +171,16 @@ class SerialTransport:
         self.port.write(data)
 
     def read(self, timeout: float) -> bytes:
-        self.port.timeout = max(0.0, timeout)
+        self._timeout(max(0.0, timeout))
         first = self.port.read(1)
         if not first:
             return b""
-        waiting = self.port.in_waiting
-        return first + (self.port.read(waiting) if waiting else b"")
+        self._timeout(0)  # then whatever else has arrived, without waiting
+        return first + self.port.read(1 << 16)
+
+    def _timeout(self, value: float) -> None:
+        if self.port.timeout != value:  # setting it reconfigures a tty
+            self.port.timeout = value
 
     def flush(self) -> None:
         self.port.flush()
@@ -311,6 +319,7 @@ class Session:
         self.busy = busy or (lambda done, total: None)
         self.data_stats = DataStats()
         self.data_seq = 0  # the next DATA seq of this BEGIN
+        self.busy_total = 0
         self.finish_instructions = 0
 
     @property
@@ -320,8 +329,10 @@ class Session:
     # -- commands ---------------------------------------------------------
 
     def _drain(self) -> None:
-        for frame in self.link.receive(0.0, "waiting for the board"):
-            self.link.log(f"stale {frame.type.name} frame dropped")
+        stale = self.link.receive(0.0, "waiting for the board")
+        if stale:
+            self.link.log(f"dropped {_count(len(stale), 'late frame')} "
+                          f"({', '.join(sorted({f.type.name for f in stale}))})")
 
     def command(self, command, *, have_count: int | None = None, timeout: float | None = None,
                 retries: int | None = None):
@@ -335,6 +346,7 @@ class Session:
         payload = command.encode()
         self._drain()
         undecodable = None
+        skipped = 0
         for _attempt in range(retries):
             self.link.send(command.TYPE, payload, 0, f"sending {name}")
             deadline = self.clock() + timeout
@@ -342,10 +354,15 @@ class Session:
                 for frame in self.link.receive(left, f"waiting for the reply to {name}"):
                     if frame.type == FrameType.OK:
                         try:
-                            return msg.decode_reply(command.TYPE, frame.payload, have_count=have_count)
+                            reply = msg.decode_reply(command.TYPE, frame.payload, have_count=have_count)
                         except MessageError as exc:
                             undecodable = exc
-                            self.link.log(f"skipped a reply that is not {name}'s: {exc}")
+                            skipped += 1
+                            continue
+                        if skipped:
+                            self.link.log(f"skipped {_count(skipped, 'late reply', 'late replies')} that "
+                                          f"{'is' if skipped == 1 else 'are'} not {name}'s ({undecodable})")
+                        return reply
                     elif frame.type == FrameType.ERROR:
                         try:
                             error = msg.Error.decode(frame.payload)
@@ -356,6 +373,7 @@ class Session:
                         try:
                             busy = msg.Busy.decode(frame.payload)
                             self.busy(busy.done, busy.total)
+                            self.busy_total = busy.total
                         except MessageError:
                             pass
                         deadline = self.clock() + timeout
@@ -369,19 +387,41 @@ class Session:
         MANTRA-FLASH (which MantraBoot polls for at boot) and a HELLO frame
         every sync_interval until a HELLO reply comes."""
         hello = encode_frame(FrameType.HELLO, msg.Hello().encode())
-        probe = SYNC_LINE + hello + b"\n"  # the newline ends the frame's bytes as a console line
         deadline = self.clock() + wait
+        malformed = None
+        next_hello = self.clock()
+        announced = False
         while (now := self.clock()) < deadline:
+            # The line for MantraBoot's boot-time poll; a HELLO now and then
+            # for a board already in flash mode, and at once when it
+            # announces flash mode (a board that buffered many would answer
+            # each, late).
+            probe = SYNC_LINE
+            if now >= next_hello:
+                probe += hello + b"\n"  # the newline ends the frame's bytes as a console line
+                next_hello = now + self.timing.hello_interval
             self.link.write(probe, "waiting for the board")
             until = min(now + self.timing.sync_interval, deadline)
             while (left := until - self.clock()) > 0:
-                for frame in self.link.receive(left, "waiting for the board"):
+                frames = self.link.receive(left, "waiting for the board")
+                if not announced and FLASH_MODE_LINE in self.link.decoder.noise:
+                    announced = True
+                    next_hello = self.clock()
+                    until = next_hello  # send the HELLO now (after looking at what came)
+                for n, frame in enumerate(frames):
                     if frame.type == FrameType.OK:
                         try:
                             reply = HelloReply.decode(frame.payload)
                         except MessageError as exc:
+                            # a late reply from an earlier session once; twice the same is the board's
+                            if str(exc) == malformed:
+                                raise FlashError(f"the board on {self.link.port} sends a malformed HELLO reply: {exc}",
+                                                 "the board's MantraBoot and this mantra disagree on the protocol: "
+                                                 "update one of them") from None
+                            malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
+                        self._settle(len(frames) - n - 1)
                         return self._hello(reply)
                     if frame.type == FrameType.ERROR:
                         raise DeviceError("HELLO", msg.Error.decode(frame.payload), self.link.port)
@@ -390,6 +430,19 @@ class Session:
         raise FlashError(f"no MantraBoot flash mode on {self.link.port} within {wait:g} s{seen}",
                          "reset or power the board now and run the same command (it waits --wait seconds; "
                          "MantraBoot listens for MANTRA-FLASH at boot), or set the UEFI variable MantraFlashMode")
+
+    def _settle(self, late: int = 0) -> None:
+        """Lets late answers to earlier HELLOs arrive and drops them: waits
+        until the line is quiet for settle_quiet s (at most settle_max s).
+        `late`: such frames already received."""
+        end = self.clock() + self.timing.settle_max
+        while (left := end - self.clock()) > 0:
+            frames = self.link.receive(min(left, self.timing.settle_quiet), "waiting for the board")
+            if not frames:
+                break
+            late += len(frames)
+        if late:
+            self.link.log(f"dropped {_count(late, 'late reply', 'late replies')} to earlier HELLOs")
 
     def _hello(self, reply: HelloReply) -> HelloReply:
         if reply.version != msg.PROTOCOL_VERSION:
@@ -455,7 +508,10 @@ class Session:
         return held
 
     def finish(self) -> int:
+        self.busy_total = 0
         self.finish_instructions = self.command(msg.Finish()).instructions
+        if self.busy_total:
+            self.busy(self.busy_total, self.busy_total)  # the check is done
         return self.finish_instructions
 
     def activate(self) -> None:
@@ -603,6 +659,10 @@ class Session:
         self.data_seq = (seq0 + len(schedule)) & 0xFFFF
         return stats
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def encode_block(data: bytes, compression: Compression) -> tuple[Compression, bytes]:
     """One block as DATA sends it: zlib when that makes it smaller (and the
     session uses zlib), raw otherwise."""
@@ -734,6 +794,9 @@ def check_device(slot_image: SlotImage, hello: HelloReply, board: str, port: str
                          f"the board's minimum {hello.rollback_min}; nothing was written",
                          "flash a newer release (raise security_counter in product.toml and rebuild)")
     target = hello.target
+    if target is None:
+        raise FlashError(f"the board on {port} has no slot it can write now; nothing was written",
+                         "let the board boot and confirm its running slot, then run the same command again")
     if target.running:
         raise FlashError(f"the board offers its running slot {target.name} as the target; refusing to write it",
                          "update MantraBoot: flash mode must never offer the running slot")
@@ -815,7 +878,8 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         compression = Compression.ZLIB if compress else Compression.NONE
         result = FlashResult("(no port)", board, "?", bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
                              0, 0, 0.0, initial_baud, compression, dry_run=True)
-        result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression)
+        result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression,
+                                                     envelope=len(slot_image.envelope))
         return result
     own = transport is None
     if own:
@@ -825,6 +889,9 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
     try:
         hello = session.sync(wait)
         target = hello.target
+        if target is None:
+            raise FlashError(f"the board on {port} has no slot it can write now (it offers none as the target)",
+                             "let the board boot and confirm its running slot, then run the same command again")
         log(f"board: {hello.board} on {port}, MantraFlash {hello.version}, block size {hello.block_size}, window "
             f"{hello.window}, {hello.baud} baud; slot {target.name} is the target ({target.size} bytes)")
         check_device(slot_image, hello, board, port, found)
@@ -833,8 +900,15 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         compression = Compression.ZLIB if compress and hello.supports(Compression.ZLIB) else Compression.NONE
         result = FlashResult(port, board, target.name, bmap.image_size, bmap.block_size, len(bmap.entries), 0, 0,
                              0, 0, 0.0, hello.baud, compression, dry_run=dry_run)
+        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
+                          len(bmap.entries), bmap.digest, slot_image.envelope)
+        if len(begin.encode()) > link.max_payload:
+            raise FlashError(f"the slot's signed manifest ({len(slot_image.envelope)} bytes) does not fit a BEGIN "
+                             f"frame (at most {link.max_payload} bytes of payload); nothing was written",
+                             "sign with fewer revoked keys or a shorter manifest (docs/signing.md)")
         if dry_run:
-            result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload)
+            result.encoded_bytes, result.tx_bytes = plan(bmap, slot_image.source, compression, link.max_payload,
+                                                         envelope=len(slot_image.envelope))
             result.seconds = clock() - start
             return result
 
@@ -848,8 +922,6 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                 log(f"baud: the board did not answer at {baud}; both went back to {hello.baud}")
         result.baud = line_baud
 
-        begin = msg.Begin(0 if target.name == "a" else 1, compression, bmap.block_size, bmap.image_size,
-                          len(bmap.entries), bmap.digest, slot_image.envelope)
         session.begin(begin)
         session.send_map(bmap.entries)
         held = session.have(len(bmap.entries))
@@ -888,11 +960,12 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
                 pass
 
 
-def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_payload: int = msg.MAX_PAYLOAD
-         ) -> tuple[int, int]:
+def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_payload: int = msg.MAX_PAYLOAD,
+         envelope: int = 0) -> tuple[int, int]:
     """What a flash of every mapped block would cost: (encoded bytes of the
-    blocks, bytes on the line for BEGIN, MAP, HAVE and DATA without
-    resends). A dry run reports it; blocks the board already holds lower it."""
+    blocks, bytes on the line for BEGIN with an `envelope`-byte signed
+    manifest, MAP, HAVE, DATA, FINISH, ACTIVATE and RESET, without resends).
+    A dry run reports it; blocks the board already holds lower it."""
     from mantra.provision.frames import OVERHEAD
 
     chunk = msg.data_chunk_size(max_payload)
@@ -905,7 +978,9 @@ def plan(bmap: BlockMap, source: SlotSource, compression: Compression, max_paylo
     per = msg.map_entries_per_frame(max_payload)
     map_frames = -(-len(bmap.entries) // per)
     line += len(bmap.entries) * msg.MAP_ENTRY_SIZE + map_frames * (OVERHEAD + 4)
-    line += 3 * OVERHEAD + 100  # BEGIN header, HAVE, FINISH, ACTIVATE, RESET: small
+    have_frames = -(-len(bmap.entries) // (8 * max_payload))
+    line += OVERHEAD + 60 + envelope  # BEGIN
+    line += have_frames * (OVERHEAD + 8) + 3 * OVERHEAD  # HAVE, FINISH, ACTIVATE, RESET
     return encoded, line
 
 

@@ -89,6 +89,10 @@ class SimDevice:
         self.fail_write: set[int] = set()  # map entries whose write fails (ERROR block I/O)
         self.damage_once: set[int] = set()  # map entries written wrong once (the disk's fault)
         self.finish_fail: str | None = None  # "slot": FINISH fails the file-system check
+        self.no_target = False  # HELLO offers no writable slot
+        self.boot_until = 0.0  # before this time (s) the booting board reads nothing: input queues up
+        self.unread = bytearray()
+        self.hello_extra = b""  # bytes appended to the HELLO reply (a malformed reply)
         self.power_cycle(in_flash_mode)
 
     # -- state --------------------------------------------------------------
@@ -148,6 +152,11 @@ class SimDevice:
 
     def receive(self, data: bytes, now: float) -> bytes:
         """Bytes from the host (at the right baud); returns the device's answer."""
+        if self.mode == "boot" and now < self.boot_until:
+            self.unread += data  # the firmware is still starting: input waits in the line's buffers
+            return b""
+        if self.unread:
+            data, self.unread = bytes(self.unread) + data, bytearray()
         if self.mode == "boot":
             for i, byte in enumerate(data):
                 if byte in b"\r\n":
@@ -250,9 +259,12 @@ class SimDevice:
             state = m.SlotState.FLASHING if self.session and name == self.target else rec.state
             slots.append(m.SlotInfo(name, state, rec.tries, name == self.running, self.partition(name).size,
                                     rec.security_counter, rec.version))
+        target = m.NO_TARGET if self.no_target else 0 if self.target == "a" else 1
         reply = m.HelloReply(m.PROTOCOL_VERSION, self.max_payload, self.window, self.compression_bits,
                              self.block_size, self.baud, self.board, hashlib.sha256(self.root_public).digest(),
-                             self.rollback_min, tuple(slots), 0 if self.target == "a" else 1)
+                             self.rollback_min, tuple(slots), target)
+        if self.hello_extra:  # a device that speaks the layout wrong
+            return self._send(FrameType.OK, reply.encode() + self.hello_extra)
         self._ok(reply)
 
     def _cmd_set_baud(self, command: m.SetBaud, frame: Frame, now: float) -> None:

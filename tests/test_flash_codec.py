@@ -130,6 +130,7 @@ def test_hello_reply_round_trip_and_layout():
         m.HelloReply.decode(raw[:-1])
     with pytest.raises(m.MessageError):
         m.HelloReply.decode(raw[:-1] + b"\x02")  # target slot out of range
+    assert m.HelloReply.decode(raw[:-1] + b"\xff").target is None  # no slot can be written now
 
 
 def test_begin_layout_and_checks():

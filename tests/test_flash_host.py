@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -435,6 +436,16 @@ def test_dry_run_writes_nothing(image, disk, keyset):
     assert result.encoded_bytes == sum(len(sf.encode_block(block_of(image, e.index), Compression.ZLIB)[1])
                                        for e in bm.entries)
     assert result.tx_bytes > result.encoded_bytes
+    # the estimate is what a real flash of every mapped block puts on the line, sync aside
+    real_dev = device(device_disk(image, disk.parent / "real.img"), keyset)
+    real_dev.root_public = keyset.root_public
+    real_tr = SimTransport(real_dev)
+    real = run(image, real_dev, transport=real_tr, compress=True)
+    zero = hashlib.sha256(bytes(BLOCK)).digest()
+    held_bytes = sum(len(sf.encode_block(bytes(BLOCK), Compression.ZLIB)[1]) + 28
+                     for e in bm.entries if e.hash == zero)
+    sync_bytes = sum(len(w) for w in real_tr.writes if w.startswith(b"MANTRA-FLASH"))
+    assert abs((real.tx_bytes - sync_bytes) - (result.tx_bytes - held_bytes)) < 200
 
 
 def test_dry_run_without_a_board(image):
@@ -479,7 +490,9 @@ def test_busy_keepalives_extend_finish(image, disk, keyset):
     busy = []
     run(image, dev, busy=lambda d, t: busy.append((d, t)))
     assert dev.stats.frames["FINISH"] == 1  # never resent: BUSY kept it alive
-    assert dev.stats.busy >= 10 and len(busy) == dev.stats.busy
+    assert dev.stats.busy >= 10 and len(busy) == dev.stats.busy + 1  # each BUSY, then "done"
+    total = busy[0][1]
+    assert busy[-1] == (total, total) and all(d < total for d, _t in busy[:-1])
     assert dev.records["b"].state == SlotState.PENDING
 
 
@@ -489,6 +502,38 @@ def test_sync_through_console_text_from_boot(image, disk, keyset):
     assert dev.mode == "boot"
     result = run(image, dev)
     assert result.sent_blocks > 0 and dev.stats.resets == 1
+
+
+def test_a_board_that_read_nothing_while_booting(image, disk, keyset):
+    """Input queues up while the firmware starts (QEMU's socket, a UART's
+    buffers): MantraBoot then reads every queued line and HELLO at once and
+    answers each HELLO. The host sends HELLO rarely while waiting, drops
+    the late replies, and every command goes out once."""
+    dev = device(disk, keyset)
+    dev.boot_until = 8.0
+    lines = []
+    result = run(image, dev, log=lines.append)
+    assert result.sent_blocks > 0
+    assert 5 <= dev.stats.frames["HELLO"] <= 12  # 1 a second, not 10
+    assert dev.stats.frames["BEGIN"] == 1 and dev.stats.frames["FINISH"] == 1
+    assert any(re.search(r"dropped \d+ late repl(y|ies) to earlier HELLOs", line) for line in lines)
+
+
+def test_no_writable_slot(image, disk, keyset):
+    dev = device(disk, keyset)
+    dev.no_target = True
+    with pytest.raises(sf.FlashError, match="has no slot it can write now"):
+        run(image, dev)
+    assert set(dev.stats.frames) == {"HELLO"}
+
+
+def test_malformed_hello_reply_is_named(image, disk, keyset):
+    dev = device(disk, keyset)
+    dev.hello_extra = b"\0\0"
+    tr = SimTransport(dev)
+    with pytest.raises(sf.FlashError, match="sends a malformed HELLO reply: HELLO reply: 2 unexpected trailing bytes"):
+        run(image, dev, transport=tr)
+    assert tr.now < 1  # named at once, not after --wait
 
 
 def test_no_flash_mode_times_out_with_advice(image, disk, keyset):

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
+from rich.text import Text
 
 from typer.core import TyperCommand
 
@@ -28,18 +29,32 @@ def _log(line: str) -> None:
     err.print(f"[dim]flash:[/] {line}", markup=True, highlight=False, soft_wrap=True)
 
 
+class _BytesOr(ProgressColumn):
+    """`inner` for tasks counting bytes, `done/total` (or nothing) for the others."""
+
+    def __init__(self, inner: ProgressColumn, counts: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.counts = counts
+
+    def render(self, task):  # noqa: ANN001, ANN201 - rich's signature
+        if task.fields.get("bytes"):
+            return self.inner.render(task)
+        return Text(f"{int(task.completed)}/{int(task.total or 0)} blocks" if self.counts else "")
+
+
 @contextmanager
 def _progress():
-    """A rich progress bar (bytes of the slot image, rate, time left) and
-    the FINISH check's; yields (data progress, busy progress) callbacks."""
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    """A rich progress bar (bytes of the slot image sent, rate, time left)
+    and one for the board's FINISH check; yields (data, busy) callbacks."""
+    columns = (TextColumn("{task.description}"), BarColumn(), _BytesOr(DownloadColumn(), True),
+               _BytesOr(TransferSpeedColumn(), False), _BytesOr(TimeRemainingColumn(), False))
     with Progress(*columns, console=err, transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def task(name: str, total: int) -> int:
             if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
+                tasks[name] = bar.add_task(name, total=total, bytes=name == "sending")
             return tasks[name]
 
         def data(done: int, total: int) -> None:
