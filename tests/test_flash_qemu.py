@@ -334,12 +334,11 @@ def test_killed_at_20_points_always_boots_a_valid_slot(default_image: BuildResul
 def kill_while_flashing(default_image: BuildResult, device: SpoiledImage, tmp_path: Path, workspace: Workspace,
                         points: int, seed: int = 20261127) -> None:
     """QEMU is killed (SIGTERM: no guest shutdown) at seeded random points of
-    `mantra flash` into a wiped slot b: after BEGIN, after the block map, at
+    `mantra flash` into slot b, wiped before each flash: after BEGIN, after the block map, at
     a random DATA frame, after FINISH or after ACTIVATE. Every restart must
     boot a slot that verified: the factory slot a while b is flashing, or
     b (pending) once it was activated."""
     source = new_source(default_image, tmp_path / "source", counter=3)
-    wipe(device, "b")
     rng = random.Random(seed)
     kinds = ["begin", "map", "data", "finish", "activate"]
     rng.shuffle(kinds)  # every kind once, then random ones, mostly in DATA
@@ -347,6 +346,9 @@ def kill_while_flashing(default_image: BuildResult, device: SpoiledImage, tmp_pa
                       for _ in range(max(0, points - len(kinds)))]
     outcomes = []
     for stage in stages[:points]:
+        # Each flash is a whole one (slot b wiped while the board is off),
+        # so a DATA point falls within the blocks.
+        wipe(device, "b")
         log: list[str] = []
         options: dict = {"activate": stage == "activate", "reset": False}
         if stage == "begin":
