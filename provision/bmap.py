@@ -3,9 +3,9 @@ which blocks of the slot's FAT volume hold anything, bmaptool's idea.
 
 `fat_used_ranges` parses the volume's boot sector (BPB) and its first FAT
 (FAT12, FAT16 or FAT32: FAT32 when the BPB has no 16-bit FAT size, as the
-UEFI FAT driver and Linux decide, else FAT12/16 by cluster count) and returns the byte ranges the file system uses: the boot sector and
-reserved sectors, the FATs, the FAT12/16 root directory, every allocated
-cluster. `block_map` cuts the slot image into blocks, keeps those that
+UEFI FAT driver and Linux decide, else FAT12/16 by cluster count) and
+returns the byte ranges the file system uses: the boot sector and reserved
+sectors, the FATs, the FAT12/16 root directory, every allocated cluster. `block_map` cuts the slot image into blocks, keeps those that
 overlap a used range and hashes them: the map entries (u32 block index ||
 SHA-256) and the image digest BEGIN carries. Unmapped blocks are never sent,
 written or hashed.
@@ -71,7 +71,8 @@ class FatLayout:
     @property
     def metadata_bytes(self) -> int:
         """Boot sector, reserved sectors, FATs and (FAT12/16) root directory."""
-        return (self.reserved_sectors + self.fat_count * self.fat_sectors + self.root_dir_sectors) * self.bytes_per_sector
+        sectors = self.reserved_sectors + self.fat_count * self.fat_sectors + self.root_dir_sectors
+        return sectors * self.bytes_per_sector
 
     def cluster_offset(self, cluster: int) -> int:
         return self.metadata_bytes + (cluster - 2) * self.cluster_size

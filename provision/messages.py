@@ -219,7 +219,8 @@ class Begin:
         if len(self.image_digest) != HASH_SIZE:
             raise MessageError("BEGIN: image digest must be 32 bytes")
         return (
-            struct.pack("<BBHIQI", self.slot, int(self.compression), 0, self.block_size, self.image_size, self.map_count)
+            struct.pack("<BBHIQI", self.slot, int(self.compression), 0, self.block_size, self.image_size,
+                        self.map_count)
             + bytes(self.image_digest)
             + struct.pack("<I", len(self.envelope))
             + bytes(self.envelope)
@@ -321,7 +322,8 @@ class Data:
     chunk: bytes
 
     def encode(self) -> bytes:
-        return struct.pack("<IIIB3x", self.entry, self.encoded_length, self.offset, int(self.encoding)) + bytes(self.chunk)
+        head = struct.pack("<IIIB3x", self.entry, self.encoded_length, self.offset, int(self.encoding))
+        return head + bytes(self.chunk)
 
     @classmethod
     def decode(cls, payload: bytes) -> Data:
@@ -420,7 +422,8 @@ class SlotInfo:
         if len(self.name) != 1 or not self.name.isascii():
             raise MessageError(f"slot name {self.name!r} is not one ASCII letter")
         return (
-            struct.pack("<BBBBQQ", ord(self.name), int(self.state), self.tries, int(self.running), self.size, self.security_counter)
+            struct.pack("<BBBBQQ", ord(self.name), int(self.state), self.tries, int(self.running), self.size,
+                        self.security_counter)
             + pack_string(self.version)
         )
 
@@ -456,7 +459,8 @@ class HelloReply:
         if len(self.root_key_hash) != HASH_SIZE:
             raise MessageError("HELLO reply: root key hash must be 32 bytes")
         return (
-            struct.pack("<HHHHII", self.version, self.max_payload, self.window, self.compression, self.block_size, self.baud)
+            struct.pack("<HHHHII", self.version, self.max_payload, self.window, self.compression, self.block_size,
+                        self.baud)
             + pack_string(self.board)
             + bytes(self.root_key_hash)
             + struct.pack("<QB", self.rollback_min, len(self.slots))

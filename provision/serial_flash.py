@@ -227,11 +227,13 @@ def _is_link_error(exc: BaseException) -> bool:
 class Link:
     """Frames over a transport; counts what goes on the line."""
 
-    def __init__(self, transport: Transport, port: str, clock: Clock, log: Log) -> None:
+    def __init__(self, transport: Transport, port: str, clock: Clock, log: Log, baud: int = DEFAULT_BAUD) -> None:
         self.transport = transport
         self.port = port
         self.clock = clock
         self.log = log
+        self.baud = baud  # the line rate: how long written bytes take to leave
+        self.tx_done = 0.0  # when what was written has left the transmitter (estimated)
         self.decoder = FrameDecoder()
         self.tx_bytes = 0
         self.rx_bytes = 0
@@ -251,6 +253,13 @@ class Link:
                 raise self.lost(exc, doing) from None
             raise
         self.tx_bytes += len(data)
+        self.tx_done = max(self.tx_done, self.clock()) + len(data) * 10 / self.baud
+
+    def on_line(self) -> float:
+        """When everything written so far will have reached the other end:
+        timeouts for an answer count from then (at 9600 baud a 4 KiB frame
+        takes 4 s)."""
+        return max(self.tx_done, self.clock())
 
     def send(self, ftype: FrameType, payload: bytes, seq: int, doing: str) -> None:
         self.write(encode_frame(ftype, payload, seq, self.max_payload), doing)
@@ -275,6 +284,7 @@ class Link:
 
     def set_baud(self, baud: int) -> None:
         self.transport.set_baud(baud)
+        self.baud = baud
         self.decoder.reset()
 
     def flush(self) -> None:
@@ -320,6 +330,7 @@ class Session:
         self.data_stats = DataStats()
         self.data_seq = 0  # the next DATA seq of this BEGIN
         self.busy_total = 0
+        self.wait_bytes = 0  # written while waiting for the board (sync)
         self.finish_instructions = 0
 
     @property
@@ -349,7 +360,7 @@ class Session:
         skipped = 0
         for _attempt in range(retries):
             self.link.send(command.TYPE, payload, 0, f"sending {name}")
-            deadline = self.clock() + timeout
+            deadline = self.link.on_line() + timeout
             while (left := deadline - self.clock()) > 0:
                 for frame in self.link.receive(left, f"waiting for the reply to {name}"):
                     if frame.type == FrameType.OK:
@@ -421,6 +432,7 @@ class Session:
                             malformed = str(exc)
                             self.link.log(f"skipped a reply that is not a HELLO reply: {exc}")
                             continue
+                        self.wait_bytes = self.link.tx_bytes - len(hello)  # the answered HELLO counts
                         self._settle(len(frames) - n - 1)
                         return self._hello(reply)
                     if frame.type == FrameType.ERROR:
@@ -497,7 +509,8 @@ class Session:
             if received != first + len(entries[first : first + per]):
                 raise FlashError(f"the board says it holds {received} map entries after entry "
                                  f"{first + per - 1}", "reset the board, then run the same command again")
-        raise FlashError("the board did not take the whole block map", "reset the board, then run the same command again")
+        raise FlashError("the board did not take the whole block map",
+                         "reset the board, then run the same command again")
 
     def have(self, count: int) -> list[bool]:
         per = 8 * self.link.max_payload
@@ -614,7 +627,7 @@ class Session:
                 state["last"] = self.clock()  # the ACK timer runs from the last frame on the line
             if state["base"] >= len(schedule) and not extend():
                 break
-            left = state["last"] + self.timing.ack_timeout - self.clock()
+            left = max(state["last"], self.link.tx_done) + self.timing.ack_timeout - self.clock()
             frames = self.link.receive(max(0.0, left), "sending data")
             if not frames and left <= 0:
                 stats.timeouts += 1
@@ -819,12 +832,13 @@ class FlashResult:
     mapped_blocks: int
     held_blocks: int  # already on the device (resume, or identical)
     sent_blocks: int
-    tx_bytes: int  # everything the host put on the line
+    tx_bytes: int  # everything the host put on the line, waiting for the board included
     rx_bytes: int
     seconds: float
     baud: int
     compression: Compression
     dry_run: bool = False
+    wait_bytes: int = 0  # of tx_bytes, what went out while waiting for the board (MANTRA-FLASH, unanswered HELLOs)
     encoded_bytes: int = 0  # the blocks' encoded bytes, once each
     data: DataStats = field(default_factory=DataStats)
     baud_reverted: bool = False
@@ -832,10 +846,18 @@ class FlashResult:
     activated: bool = False
 
     @property
+    def line_bytes(self) -> int:
+        """The frames put on the line from the HELLO the board answered on,
+        resends included: what the flash cost. Waiting for the board is left
+        out (it depends on when the board was reset), so the figure is the
+        same on every run."""
+        return self.tx_bytes - self.wait_bytes
+
+    @property
     def effective(self) -> float:
         """docs/flash-protocol.md's effective throughput: slot image bytes
         delivered ÷ bytes put on the line."""
-        return effective_throughput(self.image_size, self.tx_bytes)
+        return effective_throughput(self.image_size, self.line_bytes)
 
 
 def effective_throughput(image_bytes: int, line_bytes: int) -> float:
@@ -884,7 +906,7 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
     own = transport is None
     if own:
         transport = SerialTransport.open(port, initial_baud)
-    link = Link(transport, port, clock, log)
+    link = Link(transport, port, clock, log, initial_baud)
     session = Session(link, timing, busy=busy)
     try:
         hello = session.sync(wait)
@@ -892,6 +914,7 @@ def flash(image: Path, port: str | None, board: str, *, from_slot: str = "a", ba
         if target is None:
             raise FlashError(f"the board on {port} has no slot it can write now (it offers none as the target)",
                              "let the board boot and confirm its running slot, then run the same command again")
+        link.baud = hello.baud or initial_baud
         log(f"board: {hello.board} on {port}, MantraFlash {hello.version}, block size {hello.block_size}, window "
             f"{hello.window}, {hello.baud} baud; slot {target.name} is the target ({target.size} bytes)")
         check_device(slot_image, hello, board, port, found)
@@ -1010,6 +1033,7 @@ class _Sized:
 
 def _finish_result(result: FlashResult, link: Link, session: Session, clock: Clock, start: float) -> FlashResult:
     result.tx_bytes = link.tx_bytes
+    result.wait_bytes = session.wait_bytes
     result.rx_bytes = link.rx_bytes
     result.seconds = clock() - start
     result.data = session.data_stats
@@ -1019,6 +1043,6 @@ def _finish_result(result: FlashResult, link: Link, session: Session, clock: Clo
 
 
 __all__ = ["ConnectionLost", "DataStats", "DeviceError", "FlashError", "FlashResult", "Link", "Progress",
-           "SerialTransport", "Session", "SlotImage", "Timing", "Transport", "bench_line", "check_device",
-           "check_image", "effective_throughput", "encode_block", "find_root", "flash", "load_slot_image",
+           "SYNC_LINE", "SerialTransport", "Session", "SlotImage", "Timing", "Transport", "bench_line", "check_device",
+           "check_image", "effective_throughput", "encode_block", "find_root", "flash", "load_slot_image", "plan",
            "verify_slot_image"]

@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -470,7 +471,11 @@ class SimDevice:
 
 
 class SimTransport:
-    """An in-memory serial port to a SimDevice on a simulated clock."""
+    """An in-memory serial port to a SimDevice on a simulated clock. What the
+    host writes leaves its transmitter at the baud rate (10 bits a byte) and
+    reaches the device when its last byte has gone over the line; a write
+    returns at once (the OS buffers it), flush() waits for the transmitter.
+    The device's answers reach the host at once."""
 
     def __init__(self, device: SimDevice, *, baud: int = 115200, max_line_baud: int = 10**9, seed: int = 0) -> None:
         self.device = device
@@ -478,6 +483,8 @@ class SimTransport:
         self.max_line_baud = max_line_baud
         self.now = 0.0
         self.inbox = bytearray()  # device -> host, already at the host
+        self.line: deque[tuple[float, bytes]] = deque()  # host -> device: (arrival time, bytes)
+        self.tx_free = 0.0  # when the host's transmitter has sent everything written
         self.rng = random.Random(seed)
         self.written = 0
         self.mangle = None  # callable(bytes) -> bytes applied to each host write (bit flips)
@@ -504,6 +511,13 @@ class SimTransport:
             self.inbox += out if self._line_ok() else self._garble(out)
             self.device.apply_pending_baud(self.now)
 
+    def _pump(self) -> None:
+        """Hands the device what has arrived by now, runs its timers."""
+        while self.line and self.line[0][0] <= self.now:
+            _arrival, data = self.line.popleft()
+            self._deliver(self.device.receive(data, self.now))
+        self._deliver(self.device.tick(self.now))
+
     def write(self, data: bytes) -> None:
         if self.closed:
             raise serial.SerialException("port closed")
@@ -512,31 +526,39 @@ class SimTransport:
             raise serial.SerialException("write failed: [Errno 5] Input/output error")
         self.written += len(data)
         self.writes.append(bytes(data))
-        self.now += len(data) * 10 / self.baud
+        line_time = len(data) * 10 / self.baud
         if self.mangle is not None:
             data = self.mangle(data)
         if not self._line_ok():
             data = self._garble(data)
-        self._deliver(self.device.receive(data, self.now))
-        self._deliver(self.device.tick(self.now))
+        self.tx_free = max(self.tx_free, self.now) + line_time
+        self.line.append((self.tx_free, data))
+        self._pump()
 
     def read(self, timeout: float) -> bytes:
         if self.closed:
             raise serial.SerialException("port closed")
-        if not self.inbox:
-            end = self.now + timeout
-            while not self.inbox and self.now < end:
-                event = self.device.next_event()
-                self.now = end if event is None or event > end else max(self.now, event)
-                self._deliver(self.device.tick(self.now))
+        self._pump()
+        end = self.now + timeout
+        while not self.inbox and self.now < end:
+            times = [end]
+            if self.line:
+                times.append(self.line[0][0])
+            event = self.device.next_event()
+            if event is not None:
+                times.append(event)
+            self.now = max(self.now, min(times))
+            self._pump()
         data = bytes(self.inbox)
         self.inbox.clear()
         return data
 
     def flush(self) -> None:
-        pass
+        self.now = max(self.now, self.tx_free)
+        self._pump()
 
     def set_baud(self, baud: int) -> None:
+        self.flush()
         self.baud = baud
 
     def close(self) -> None:

@@ -164,7 +164,8 @@ def test_map_entries_digest_and_order():
     raw = msg.encode()
     assert raw[:4] == struct.pack("<I", 10) and len(raw) == 4 + 5 * 36
     assert m.Map.decode(raw) == msg
-    assert m.image_digest(entries) == hashlib.sha256(b"".join(struct.pack("<I", e.index) + e.hash for e in entries)).digest()
+    packed = b"".join(struct.pack("<I", e.index) + e.hash for e in entries)
+    assert m.image_digest(entries) == hashlib.sha256(packed).digest()
     swapped = m.Map(0, (entries[1], entries[0])).encode()
     with pytest.raises(m.MessageError, match="increasing"):
         m.Map.decode(swapped)

@@ -65,6 +65,15 @@ def data_frames(writes: list[bytes]) -> list[tuple[int, Data]]:
     return found
 
 
+HELLO_FRAME = 14  # bytes of the HELLO the board answers, the first that counts
+
+
+def session_bytes(tr: SimTransport) -> int:
+    """What the host wrote from the answered HELLO on: everything but the
+    probes sent while waiting for the board (each starts with MANTRA-FLASH)."""
+    return sum(len(w) for w in tr.writes if not w.startswith(b"MANTRA-FLASH")) + HELLO_FRAME
+
+
 def slot_bytes(path: Path, slot: str) -> bytes:
     part = open_slot(path, slot).partition
     with path.open("rb") as f:
@@ -104,7 +113,8 @@ def test_full_flash(image, disk, keyset):
     assert dev.stats.frames["FINISH"] == 1 and dev.stats.frames["ACTIVATE"] == 1
     # the figures are counted, not assumed
     assert result.tx_bytes == tr.written
-    assert result.effective == pytest.approx(8 * 1024 * 1024 / tr.written)
+    assert result.line_bytes == session_bytes(tr) < tr.written
+    assert result.effective == pytest.approx(8 * 1024 * 1024 / session_bytes(tr))
     assert result.compression == Compression.ZLIB
     assert result.encoded_bytes == dev.stats.data_bytes  # no resends: every chunk byte once
     assert progress[-1] == (result.sent_blocks * BLOCK, result.sent_blocks * BLOCK)
@@ -197,15 +207,17 @@ def block_of(image: Path, index: int) -> bytes:
 def test_corrupted_frames_are_resent(image, disk, keyset):
     dev = device(disk, keyset)
     tr = SimTransport(dev)
-    count = {"data": 0}
     flipped = []
 
     def mangle(data: bytes) -> bytes:
+        """A bit flip in the first transmission of DATA seq 3, 11, 12 and 30
+        (a resend that is damaged again would wait for the ACK timeout: the
+        board NAKs a gap once)."""
         if data[:2] == b"MF" and data[2] == FrameType.DATA:
-            count["data"] += 1
-            if count["data"] in (3, 11, 12, 30):
-                pos = random.Random(count["data"]).randrange(8, len(data))
-                flipped.append(count["data"])
+            seq = int.from_bytes(data[4:6], "little")
+            if seq in (3, 11, 12, 30) and seq not in flipped:
+                pos = random.Random(seq).randrange(8, len(data))
+                flipped.append(seq)
                 return data[:pos] + bytes([data[pos] ^ 0x10]) + data[pos + 1 :]
         return data
 
@@ -446,6 +458,7 @@ def test_dry_run_writes_nothing(image, disk, keyset):
                      for e in bm.entries if e.hash == zero)
     sync_bytes = sum(len(w) for w in real_tr.writes if w.startswith(b"MANTRA-FLASH"))
     assert abs((real.tx_bytes - sync_bytes) - (result.tx_bytes - held_bytes)) < 200
+    assert real.line_bytes == session_bytes(real_tr)
 
 
 def test_dry_run_without_a_board(image):
@@ -463,6 +476,20 @@ def test_baud_switch(image, disk, keyset):
     assert fast_result.baud == 921600 and not fast_result.baud_reverted
     assert dev.stats.frames["SET_BAUD"] == 1 and tr.baud == 921600
     assert fast_result.seconds < slow_result.seconds / 4  # the line time went down eightfold
+    assert_flashed(image, disk, keyset)
+
+
+def test_slow_line_has_no_spurious_resends(image, disk, keyset):
+    """At 9600 baud one 4 KiB frame is 4.3 s on the line and the window 36 s:
+    the 2 s timeouts count from when the bytes have left, so nothing is
+    resent and nothing times out."""
+    dev = device(disk, keyset, baud=9600)
+    tr = SimTransport(dev, baud=9600)
+    result = run(image, dev, transport=tr, initial_baud=9600)
+    assert result.baud == 9600
+    assert result.data.timeouts == 0 and result.data.resent == 0
+    assert all(dev.stats.frames[c] == 1 for c in ("BEGIN", "MAP", "HAVE", "FINISH", "ACTIVATE", "RESET"))
+    assert tr.now > result.tx_bytes * 10 / 9600  # it did take the line time
     assert_flashed(image, disk, keyset)
 
 
@@ -593,8 +620,8 @@ def test_bench_figure(image, tmp_path, keyset):
     result = bench(image, BOARD, tmp_path / "bench", board_factory=sim_board)
     dev, tr = boards[0]
     assert result.image_size == 8 * 1024 * 1024
-    assert result.tx_bytes == tr.written
-    figure = result.image_size / tr.written
+    assert result.tx_bytes == tr.written and result.line_bytes == session_bytes(tr)
+    figure = result.image_size / session_bytes(tr)
     assert sf.bench_line(result) == f"effective throughput: {figure:.1f} x line rate"
     assert figure >= 3
     # the board's slot b was wiped first: every mapped block that is not all zeros was sent
@@ -606,5 +633,7 @@ def test_bench_figure(image, tmp_path, keyset):
 def test_bench_figure_is_the_ratio():
     r = sf.FlashResult("p", BOARD, "b", 128 << 20, BLOCK, 40, 0, 40, 10_000_000, 0, 1.0, 115200, Compression.ZLIB)
     assert sf.bench_line(r) == "effective throughput: 13.4 x line rate"
+    r.wait_bytes = 1_000_000  # waiting for the board is not part of the figure
+    assert r.line_bytes == 9_000_000 and sf.bench_line(r) == "effective throughput: 14.9 x line rate"
     with pytest.raises(ValueError):
         sf.effective_throughput(1, 0)

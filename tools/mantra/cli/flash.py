@@ -78,8 +78,9 @@ def _summary(result: FlashResult, image: Path, from_slot: str) -> str:
     state = "pending: it boots next" if result.activated else "written (not activated)"
     return (f"flash: OK: slot {from_slot} of {image} -> slot {result.target_slot} of the {result.board} on "
             f"{result.port}: {result.sent_blocks} blocks sent, {result.held_blocks} already held, "
-            f"{result.mapped_blocks} mapped of {result.image_size // result.block_size}; {result.tx_bytes} bytes on "
-            f"the line ({result.data.resent} frames resent) in {result.seconds:.1f} s at {result.baud} baud; "
+            f"{result.mapped_blocks} mapped of {result.image_size // result.block_size}; {result.line_bytes} bytes on "
+            f"the line ({result.data.resent} frames resent; {result.wait_bytes} more while waiting for the board) in "
+            f"{result.seconds:.1f} s at {result.baud} baud; "
             f"slot {result.target_slot} is {state}")
 
 
@@ -140,7 +141,7 @@ def flash(
         _flash_usb(image, usb or None, board, ws)
         return
     if bench:
-        _bench(ws, board, product)
+        _bench(ws, board, product, compress)
         return
     if image is None:
         raise MantraError("no IMAGE given", f"give the image to flash, e.g. "
@@ -167,7 +168,7 @@ def _flash_usb(image: Path | None, vid_pid: str | None, board: str, ws) -> None:
         dfu.flash_usb(image, vid_pid, board, progress)
 
 
-def _bench(ws, board: str, product: str) -> None:
+def _bench(ws, board: str, product: str, compress: bool) -> None:
     from mantra.provision.bench import bench
 
     built = driver.build(ws, board, product)
@@ -176,8 +177,8 @@ def _bench(ws, board: str, product: str) -> None:
          "slot b wiped)")
     with _progress() as (progress, busy):
         result = bench(built.image, board, directory, progress=progress, log=_log, busy=busy,
-                       workspace_root=ws.root)
-    out.print(f"flash: bench: {result.image_size} slot image bytes, {result.tx_bytes} bytes on the line "
+                       workspace_root=ws.root, compress=compress)
+    out.print(f"flash: bench: {result.image_size} slot image bytes, {result.line_bytes} bytes on the line "
               f"({result.mapped_blocks} of {result.image_size // result.block_size} blocks mapped, "
               f"{result.sent_blocks} sent, {result.encoded_bytes} bytes encoded)", markup=False, soft_wrap=True)
     out.print(bench_line(result), markup=False)
