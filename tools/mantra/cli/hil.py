@@ -15,6 +15,7 @@ Exit status of `test`: 0 all passed, 1 a test failed, 3 only infrastructure erro
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -230,8 +231,6 @@ def console(ctx: typer.Context, place: PlaceArgument, bench: BenchOption = None,
             threading.Thread(target=typing, daemon=True).start()
         deadline = None if timeout is None else time.monotonic() + timeout
         shown = mark
-        import re
-
         try:
             while deadline is None or time.monotonic() < deadline:
                 text = board.console.text_since(shown)
@@ -259,12 +258,13 @@ def test(ctx: typer.Context, bench: BenchOption = None, owner: OwnerOption = Non
          places_option: Annotated[str | None, typer.Option(
              "--places", metavar="A,B", help="Places to run on, in parallel (default: qemu-1; all: every place).")] = None,
          scenario: Annotated[str, typer.Option("--scenario", metavar="S1,S2",
-                                               help="Scenarios: boot, service-restart, flash.")]
+                                               help="Scenarios: boot, service-restart, flash, attest (a place with a TPM).")]
          = "boot,service-restart,flash",
          retries: Annotated[int, typer.Option("--retries", metavar="N", min=0,
                                               help="Retries after an infrastructure error.")] = 1,
          wait: Annotated[float, typer.Option("--wait", metavar="S", help="Wait for a locked place.")] = 0.0,
-         junit: Annotated[Path | None, typer.Option("--junit", metavar="PATH", dir_okay=False)] = None,
+         junit: Annotated[Path | None, typer.Option("--junit", metavar="PATH", dir_okay=False,
+                                                    help="Write JUnit XML (a testsuite per place).")] = None,
          report: Annotated[Path | None, typer.Option("--report", metavar="PATH", dir_okay=False,
                                                      help="Markdown report (default: build/hil/report.md).")] = None,
          build_first: Annotated[bool, typer.Option("--build", help="Build the default image first.")] = False,
