@@ -20,6 +20,7 @@ it was opened (power, cable, wrong port: infrastructure), else ExpectTimeout
 
 from __future__ import annotations
 
+import codecs
 import re
 import threading
 import time
@@ -42,6 +43,8 @@ class ConsoleDriver:
         self._serial: SerialLike | None = None
         self._reader: threading.Thread | None = None
         self._data = bytearray()
+        self._text = ""  # _data decoded (bad bytes replaced), kept up to date by the reader
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._changed = threading.Condition()
         self._closed = True
         self._closing = False
@@ -103,6 +106,7 @@ class ConsoleDriver:
                             log.flush()
                             with self._changed:
                                 self._data.extend(chunk)
+                                self._text += self._decoder.decode(bytes(chunk))
                                 self._changed.notify_all()
             except Exception:  # the port closed under us (pyserial: "socket disconnected", OSError)
                 pass
@@ -132,13 +136,14 @@ class ConsoleDriver:
 
     @property
     def text(self) -> str:
+        """Everything the board printed while this driver lived (offsets never change)."""
         with self._changed:
-            return self._data.decode(errors="replace")
+            return self._text
 
     def mark(self) -> int:
         """The current end of `text` (an offset for expect(start=...) and log slices)."""
         with self._changed:
-            return len(self._data.decode(errors="replace"))
+            return len(self._text)
 
     def text_since(self, start: int) -> str:
         return self.text[start:]
@@ -152,18 +157,20 @@ class ConsoleDriver:
         regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
         what = what or repr(regex.pattern)
         begin = self.cursor if start is None else start
+        scan = begin  # complete lines before this were already looked at
         deadline = time.monotonic() + timeout
         while True:
             with self._changed:
                 size = len(self._data)
-                text = self._data.decode(errors="replace")
+                text = self._text
                 closed = self._closed
                 silent = size == self._opened_at
-            for line in re.finditer(r"[^\n]*\n", text[begin:]):
-                found = regex.search(text, begin + line.start(), begin + line.end() - 1)
+            for line in re.finditer(r"[^\n]*\n", text[scan:]):
+                found = regex.search(text, scan + line.start(), scan + line.end() - 1)
                 if found:
                     self.cursor = found.end()
                     return found
+            scan = max(scan, text.rfind("\n", scan) + 1)
             if closed:
                 if self._serial is None and not self._reader:
                     raise ConsoleError(f"place {self.place}: the console is not open", "power the board and open it")
