@@ -39,3 +39,47 @@ def read_variable(store: Path, name: str, vendor: uuid.UUID = MANTRA_VENDOR) -> 
                 found = (attributes, value)
         at = data.find(wanted, at + 1)
     return found
+
+
+# MantraSlots (docs/boot-state.md): slot record states. 4 (flashing) is set
+# by MantraBoot's flash mode at BEGIN and replaced by ACTIVATE (pending); it
+# is a well-formed state, never booted.
+STATE_EMPTY, STATE_ACTIVE, STATE_PENDING, STATE_BAD, STATE_FLASHING = range(5)
+STATE_NAMES = {0: "empty", 1: "active", 2: "pending", 3: "bad", 4: "flashing"}
+
+
+def parse_mantra_slots(data: bytes) -> tuple[int, list[tuple[int, int, int, bytes]]]:
+    """A MantraSlots value, checked strictly: (preferred slot, [(state, tries,
+    security counter, envelope hash) for a and b]); ValueError when malformed."""
+    if len(data) != 112 or data[:10] != b"MTRA-ABS\x01\x00" or data[10] > 1 or data[11:16] != bytes(5):
+        raise ValueError(f"malformed MantraSlots header: {data[:16].hex()}")
+    records = []
+    for at in (16, 64):
+        state, tries = data[at], data[at + 1]
+        if state not in STATE_NAMES or (state != STATE_PENDING and tries) or data[at + 2 : at + 8] != bytes(6):
+            raise ValueError(f"malformed MantraSlots record at {at}: {data[at:at + 8].hex()}")
+        records.append((state, tries, struct.unpack_from("<Q", data, at + 8)[0], data[at + 16 : at + 48]))
+    return data[10], records
+
+
+def add_variable(store: Path, name: str, data: bytes, attributes: int,
+                 vendor: uuid.UUID = MANTRA_VENDOR) -> None:
+    """Appends a live variable to an OVMF variable store file (QEMU not
+    running), as the firmware's SetVariable would before a reboot: a
+    header after the last one (each 4-byte aligned), the UTF-16 name, the
+    data. For tests that need a variable the OS cannot write (e.g.
+    MantraFlashMode); it must not exist yet."""
+    raw = bytearray(store.read_bytes())
+    if raw[40:44] != b"_FVH":
+        raise ValueError(f"{store} is not a firmware volume")
+    at = struct.unpack_from("<H", raw, 48)[0] + 28  # FV header, then VARIABLE_STORE_HEADER
+    while struct.unpack_from("<H", raw, at)[0] == _START_ID:
+        name_size, data_size = struct.unpack_from("<II", raw, at + 36)
+        at = (at + _HEADER.size + name_size + data_size + 3) & ~3
+    wanted = name.encode("utf-16-le") + b"\0\0"
+    record = _HEADER.pack(_START_ID, _VAR_ADDED, 0, attributes, 0, bytes(16), 0, len(wanted), len(data),
+                          vendor.bytes_le) + wanted + data
+    if any(b != 0xFF for b in raw[at:at + len(record)]):
+        raise ValueError(f"no free space after the last variable of {store}")
+    raw[at:at + len(record)] = record
+    store.write_bytes(bytes(raw))

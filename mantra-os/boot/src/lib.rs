@@ -1,10 +1,15 @@
 //! MantraBoot's machine-independent logic, host-testable: the page-table
 //! builder, the conversion of the UEFI memory map into BootInfo regions and
 //! the checks and sizing of the kernel's memory layout, the A/B slot state
-//! machine and the TPM commands MantraBoot marshals itself. (Sizing TCG
+//! machine, the TPM commands MantraBoot marshals itself and flash mode's
+//! protocol (frames, the session state machine). (Sizing TCG
 //! event log entries is `mantra_bootinfo::eventlog`.) The UEFI application
 //! itself is `main.rs` (built for `x86_64-unknown-uefi` only).
 #![no_std]
+
+extern crate alloc;
+
+pub mod flash;
 
 pub mod layout;
 pub mod memmap;

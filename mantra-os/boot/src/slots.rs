@@ -64,6 +64,11 @@ pub enum State {
     Pending = 2,
     /// Failed a check, or ran out of tries.
     Bad = 3,
+    /// Being written by flash mode (docs/flash-protocol.md): set by BEGIN,
+    /// replaced by ACTIVATE (pending). Never booted, and never changed by
+    /// the boot logic ([`decide`] keeps it as it is), so an interrupted
+    /// flash leaves it unbootable until a flash of it finishes.
+    Flashing = 4,
 }
 
 impl State {
@@ -73,6 +78,7 @@ impl State {
             1 => Some(State::Active),
             2 => Some(State::Pending),
             3 => Some(State::Bad),
+            4 => Some(State::Flashing),
             _ => None,
         }
     }
@@ -82,6 +88,7 @@ impl State {
             State::Active => "active",
             State::Pending => "pending",
             State::Bad => "bad",
+            State::Flashing => "flashing",
         }
     }
 }
@@ -284,6 +291,9 @@ pub enum Event {
     Refused,
     /// It was installed before and is empty now.
     Emptied,
+    /// Its record says flashing (a flash began and has not been activated):
+    /// kept as it is, not booted.
+    Flashing,
 }
 
 /// A slot to boot.
@@ -356,6 +366,12 @@ pub fn decide(stored: Option<Slots>, found: [Found; 2], minimum: Rollback, tries
     let mut events = [None; 2];
     for slot in Slot::ALL {
         let old = stored.map(|s| *s.record(slot));
+        if let Some(old) = old.filter(|r| r.state == State::Flashing) {
+            // Only flash mode changes a slot it is writing.
+            records[slot.index()] = old;
+            events[slot.index()] = Some(Event::Flashing);
+            continue;
+        }
         let (record, event) = match found[slot.index()] {
             Found::Empty => {
                 (SlotRecord::EMPTY, old.filter(|r| r.state != State::Empty).map(|_| Event::Emptied))
@@ -495,7 +511,7 @@ mod tests {
     fn malformed_records_are_absent() {
         let good = slots(Slot::A, record(State::Active, 0, 1, H1), SlotRecord::EMPTY).encode();
         assert!(Slots::decode(&good[..111]).is_none());
-        for (at, value) in [(0, b'X'), (8, 2), (10, 2), (11, 1), (15, 1), (16, 4), (17, 1), (18, 1), (23, 1), (64, 9)] {
+        for (at, value) in [(0, b'X'), (8, 2), (10, 2), (11, 1), (15, 1), (16, 5), (17, 1), (18, 1), (23, 1), (64, 9)] {
             let mut raw = good;
             raw[at] = value;
             assert!(Slots::decode(&raw).is_none(), "byte {at} = {value}");
@@ -622,6 +638,38 @@ mod tests {
         // No stored variable (fresh device): no raise either.
         let d = decide(None, [good(7, H1), good(7, H1)], MIN0, TRIES);
         assert_eq!(d.rollback, MIN0);
+    }
+
+    #[test]
+    fn flashing_slots_are_kept_and_never_booted() {
+        // State 4 is a well-formed record (not a malformed variable).
+        let stored = slots(Slot::A, record(State::Active, 0, 0, H1), record(State::Flashing, 0, 2, H2));
+        let raw = stored.encode();
+        assert_eq!(raw[64], 4);
+        assert_eq!(Slots::decode(&raw), Some(stored));
+        let mut tries = raw;
+        tries[65] = 1; // tries belong to pending records only
+        assert!(Slots::decode(&tries).is_none());
+        // Whatever the slot holds (half written, refused, even verified), it
+        // stays flashing and a boots.
+        for found_b in [good(2, H2), good(2, [0x33; 32]), Found::Refused { envelope_hash: None }, Found::Empty] {
+            let d = decide(Some(stored), [good(0, H1), found_b], MIN0, TRIES);
+            assert_eq!(d.slots.records[1], record(State::Flashing, 0, 2, H2));
+            assert_eq!(d.events[1], Some(Event::Flashing));
+            assert_eq!(d.boot.map(|b| (b.slot, b.state)), Some((Slot::A, State::Active)));
+            assert!(!d.slots_changed);
+        }
+        // Preferred and flashing (never the case flash mode makes, but a
+        // variable can say it): nothing else bootable means no boot.
+        let stored = slots(Slot::B, record(State::Bad, 0, 0, H1), record(State::Flashing, 0, 2, H2));
+        let d = decide(Some(stored), [good(0, H1), good(2, H2)], MIN0, TRIES);
+        assert_eq!(d.boot, None);
+        assert_eq!(d.slots.records[1].state, State::Flashing);
+        // A flashing preferred slot never raises the minimums.
+        let stored = slots(Slot::B, record(State::Active, 0, 0, H1), record(State::Flashing, 0, 7, H2));
+        let d = decide(Some(stored), [good(0, H1), good(7, H2)], MIN0, TRIES);
+        assert_eq!(d.rollback, MIN0);
+        assert_eq!(d.boot.map(|b| b.slot), Some(Slot::A));
     }
 
     #[test]

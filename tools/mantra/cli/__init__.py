@@ -12,7 +12,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mantra import proc
-from mantra.cli import attest, bench, boards, build, config, docs, flash, fuzz, keys, menuconfig, run, sign, slot, test, verify
+from mantra.cli import (attest, bench, boards, build, config, docs, flash, fuzz, hil, keys, menuconfig, run, sign,
+                        slot, test, verify)
 from mantra.console import err
 from mantra.errors import MantraError
 from mantra.workspace import Workspace
@@ -56,7 +57,8 @@ def _root(
     ctx.obj = Workspace.locate(workspace)
 
 
-for module in (config, menuconfig, build, run, test, boards, docs, fuzz, bench, keys, sign, verify, slot, flash, attest):
+for module in (config, menuconfig, build, run, test, boards, docs, fuzz, bench, keys, sign, verify, slot, flash, attest,
+               hil):
     module.register(app)
 
 

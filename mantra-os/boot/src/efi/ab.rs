@@ -29,8 +29,8 @@ use mantra_boot::memmap;
 /// GPT partition type of an A/B slot.
 const SLOT_TYPE: Guid = guid!("5f0f1e43-6d61-4e74-8a4f-534c4f543031");
 /// The vendor GUID of every MantraOS variable.
-const VENDOR: VariableVendor = VariableVendor(guid!("b1237644-3bb1-4cbd-a419-51a543783796"));
-const SLOTS_VAR: &CStr16 = cstr16!("MantraSlots");
+pub(super) const VENDOR: VariableVendor = VariableVendor(guid!("b1237644-3bb1-4cbd-a419-51a543783796"));
+pub(super) const SLOTS_VAR: &CStr16 = cstr16!("MantraSlots");
 const CURRENT_VAR: &CStr16 = cstr16!("MantraBootCurrent");
 const ROLLBACK_VAR: &CStr16 = cstr16!("MantraRollback");
 /// What to do when no slot can boot.
@@ -38,7 +38,7 @@ const NOTHING_HINT: &str = "install a signed image into a slot (./mantra slot in
 const VAR_HINT: &str = "check the firmware's variable store (under QEMU: delete firmware-vars.fd beside the image)";
 const TPM_HINT: &str = "check the TPM (firmware setup; under QEMU, swtpm: delete tpm/ beside the image for a fresh one)";
 
-fn nv_store() -> VariableAttributes {
+pub(super) fn nv_store() -> VariableAttributes {
     VariableAttributes::NON_VOLATILE | VariableAttributes::BOOTSERVICE_ACCESS
 }
 
@@ -51,14 +51,33 @@ pub struct SlotImage {
 }
 
 /// Why a slot was refused or is empty, and its envelope hash if known.
-struct Refusal {
-    what: String,
+pub(super) struct Refusal {
+    pub(super) what: String,
     envelope_hash: Option<[u8; 32]>,
 }
 
+/// What [`choose`] decided.
+pub enum Choice {
+    Boot(SlotImage),
+    /// No slot can boot: why (the caller enters flash mode).
+    Nothing(Fatal),
+}
+
+/// The rollback minimums in force (the variable and the TPM NV index),
+/// read without changing anything (flash mode's BEGIN checks against them).
+pub fn minimums() -> Result<Rollback, Fatal> {
+    let mut tpm = Tpm::open()?;
+    let var_minimum = read_rollback()?;
+    let nv_minimum = match tpm.as_mut() {
+        Some(tpm) => tpm.read_minimum()?,
+        None => None,
+    };
+    Ok(var_minimum.unwrap_or_default().max(nv_minimum.flatten().unwrap_or_default()))
+}
+
 /// Everything up to the choice: see the module comment. Returns the slot to
-/// boot, or stops with `no bootable slot`.
-pub fn choose() -> Result<SlotImage, Fatal> {
+/// boot, or why nothing can boot.
+pub fn choose() -> Result<Choice, Fatal> {
     let start = rdtsc();
     let mut verify_tsc = 0u64;
     let handles = find_slots()?;
@@ -90,6 +109,10 @@ pub fn choose() -> Result<SlotImage, Fatal> {
     let mut reasons: [String; 2] = [String::new(), String::new()];
     for slot in Slot::ALL {
         let i = slot as usize;
+        if stored.is_some_and(|s| s.record(slot).state == State::Flashing) {
+            // Half written, perhaps: never read, never booted (decide keeps it).
+            continue;
+        }
         let slot_start = rdtsc();
         let loaded = load_slot(slot, handles[i], minimum);
         verify_tsc += rdtsc().wrapping_sub(slot_start);
@@ -148,10 +171,10 @@ pub fn choose() -> Result<SlotImage, Fatal> {
         for image in images.into_iter().flatten() {
             image.bootfs.free();
         }
-        return Err(Fatal::new(
+        return Ok(Choice::Nothing(Fatal::new(
             format!("no bootable slot: slot a {}, slot b {}", reasons[0], reasons[1]),
             NOTHING_HINT,
-        ));
+        )));
     };
     write_var(
         CURRENT_VAR,
@@ -190,7 +213,7 @@ pub fn choose() -> Result<SlotImage, Fatal> {
         ),
         _ => say!("MantraBoot: booting slot {} (active, security counter {})", boot.slot.name(), boot.security_counter),
     }
-    Ok(image)
+    Ok(Choice::Boot(image))
 }
 
 /// The console lines for what changed, and the reasons of slots that turned
@@ -227,13 +250,17 @@ fn report_events(decision: &Decision, reasons: &mut [String; 2]) {
                 reasons[i] = String::from("bad (marked bad on an earlier boot)");
             }
             Some(Event::Emptied) => say!("MantraBoot: slot {n}: now empty"),
+            Some(Event::Flashing) => {
+                say!("MantraBoot: slot {n}: flashing (a flash began and was not activated): not booted; flash it again (./mantra flash)");
+                reasons[i] = String::from("flashing (an unfinished flash)");
+            }
             Some(Event::Factory) | Some(Event::Refused) | None => {}
         }
     }
 }
 
 /// The handles of the partitions `slot-a` and `slot-b` of the slot type.
-fn find_slots() -> Result<[Option<Handle>; 2], Fatal> {
+pub(super) fn find_slots() -> Result<[Option<Handle>; 2], Fatal> {
     let mut found = [None, None];
     let handles = match boot::locate_handle_buffer(SearchType::ByProtocol(&PartitionInfo::GUID)) {
         Ok(handles) => handles,
@@ -282,7 +309,7 @@ fn find_slots() -> Result<[Option<Handle>; 2], Fatal> {
 /// Reads and verifies one slot. `Ok(Err(why))`: empty (no partition, or
 /// no file system); `Err`: refused (a file system without a signed
 /// manifest is an unsigned image, refused).
-fn load_slot(slot: Slot, handle: Option<Handle>, minimum: Rollback) -> Result<Result<SlotImage, &'static str>, Refusal> {
+pub(super) fn load_slot(slot: Slot, handle: Option<Handle>, minimum: Rollback) -> Result<Result<SlotImage, &'static str>, Refusal> {
     let Some(handle) = handle else { return Ok(Err("no partition slot-x of the slot type")) };
     let refusal = |fatal: Fatal, hash| Refusal { what: fatal.what, envelope_hash: hash };
     let name = match slot {
@@ -370,7 +397,7 @@ fn load_slot(slot: Slot, handle: Option<Handle>, minimum: Rollback) -> Result<Re
 
 /// A variable's bytes and attributes; `None` when it does not exist or is
 /// larger than `N`.
-fn read_var<const N: usize>(name: &CStr16, what: &str) -> Result<Option<(Vec<u8>, VariableAttributes)>, Fatal> {
+pub(super) fn read_var<const N: usize>(name: &CStr16, what: &str) -> Result<Option<(Vec<u8>, VariableAttributes)>, Fatal> {
     let mut buf = [0u8; N];
     match runtime::get_variable(name, &VENDOR, &mut buf) {
         Ok((data, attributes)) => Ok(Some((Vec::from(&*data), attributes))),
@@ -384,7 +411,7 @@ fn read_var<const N: usize>(name: &CStr16, what: &str) -> Result<Option<(Vec<u8>
 }
 
 /// `MantraSlots`; `None` when missing or malformed.
-fn read_slots() -> Result<Option<Slots>, Fatal> {
+pub(super) fn read_slots() -> Result<Option<Slots>, Fatal> {
     let Some((data, _)) = read_var::<{ slots::SLOTS_SIZE + 1 }>(SLOTS_VAR, "MantraSlots")? else { return Ok(None) };
     let decoded = Slots::decode(&data);
     if decoded.is_none() {
@@ -413,7 +440,7 @@ fn read_rollback() -> Result<Option<Rollback>, Fatal> {
 
 /// Writes a variable with exactly `attributes` (deleting one that has
 /// others first: SetVariable refuses to change them).
-fn write_var(name: &CStr16, attributes: VariableAttributes, data: &[u8], what: &str) -> Result<(), Fatal> {
+pub(super) fn write_var(name: &CStr16, attributes: VariableAttributes, data: &[u8], what: &str) -> Result<(), Fatal> {
     let mut probe = [0u8; 1];
     let existing = match runtime::get_variable(name, &VENDOR, &mut probe) {
         Ok((_, a)) => Some(a),

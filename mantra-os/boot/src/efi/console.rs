@@ -69,7 +69,7 @@ impl Write for Serial {
 
 /// # Safety
 /// Reading `port` must have no side effect that breaks the machine's state.
-unsafe fn inb(port: u16) -> u8 {
+pub(super) unsafe fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: the caller vouches for the port; `in` touches no memory.
     unsafe { core::arch::asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) };
@@ -78,7 +78,7 @@ unsafe fn inb(port: u16) -> u8 {
 
 /// # Safety
 /// Writing `value` to `port` must be harmless for the device behind it.
-unsafe fn outb(port: u16, value: u8) {
+pub(super) unsafe fn outb(port: u16, value: u8) {
     // SAFETY: the caller vouches for the port; `out` touches no memory.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
 }

@@ -5,10 +5,12 @@ mod console;
 mod ab;
 mod fail;
 mod files;
+mod flash;
 mod handoff;
 mod kernel;
 mod measure;
 mod platform;
+mod uart;
 mod verify;
 
 use alloc::vec::Vec;
@@ -47,8 +49,24 @@ fn run() -> Result<core::convert::Infallible, Fatal> {
     //    of it is parsed; the state machine picks the slot to boot and
     //    records it (UEFI variables, TPM NV index) before anything of it runs.
     //    The file system handles are closed before ExitBootServices.
+    //    Flash mode first when asked for (MantraFlashMode, or MANTRA-FLASH
+    //    on the console), and whenever no slot can boot.
+    let clock = uart::Clock::calibrate();
+    let mut request = flash::requested(&clock)?;
+    let chosen = loop {
+        if let Some(why) = request.take() {
+            flash::run(why, uart::Clock::calibrate())?;
+        }
+        match ab::choose()? {
+            ab::Choice::Boot(image) => break image,
+            ab::Choice::Nothing(fatal) => {
+                say!("MantraBoot: error: {}; {}", fatal.what, fatal.hint);
+                request = Some(flash::Why::NothingBootable);
+            }
+        }
+    };
     let (kernel_file, bootfs, cmdline, event_log) = {
-        let ab::SlotImage { image, kernel: kernel_file, bootfs, cmdline: cmdline_file } = ab::choose()?;
+        let ab::SlotImage { image, kernel: kernel_file, bootfs, cmdline: cmdline_file } = chosen;
         image.report();
 
         // 1b. Measured boot: the verified manifest and files into the TPM

@@ -24,6 +24,9 @@ pub const STATE_EMPTY: u8 = 0;
 pub const STATE_ACTIVE: u8 = 1;
 pub const STATE_PENDING: u8 = 2;
 pub const STATE_BAD: u8 = 3;
+/// Being written by MantraBoot's flash mode (docs/flash-protocol.md): a
+/// valid record, never booted, never confirmed.
+pub const STATE_FLASHING: u8 = 4;
 
 /// `a` or `b`.
 pub fn slot_name(slot: u8) -> char {
@@ -81,6 +84,8 @@ pub enum SlotsError {
     Malformed(String),
     /// The booted slot's record names other contents than MantraBoot booted.
     HashMismatch { slot: u8 },
+    /// The booted slot's record says a flash of it is in progress.
+    Flashing { slot: u8 },
 }
 
 impl core::fmt::Display for SlotsError {
@@ -90,6 +95,11 @@ impl core::fmt::Display for SlotsError {
             SlotsError::HashMismatch { slot } => write!(
                 f,
                 "the {SLOTS} record of slot {} does not match the booted envelope hash",
+                slot_name(*slot)
+            ),
+            SlotsError::Flashing { slot } => write!(
+                f,
+                "the {SLOTS} record of slot {} says it is being flashed",
                 slot_name(*slot)
             ),
         }
@@ -112,7 +122,7 @@ pub fn check_slots(b: &[u8]) -> Result<(), SlotsError> {
     for slot in 0..2 {
         let r = &b[SLOT_RECORDS_AT + slot * SLOT_RECORD..][..SLOT_RECORD];
         let tries_ok = r[0] == STATE_PENDING || r[1] == 0;
-        if r[0] > STATE_BAD || !tries_ok || r[2..8] != [0; 6] {
+        if r[0] > STATE_FLASHING || !tries_ok || r[2..8] != [0; 6] {
             return bad(&format!("record of slot {} is malformed", slot_name(slot as u8)));
         }
     }
@@ -127,6 +137,11 @@ pub fn confirm_slots(slots: &[u8], current: &BootCurrent) -> Result<[u8; SLOTS_S
     let mut out = [0u8; SLOTS_SIZE];
     out.copy_from_slice(slots);
     let at = SLOT_RECORDS_AT + usize::from(current.slot) * SLOT_RECORD;
+    if out[at] == STATE_FLASHING {
+        // MantraBoot never boots a slot that is being flashed: this record
+        // is newer than the boot (a flash began since), so leave it alone.
+        return Err(SlotsError::Flashing { slot: current.slot });
+    }
     if out[at + 16..at + 48] != current.envelope_hash {
         return Err(SlotsError::HashMismatch { slot: current.slot });
     }
@@ -211,11 +226,25 @@ mod tests {
     }
 
     #[test]
+    fn a_flashing_record_is_well_formed_but_never_confirmed() {
+        let (_, cur) = current(1, STATE_PENDING);
+        let mut other_flashing = slots();
+        // a is being flashed: b still confirms, a's record is kept.
+        other_flashing[16] = STATE_FLASHING;
+        let after = confirm_slots(&other_flashing, &cur).unwrap();
+        assert_eq!((after[16], after[64], after[10]), (STATE_FLASHING, STATE_ACTIVE, 1));
+        let mut booted_flashing = slots();
+        booted_flashing[64] = STATE_FLASHING;
+        booted_flashing[65] = 0;
+        assert_eq!(confirm_slots(&booted_flashing, &cur), Err(SlotsError::Flashing { slot: 1 }));
+    }
+
+    #[test]
     fn malformed_slot_tables_are_refused() {
         let (_, cur) = current(1, STATE_PENDING);
         assert!(matches!(confirm_slots(&slots()[..111], &cur), Err(SlotsError::Malformed(_))));
         // magic, version, preferred, header reserved, state, tries on a non-pending record, record reserved
-        for (at, value) in [(0, b'x'), (9, 1), (10, 2), (12, 1), (16, 4), (17, 1), (66, 1)] {
+        for (at, value) in [(0, b'x'), (9, 1), (10, 2), (12, 1), (16, 5), (17, 1), (66, 1)] {
             let mut bad = slots();
             bad[at] = value;
             assert!(matches!(confirm_slots(&bad, &cur), Err(SlotsError::Malformed(_))), "byte {at} = {value}");
