@@ -98,8 +98,10 @@ fn try_short(frame: &mut TrapFrame) {
     }
     let cpu = sched::this_cpu();
     let Some(me) = sched::current_on(cpu) else { return };
-    let endpoint = me.process().handles.lock().get_checked(
-        crate::syscall::handle_arg(frame.rdi),
+    // The raw lookup: a value above u32 names no handle here, nor in the
+    // general path (handle_arg makes it the invalid handle).
+    let endpoint = me.process().handles.lock().get_checked_raw(
+        frame.rdi,
         rights::READ | rights::WRITE,
         |object: &Object| match object {
             Object::Channel(endpoint) => Some(endpoint.clone()),
