@@ -92,6 +92,15 @@ impl CapNode {
     /// steps) comparing every recorded epoch with the parent's current one.
     #[inline]
     pub fn is_valid(&self) -> bool {
+        // A root (most capabilities) is valid: no loop to enter (the walk is
+        // out of line, so the common case is one compare, without the loop
+        // head's alignment padding).
+        self.parent.is_none() || self.ancestors_valid()
+    }
+
+    /// `is_valid` of a derived node: the walk to the root.
+    #[inline(never)]
+    fn ancestors_valid(&self) -> bool {
         let mut node = self;
         while let Some(parent) = &node.parent {
             if parent.epoch.load(Ordering::Acquire) != node.parent_epoch {

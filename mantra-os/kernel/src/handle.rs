@@ -187,6 +187,31 @@ impl<O> HandleTable<O> {
         }
     }
 
+    /// [`Self::get_checked`] of a raw syscall argument, the way the IPC
+    /// fast path reads it: the low [`Handle::INDEX_BITS`] bits are the
+    /// index, all the bits above them the generation, so a value above
+    /// `u32::MAX` (which names no handle) fails the generation compare
+    /// (slots' generations are at most [`MAX_GENERATION`]) without a test of
+    /// its own. Same results as `get_checked(Handle(raw as u32), ..)` for
+    /// values up to `u32::MAX`, and `BadHandle` above.
+    #[inline]
+    pub fn get_checked_raw<T>(&self, raw: u64, required: u32, extract: impl FnOnce(&O) -> Option<T>) -> Result<T, Error> {
+        let index = (raw & ((1 << Handle::INDEX_BITS) - 1)) as usize;
+        let cap = match self.slots.get(index) {
+            Some(Slot { generation, state: SlotState::Used(cap) })
+                if u64::from(*generation) == raw >> Handle::INDEX_BITS && cap.is_valid() =>
+            {
+                cap
+            }
+            _ => return Err(Error::BadHandle),
+        };
+        let object = extract(&cap.object).ok_or(Error::WrongType)?;
+        if !cap.has_rights(required) {
+            return Err(Error::AccessDenied);
+        }
+        Ok(object)
+    }
+
     /// Looks `h` up for a syscall that needs a particular kind of object and
     /// `required` rights. `extract` returns the typed object (e.g. clones
     /// the `Arc<Channel>` out of the object enum) or `None` for another kind.
@@ -591,6 +616,29 @@ mod tests {
     enum Obj {
         Channel(u32),
         Port(u32),
+    }
+
+    #[test]
+    fn get_checked_raw_matches_get_checked() {
+        let mut t = HandleTable::<Obj>::new();
+        let ch = t.insert(Capability::new(Obj::Channel(1), READ | WRITE)).unwrap();
+        let ro = t.insert(Capability::new(Obj::Channel(2), READ)).unwrap();
+        let p = t.insert(Capability::new(Obj::Port(3), ALL)).unwrap();
+        let closed = t.insert(Capability::new(Obj::Channel(4), ALL)).unwrap();
+        t.remove(closed).unwrap();
+        let as_channel = |o: &Obj| match o {
+            Obj::Channel(c) => Some(*c),
+            _ => None,
+        };
+        let stale = Handle::new(ch.index(), ch.generation() + 1);
+        for h in [ch, ro, p, closed, stale, Handle::INVALID, Handle(0x1234_5678), Handle(u32::MAX)] {
+            assert_eq!(t.get_checked_raw(u64::from(h.0), READ | WRITE, as_channel), t.get_checked(h, READ | WRITE, as_channel));
+        }
+        // Above u32: no handle, even when the low bits name a live one.
+        for high in [1u64 << 32, 1 << 48, u64::MAX << 32] {
+            assert_eq!(t.get_checked_raw(high | u64::from(ch.0), READ | WRITE, as_channel), Err(Error::BadHandle));
+        }
+        assert_eq!(t.get_checked_raw(u64::MAX, READ, as_channel), Err(Error::BadHandle));
     }
 
     #[test]

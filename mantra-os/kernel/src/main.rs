@@ -3,6 +3,9 @@
 //! (host-tested); CPU specifics behind `arch`.
 #![no_std]
 #![no_main]
+// The IPC fast path's entry (fastpath::syscall_short) saves no registers:
+// the SYSCALL shim that calls it restores all of them from the TrapFrame.
+#![feature(rust_preserve_none_cc)]
 // The kernel test build runs its tests instead of starting MantraInit, so
 // the parts only user space reaches are unused there.
 #![cfg_attr(feature = "ktest", allow(dead_code))]

@@ -188,7 +188,9 @@ const EMPTY_SLOT: CpuSlot = CpuSlot {
 };
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
-/// Context switches performed (all CPUs).
+/// Context switches performed (all CPUs), but those of the register
+/// fast path (`fastpath::EXCHANGES`). `hand_off` leaves the count to its
+/// caller.
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
 
 pub fn init(cpus: usize) {
@@ -207,7 +209,7 @@ fn cpu() -> usize {
 /// always is), so the slot lookups need no bounds checks.
 #[inline(always)]
 pub fn this_cpu() -> usize {
-    percpu::current().index & (MAX_CPUS - 1)
+    percpu::current_index() & (MAX_CPUS - 1)
 }
 
 /// The thread running on CPU `cpu` (this one: `this_cpu`).
@@ -376,7 +378,10 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     target.set_last_cpu(cpu);
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(target.kernel_stack_top());
-    target.process().space().activate();
+    // SAFETY: the root of the target's space, which its process keeps
+    // alive, and the target (this CPU's current thread from here on) keeps
+    // its process.
+    unsafe { crate::space::activate_root(target.space_root()) };
     let left = slot.current.with(|c| c.replace(target));
     // Dropping the thread released before is fine: this CPU left its
     // stack then.
@@ -384,7 +389,6 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     if let Some(thread) = released {
         drop(thread);
     }
-    SWITCHES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Ends the current thread: never returns.

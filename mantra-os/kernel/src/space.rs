@@ -133,11 +133,34 @@ pub struct Space {
     inner: SpinLock<SpaceInner>,
 }
 
+/// Loads the address space whose root table is `root` into CR3 unless CR3
+/// holds exactly that value already (the kernel sets no flag bits in CR3,
+/// so the compare needs no mask; a mismatch would only cost a reload). The
+/// IPC fast path's `Space::activate`, from `Thread::space_root`.
+///
+/// # Safety
+/// `root` must be the root of a live Space (`Space::root`) that stays alive
+/// while it is loaded (e.g. the space of the thread this CPU switches to).
+#[inline(always)]
+pub unsafe fn activate_root(root: u64) {
+    if cpu::read_cr3() != root {
+        // SAFETY: a live space's root (caller's contract), which shares the
+        // kernel half: the running kernel code, stacks and data stay mapped.
+        unsafe { cpu::write_cr3(root) };
+    }
+}
+
 impl Space {
     pub fn new() -> Result<Arc<Self>, Error> {
         let tables = memory::new_user_tables().map_err(|_| Error::NoMemory)?;
         let root = tables.root().as_u64();
         Ok(Arc::new(Self { koid: next_koid(), root, inner: SpinLock::new(SpaceInner { tables, mappings: Mappings::new() }) }))
+    }
+
+    /// The physical address of the root table (what CR3 holds while the
+    /// space is loaded); fixed for the space's life.
+    pub fn root(&self) -> u64 {
+        self.root
     }
 
     /// Loads this space into CR3 if it is not already there.

@@ -30,7 +30,8 @@ use crate::space::Vmo;
 use crate::task::{Process, Thread};
 use crate::uaccess::{UserPtr, UserSlice};
 
-/// Syscalls handled (all CPUs), for statistics.
+/// Syscalls handled (all CPUs), for statistics, but the register calls the
+/// fast path completed (`fastpath::EXCHANGES`).
 pub static COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread and its process.

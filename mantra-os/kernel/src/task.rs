@@ -43,6 +43,13 @@ pub struct Thread {
     /// thread keeps to its CPU unless the scheduler steals it).
     last_cpu: AtomicU64,
     kstack_slot: u64,
+    /// `layout::stack_top(kstack_slot)`, computed once (the IPC fast path
+    /// reads it on every hand-off).
+    kstack_top: u64,
+    /// The root table of its process's address space (`Space::root`, fixed
+    /// for the space's life, which the process, and so the thread, keeps):
+    /// what a switch to it loads into CR3, one load away.
+    space_root: u64,
     /// Saved kernel RSP while switched out.
     context: UnsafeCell<u64>,
     pub signals: SpinLock<SignalState<crate::object::Sink>>,
@@ -98,6 +105,8 @@ impl Thread {
             affinity: AtomicU64::new(u64::MAX),
             last_cpu: AtomicU64::new(u64::MAX),
             kstack_slot: slot,
+            kstack_top: layout::stack_top(slot),
+            space_root: process.space().root(),
             context: UnsafeCell::new(0),
             signals: SpinLock::new(SignalState::new(0)),
             started: AtomicBool::new(false),
@@ -138,10 +147,17 @@ impl Thread {
     pub fn process(&self) -> &Arc<Process> {
         &self.process
     }
+    #[inline]
     pub fn kernel_stack_top(&self) -> u64 {
-        layout::stack_top(self.kstack_slot)
+        self.kstack_top
+    }
+    /// The root table of its address space (see `space::activate_root`).
+    #[inline]
+    pub fn space_root(&self) -> u64 {
+        self.space_root
     }
     /// Where the thread's user registers are saved while it is in the kernel.
+    #[inline]
     pub fn trap_frame(&self) -> *mut crate::arch::x86_64::TrapFrame {
         (self.kernel_stack_top() - core::mem::size_of::<crate::arch::x86_64::TrapFrame>() as u64) as *mut _
     }

@@ -16,6 +16,8 @@ pub const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 /// Offsets used by assembly.
 pub const OFFSET_KERNEL_RSP: usize = 8;
 pub const OFFSET_USER_RSP: usize = 16;
+/// Of `index`, read by `current_index`.
+const OFFSET_INDEX: usize = 24;
 
 #[repr(C, align(64))]
 pub struct PerCpu {
@@ -32,6 +34,7 @@ pub struct PerCpu {
 
 const _: () = assert!(core::mem::offset_of!(PerCpu, kernel_rsp) == OFFSET_KERNEL_RSP);
 const _: () = assert!(core::mem::offset_of!(PerCpu, user_rsp) == OFFSET_USER_RSP);
+const _: () = assert!(core::mem::offset_of!(PerCpu, index) == OFFSET_INDEX);
 
 static mut BSP: PerCpu = PerCpu::new(0, 0);
 static ONLINE: AtomicUsize = AtomicUsize::new(0);
@@ -94,6 +97,20 @@ pub fn init_ap(index: usize, apic_id: u32) -> &'static mut PerCpu {
     }
     // SAFETY: as above; the reference is this CPU's only handle on it.
     unsafe { &mut *ptr }
+}
+
+/// This CPU's dense index (`PerCpu::index`), in one GS-relative load.
+/// Only valid after `init_bsp`/`init_ap` on this CPU.
+#[inline(always)]
+pub fn current_index() -> usize {
+    let index: usize;
+    // SAFETY: GS base points at this CPU's PerCpu whenever kernel code runs;
+    // `index` sits at OFFSET_INDEX and is written once, before activation.
+    unsafe {
+        core::arch::asm!("mov {}, gs:[{off}]", out(reg) index, off = const OFFSET_INDEX,
+                         options(nostack, readonly, preserves_flags))
+    };
+    index
 }
 
 /// This CPU's area. Only valid after `init_bsp`/`init_ap` on this CPU.

@@ -58,8 +58,10 @@ global_asm!(
     "3:",
     "push rax", "push rbx", "push rcx", "push rdx", "push rsi", "push rdi", "push rbp",
     "push r8", "push r9", "push r10", "push r11", "push r12", "push r13", "push r14", "push r15",
-    // (No CLD: SYSCALL cleared DF, see FMASK.)
-    "mov rdi, rsp",
+    // (No CLD: SYSCALL cleared DF, see FMASK.) The frame is the first
+    // argument of extern "rust-preserve-none", which is R12; that
+    // convention keeps no register for us: mantra_trap_return reloads all.
+    "mov r12, rsp",
     "call {short}",
     "jmp mantra_trap_return",
     call_short = const mantra_abi::nr::CHANNEL_CALL_SHORT,
