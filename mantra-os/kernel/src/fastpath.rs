@@ -99,19 +99,21 @@ fn try_short(frame: &mut TrapFrame) {
     let cpu = sched::this_cpu();
     let Some(me) = sched::current_on(cpu) else { return };
     // The raw lookup: a value above u32 names no handle here, nor in the
-    // general path (handle_arg makes it the invalid handle).
-    let endpoint = me.process().handles.lock().get_checked_raw(
-        frame.rdi,
-        rights::READ | rights::WRITE,
-        |object: &Object| match object {
-            Object::Channel(endpoint) => Some(endpoint.clone()),
-            _ => None,
-        },
-    );
-    let Ok(endpoint) = endpoint else { return };
-    if me.process().is_dead() {
+    // general path (handle_arg makes it the invalid handle). A busy table
+    // (another thread of the process changing it) sends the call down the
+    // general path, which waits for it.
+    let process = me.process();
+    let Some(handles) = process.handles.try_lock() else { return };
+    // (Checked under the lock only because the process is at hand there.)
+    if process.is_dead() {
         return;
     }
+    let endpoint = handles.find_raw(frame.rdi, rights::READ | rights::WRITE, |object: &Object| match object {
+        Object::Channel(endpoint) => Some(endpoint),
+        _ => None,
+    });
+    let Some(endpoint) = endpoint.cloned() else { return };
+    drop(handles);
     let my_class = me.priority_class();
     let endpoint_ptr = Arc::as_ptr(&endpoint);
     // The caller's receive is in place before it is on the list: a sender
