@@ -99,26 +99,35 @@ fn try_short(frame: &mut TrapFrame) {
     let cpu = sched::this_cpu();
     let Some(me) = sched::current_on(cpu) else { return };
     // The raw lookup: a value above u32 names no handle here, nor in the
-    // general path (handle_arg makes it the invalid handle).
-    let endpoint = me.process().handles.lock().get_checked_raw(
-        frame.rdi,
-        rights::READ | rights::WRITE,
-        |object: &Object| match object {
-            Object::Channel(endpoint) => Some(endpoint.clone()),
-            _ => None,
-        },
-    );
-    let Ok(endpoint) = endpoint else { return };
-    if me.process().is_dead() {
+    // general path (handle_arg makes it the invalid handle). A busy table
+    // (another thread of the process changing it) sends the call down the
+    // general path, which waits for it.
+    let process: &crate::task::Process = me.process();
+    let Some(handles) = process.handles.try_lock() else { return };
+    // (Checked under the lock only because the process is at hand there.)
+    if process.is_dead() {
         return;
     }
+    let endpoint = handles.find_raw(frame.rdi, rights::READ | rights::WRITE, |object: &Object| match object {
+        Object::Channel(endpoint) => Some(endpoint),
+        _ => None,
+    });
+    let Some(endpoint) = endpoint.cloned() else { return };
+    drop(handles);
     let my_class = me.priority_class();
     let endpoint_ptr = Arc::as_ptr(&endpoint);
     // The caller's receive is in place before it is on the list: a sender
     // on another CPU reads it as soon as it finds the thread there.
     // SAFETY: `me` is the running thread.
     let my_wait = unsafe { me.wait() };
-    *my_wait = Some(ReceiveWait::registers(endpoint));
+    // A running thread waits for nothing: every receive takes its wait
+    // back before the thread returns to user mode (resume_parked, the fast
+    // paths' targets, a failed park), so there is no old value to drop and
+    // the wait is written in place (were one there, it would only leak).
+    debug_assert!(my_wait.is_none());
+    // SAFETY: `my_wait` is a valid, exclusive reference (see above); not
+    // dropping its old value is sound in any case.
+    unsafe { core::ptr::write(my_wait, Some(ReceiveWait::registers(endpoint))) };
     // SAFETY: the Arc just moved into the caller's wait keeps the endpoint
     // alive: nobody but this CPU touches that wait until the caller is on
     // the endpoint's list, and then only once this CPU has left the

@@ -212,6 +212,19 @@ impl<O> HandleTable<O> {
         Ok(object)
     }
 
+    /// The IPC fast path's lookup: `Some` exactly when
+    /// [`Self::get_checked_raw`] is `Ok`, with the object `extract` borrows
+    /// (the caller clones what it keeps, under the table's lock). Which
+    /// check failed does not matter there (the general path then runs the
+    /// call), so the kind comes first: its test is the slot's "in use" test.
+    #[inline]
+    pub fn find_raw<'a, T>(&'a self, raw: u64, required: u32, extract: impl FnOnce(&'a O) -> Option<T>) -> Option<T> {
+        let index = (raw & ((1 << Handle::INDEX_BITS) - 1)) as usize;
+        let Slot { generation, state: SlotState::Used(cap) } = self.slots.get(index)? else { return None };
+        let object = extract(&cap.object)?;
+        (u64::from(*generation) == raw >> Handle::INDEX_BITS && cap.has_rights(required) && cap.is_valid()).then_some(object)
+    }
+
     /// Looks `h` up for a syscall that needs a particular kind of object and
     /// `required` rights. `extract` returns the typed object (e.g. clones
     /// the `Arc<Channel>` out of the object enum) or `None` for another kind.
@@ -631,12 +644,30 @@ mod tests {
             _ => None,
         };
         let stale = Handle::new(ch.index(), ch.generation() + 1);
+        let as_channel_ref = |o: &Obj| match o {
+            Obj::Channel(c) => Some(*c),
+            _ => None,
+        };
         for h in [ch, ro, p, closed, stale, Handle::INVALID, Handle(0x1234_5678), Handle(u32::MAX)] {
             assert_eq!(t.get_checked_raw(u64::from(h.0), READ | WRITE, as_channel), t.get_checked(h, READ | WRITE, as_channel));
+            for required in [0, READ, READ | WRITE] {
+                assert_eq!(
+                    t.find_raw(u64::from(h.0), required, as_channel_ref),
+                    t.get_checked(h, required, as_channel).ok()
+                );
+            }
         }
+        // A revoked capability: found by neither.
+        let parent = t.insert(Capability::new(Obj::Channel(5), ALL)).unwrap();
+        let child = t.duplicate(parent, READ | WRITE).unwrap();
+        assert_eq!(t.find_raw(u64::from(child.0), READ, as_channel_ref), Some(5));
+        t.get(parent).unwrap().revoke_descendants();
+        assert_eq!(t.find_raw(u64::from(child.0), READ, as_channel_ref), None);
+        assert_eq!(t.get_checked_raw(u64::from(child.0), READ, as_channel), Err(Error::BadHandle));
         // Above u32: no handle, even when the low bits name a live one.
         for high in [1u64 << 32, 1 << 48, u64::MAX << 32] {
             assert_eq!(t.get_checked_raw(high | u64::from(ch.0), READ | WRITE, as_channel), Err(Error::BadHandle));
+            assert_eq!(t.find_raw(high | u64::from(ch.0), READ | WRITE, as_channel_ref), None);
         }
         assert_eq!(t.get_checked_raw(u64::MAX, READ, as_channel), Err(Error::BadHandle));
     }

@@ -107,6 +107,19 @@ impl Receivers {
         first
     }
 
+    /// `pop_front` when `front` was just seen Some (under the same lock):
+    /// no second test of it.
+    #[inline(always)]
+    fn pop_known_front(&mut self) -> Arc<Thread> {
+        let first = self.first.take();
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+        }
+        // SAFETY: the caller saw `first` Some, under the lock it still
+        // holds (the `&mut self`), and nothing took it since.
+        unsafe { first.unwrap_unchecked() }
+    }
+
     #[inline(always)]
     fn push_back(&mut self, thread: Arc<Thread>) {
         if self.first.is_none() {
@@ -294,7 +307,7 @@ impl Endpoint {
     /// place) as a receiver here (on CPU `cpu`, this one). Applies only when nothing is queued
     /// either way, the peer is open and unobserved, and the peer's first
     /// receiver is parked in a register receive, of a live process, and
-    /// may take this CPU from `me` (`sched::may_hand_off_class`). Returns
+    /// may take this CPU from `me` (`sched::may_take_cpu`). Returns
     /// the receiver, its `on_cpu` flag now held by the caller, who owns its
     /// wake-up; or gives `me` back, having changed nothing.
     #[inline(always)]
@@ -319,21 +332,23 @@ impl Endpoint {
         if receiver.on_cpu.swap(true, Ordering::Acquire) {
             return Err(me); // running, or its CPU is still switching away from it
         }
-        // SAFETY (wait): we hold its on_cpu flag and it is Blocked (checked
-        // first, and it stays so: only the holder of its on_cpu flag runs it).
-        let fits = receiver.state() == ThreadState::Blocked
-            && receiver.parked.load(Ordering::Acquire)
-            && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.buffers.is_none())
+        // Parked in a register receive on this CPU (Blocked, or killed:
+        // then its process is dead), which stays so: only the holder of its
+        // on_cpu flag runs it (Thread::register_park).
+        let fits = receiver.register_park.load(Ordering::Acquire) == cpu as u64 + 1
             && !receiver.process().is_dead()
-            && sched::may_hand_off_class(cpu, my_class, receiver);
+            && sched::may_take_cpu(cpu, my_class, receiver);
         if !fits {
             receiver.on_cpu.store(false, Ordering::Release);
             return Err(me);
         }
-        let Some(receiver) = theirs.receivers.pop_front() else { return Err(me) };
+        let receiver = theirs.receivers.pop_known_front();
         drop(theirs);
         me.parked.store(true, Ordering::Release);
         me.set_state(ThreadState::Blocked);
+        // Its register receive is in place (the caller's), and it runs on
+        // `cpu`; seen by others only once its on_cpu flag drops (Release).
+        me.register_park.store(cpu as u64 + 1, Ordering::Relaxed);
         mine.receivers.push_back(me);
         Ok(receiver)
     }

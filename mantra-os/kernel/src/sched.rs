@@ -331,6 +331,10 @@ pub fn block() {
 /// the caller then completes the receive itself.
 pub fn park_current() {
     if let Some(current) = current() {
+        // SAFETY: `current` is the running thread (its own wait).
+        let registers = unsafe { current.wait() }.as_ref().is_some_and(|w| w.buffers.is_none());
+        // Ordered before the on_cpu flag drops (Release, finish_switch).
+        current.register_park.store(if registers { this_cpu() as u64 + 1 } else { 0 }, Ordering::Relaxed);
         current.parked.store(true, Ordering::Release);
     }
     reschedule();
@@ -350,18 +354,27 @@ pub fn may_hand_off(current: &Thread, target: &Thread) -> bool {
 /// of class `current_class`.
 #[inline(always)]
 pub fn may_hand_off_class(cpu: usize, current_class: u32, target: &Thread) -> bool {
-    let class = target.priority_class();
-    // Homed here: it last ran here, and is pinned here or not at all (a
-    // thread pinned here that last ran elsewhere takes the general path).
-    class >= current_class
-        && target.last_cpu() == Some(cpu)
-        && target.affinity().is_none_or(|pinned| pinned == cpu)
-        // No queued class above the target's.
-        && u32::from(QUEUE_HINTS[cpu].load(Ordering::Acquire)) >> (class + 1) == 0
+    // Homed here: it last ran here (a thread pinned here that last ran
+    // elsewhere takes the general path).
+    target.last_cpu() == Some(cpu) && may_take_cpu(cpu, current_class, target)
 }
 
-/// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set)
-/// the current thread of this CPU (`cpu`, from `this_cpu`), in place of
+/// `may_hand_off_class` of a target known to have last run on CPU `cpu`
+/// (a register-parked one: `Thread::register_park`): it is pinned there or
+/// not at all, not of a lower class than the current thread's, and no
+/// queued class outranks it.
+#[inline(always)]
+pub fn may_take_cpu(cpu: usize, current_class: u32, target: &Thread) -> bool {
+    let pinned = target.affinity_raw();
+    target.priority_class() >= current_class
+        && (pinned == cpu as u64 || pinned == u64::MAX)
+        && QUEUE_HINTS[cpu].load(Ordering::Acquire) & target.classes_above() == 0
+}
+
+/// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set,
+/// last run on this CPU: `may_hand_off` or its `register_park` said so, so
+/// its `last_cpu` needs no update) the current thread of this CPU (`cpu`,
+/// from `this_cpu`), in place of
 /// the current one, which the caller has parked. The caller drops the
 /// `on_cpu` flag of the thread left once off its stack
 /// (`context::enter_frame`); the thread itself is kept alive until this
@@ -374,8 +387,9 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     let slot = &CPUS[cpu];
     // It resumes here, from its TrapFrame: no longer parked.
     target.parked.store(false, Ordering::Relaxed);
+    target.register_park.store(0, Ordering::Relaxed);
     target.set_state(ThreadState::Running);
-    target.set_last_cpu(cpu);
+    debug_assert_eq!(target.last_cpu(), Some(cpu));
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(target.kernel_stack_top());
     // SAFETY: the root of the target's space, which its process keeps
@@ -409,6 +423,7 @@ fn reschedule() {
     match pick() {
         Some(next) if Arc::ptr_eq(&next, &prev) => {
             next.parked.store(false, Ordering::Relaxed);
+            next.register_park.store(0, Ordering::Relaxed);
             next.set_state(ThreadState::Running);
         }
         Some(next) => {
@@ -455,6 +470,7 @@ fn switch_to(next: Arc<Thread>, save: *mut u64, prev: Option<Arc<Thread>>) {
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(next.kernel_stack_top());
     next.process().space().activate();
+    next.register_park.store(0, Ordering::Relaxed);
     let load = if next.parked.swap(false, Ordering::Acquire) {
         // SAFETY: a parked thread's stack holds only its TrapFrame, and no
         // CPU runs on it (we hold its on_cpu flag).

@@ -37,6 +37,9 @@ pub struct Thread {
     process: Arc<Process>,
     state: AtomicU8,
     priority: AtomicU32,
+    /// The QUEUE_HINTS bits of the classes above `priority` (set with
+    /// it): a queued thread of one of them outranks this thread.
+    classes_above: AtomicU8,
     /// u64::MAX: any CPU.
     affinity: AtomicU64,
     /// The CPU it last ran on: wake-ups queue it there (warm caches, and a
@@ -57,6 +60,16 @@ pub struct Thread {
     /// A CPU runs on (or is still leaving) this thread's kernel stack: no
     /// other CPU may switch to it until the flag drops (see sched).
     pub on_cpu: AtomicBool,
+    /// 1 + the CPU on which the thread parked in a register receive
+    /// (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT), 0 while it is not
+    /// parked in one. Set before its on_cpu flag drops by whoever parks it
+    /// (the fast path's `Endpoint::exchange_with_peer`, `sched::park_current`)
+    /// and cleared whenever it is switched to again (`sched::hand_off`,
+    /// `switch_to`, `reschedule`), so while it reads `c + 1` the thread is
+    /// parked, Blocked (or its process was killed), waits in a register
+    /// receive and last ran on CPU `c`: the fast path's one check of all
+    /// four (made holding its on_cpu flag, whose Acquire orders it).
+    pub register_park: AtomicU64,
     /// Switched out at the user boundary: its kernel stack holds nothing but
     /// its TrapFrame, and `wait` says what it waits for. The scheduler
     /// resumes it through `syscall::resume_parked`; the IPC fast path may
@@ -102,6 +115,7 @@ impl Thread {
             process: process.clone(),
             state: AtomicU8::new(ThreadState::Created as u8),
             priority: AtomicU32::new(Priority::Normal as u32),
+            classes_above: AtomicU8::new(classes_above(Priority::Normal as u32)),
             affinity: AtomicU64::new(u64::MAX),
             last_cpu: AtomicU64::new(u64::MAX),
             kstack_slot: slot,
@@ -111,6 +125,7 @@ impl Thread {
             signals: SpinLock::new(SignalState::new(0)),
             started: AtomicBool::new(false),
             on_cpu: AtomicBool::new(false),
+            register_park: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             wait: UnsafeCell::new(None),
         });
@@ -194,8 +209,19 @@ impl Thread {
     pub fn priority_class(&self) -> u32 {
         self.priority.load(Ordering::Relaxed)
     }
+    /// The QUEUE_HINTS bits of the classes above its priority (for the
+    /// IPC fast path's "no queued thread outranks it": one AND). Read
+    /// without the priority: a concurrent `set_priority` may pair it with
+    /// the old class for a moment, which, as with a stale hint bit, only
+    /// sends one call down the general path or hands off once before a
+    /// just-raised thread.
+    #[inline]
+    pub fn classes_above(&self) -> u8 {
+        self.classes_above.load(Ordering::Relaxed)
+    }
     pub fn set_priority(&self, priority: Priority, cpu: Option<usize>) {
         self.priority.store(priority as u32, Ordering::Relaxed);
+        self.classes_above.store(classes_above(priority as u32), Ordering::Relaxed);
         self.affinity.store(cpu.map_or(u64::MAX, |c| c as u64), Ordering::Relaxed);
     }
     pub fn last_cpu(&self) -> Option<usize> {
@@ -205,9 +231,23 @@ impl Thread {
     pub fn set_last_cpu(&self, cpu: usize) {
         self.last_cpu.store(cpu as u64, Ordering::Relaxed);
     }
+    /// The affinity as stored: the CPU, or u64::MAX for any.
+    #[inline]
+    pub fn affinity_raw(&self) -> u64 {
+        self.affinity.load(Ordering::Relaxed)
+    }
     pub fn affinity(&self) -> Option<usize> {
         let a = self.affinity.load(Ordering::Relaxed);
         (a != u64::MAX).then_some(a as usize)
+    }
+}
+
+/// The QUEUE_HINTS bits (bit c: class c queued) of the classes above `class`.
+const fn classes_above(class: u32) -> u8 {
+    if class >= 7 {
+        0
+    } else {
+        (0xFFu8 << (class + 1)) as u8
     }
 }
 
