@@ -178,6 +178,58 @@ class SerialFlasher:
                 + ("pending" if result.activated else "written"))
 
 
+class DfuFlasher:
+    """USB DFU 1.1 with the flash tool `mantra flash --usb` runs
+    (mantra.provision.dfu): power the board and let go of the console; the
+    tool finds the place's DFU device by VID/PID/serial, detaches it into
+    DFU mode if needed, checks the image against the device's own root key,
+    board and rollback minimum before writing, downloads the image's slot
+    into the inactive slot and resets the board. `backend` is the pyusb
+    backend (None: libusb; tests plug in a simulated device)."""
+
+    serial = True  # the board is powered while it is flashed: booting means a power cycle
+
+    def __init__(self, device: Any, *, board: str, default_image: Path | None = None,
+                 workspace_root: Path | None = None, backend: Any = None, clock: Any = None) -> None:
+        self.device = device  # resources.USBDFUDevice
+        self.board = board
+        self.default_image = default_image
+        self.workspace_root = workspace_root
+        self.backend = backend
+        self.clock = clock
+        self.result: Any = None
+
+    def describe(self) -> str:
+        return f"USB DFU 1.1 on {self.device.describe()} (mantra.provision.dfu)"
+
+    def enter_flash_mode(self, power: PowerDriver, console: ConsoleDriver) -> None:
+        console.close()
+        power.on()
+
+    def flash(self, image: Path | None, console: ConsoleDriver) -> str:
+        image = image or self.default_image
+        if image is None:
+            raise FlashError(f"place {console.place}: no image to flash", "give one (mantra hil flash --image IMG)")
+        from mantra.errors import MantraError
+        from mantra.provision import dfu
+        from mantra.workspace import Workspace
+
+        match = self.device.match
+        workspace = Workspace(self.workspace_root) if self.workspace_root else None
+        try:
+            result = dfu.flash_usb(image, f"{match.vid:04x}:{match.pid:04x}", self.board, serial=match.serial,
+                                   workspace=workspace, backend=self.backend, clock=self.clock)
+        except dfu.DfuError as exc:
+            if exc.kind == "refused":  # the image does not fit this board (key, board, rollback): under test
+                raise TestFailure(f"place {console.place}: the board refused the image: {exc.message}", exc.hint) \
+                    from None
+            raise FlashError(f"place {console.place}: flashing over USB failed: {exc.message}", exc.hint) from None
+        except MantraError as exc:
+            raise FlashError(f"place {console.place}: flashing over USB failed: {exc.message}", exc.hint) from None
+        self.result = result
+        return dfu.format_result(result)
+
+
 ATTESTD_READY = r"attestd: .*(answering MANTRA-ATTEST-REQUEST|attestation requests will be refused)"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from mantra.hil.bench import Bench, PlaceSpec
 from mantra.hil.console import ConsoleDriver
-from mantra.hil.drivers import AttestationDriver, BootDriver, ImageFlasher, SerialFlasher
+from mantra.hil.drivers import AttestationDriver, BootDriver, DfuFlasher, ImageFlasher, SerialFlasher
 from mantra.hil.errors import BenchFileError, HilError
 from mantra.hil.lock import DEFAULT_EXPIRY, PlaceLock, default_owner
 from mantra.hil.power import ManualPower, NetworkPDU, NoPower, PowerDriver, QemuPower, USBRelay
@@ -99,8 +99,15 @@ class Target:
             board = data["qemu"].get("board", "qemu-x86_64") if self.qemu else data.get("board", "")
             self.flasher = SerialFlasher(url, board=board, default_image=default_image, factory=self.qemu,
                                          workspace_root=bench.root)
+        elif flasher == "dfu":
+            if self.dfu is None:
+                raise BenchFileError(f"place {spec.name}: flasher = \"dfu\" needs a dfu resource",
+                                     'add dfu = { vid = "1209", pid = "0001", serial = "..." } to the place')
+            self.flasher = DfuFlasher(self.dfu, board=data.get("board", ""), default_image=image,
+                                      workspace_root=bench.root)
         else:
-            raise BenchFileError(f"place {spec.name}: flasher {flasher!r} is unknown", 'use "image" or "serial"')
+            raise BenchFileError(f"place {spec.name}: flasher {flasher!r} is unknown",
+                                 'use "image", "serial" or "dfu"')
         self.strategy = Strategy(self, image=image)
         self.console.on_gone = lambda: self.strategy.force("unknown")
         self.board_name: str | None = data["qemu"].get("board", "qemu-x86_64") if self.qemu else data.get("board")

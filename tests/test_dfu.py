@@ -691,3 +691,37 @@ def test_dfu_1_0_device(signed: Path, device_disk: Path, keyset: KeySet, clock: 
     device = sim(device_disk, keyset, dfu_version=0x0100)
     flash(signed, device, clock)
     assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
+
+
+def test_hil_dfu_flasher(signed: Path, device_disk: Path, keyset: KeySet, clock: SimClock) -> None:
+    """A HIL place with `flasher = "dfu"` flashes through flash_usb: the slot
+    is written; a board that refuses the image is a test failure, a missing
+    device an infrastructure error (mantra.hil's classification)."""
+    from mantra.hil.drivers import DfuFlasher
+    from mantra.hil.errors import FlashError, TestFailure
+    from mantra.hil.power import NoPower, PowerDriver
+    from mantra.hil.resources import USBDFUDevice, USBMatch
+
+    class Console:
+        place = "bench-1"
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def flasher(device: SimDevice | None) -> DfuFlasher:
+        return DfuFlasher(USBDFUDevice(USBMatch(0x1209, 0x0001, "MANTRA-0001")), board=BOARD, default_image=signed,
+                          backend=SimBackend(device, clock=clock) if device else SimBackend(clock=clock),
+                          clock=clock)
+
+    console = Console()
+    good = flasher(sim(device_disk, keyset))
+    good.enter_flash_mode(PowerDriver(NoPower(), off_time=0), console)  # type: ignore[arg-type]
+    assert console.closed
+    report = good.flash(None, console)  # type: ignore[arg-type]
+    assert "into slot b of the qemu-x86_64 board" in report, report
+    assert partition_bytes(device_disk, "b") == partition_bytes(signed, "a")
+    with pytest.raises(TestFailure, match="bench-1: the board refused the image: .*rpi4"):
+        flasher(sim(device_disk, keyset, board="rpi4")).flash(None, console)  # type: ignore[arg-type]
+    with pytest.raises(FlashError, match="bench-1: flashing over USB failed: no USB DFU device"):
+        flasher(None).flash(None, console)  # type: ignore[arg-type]
