@@ -44,7 +44,8 @@ def default_owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists on this host and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +74,7 @@ class LockInfo:
         now = time.time() if now is None else now
         if now >= self.expires:
             return f"expired {now - self.expires:.0f} s ago"
-        if self.pid is not None and self.host == socket.gethostname() and not _pid_alive(self.pid):
+        if self.pid is not None and self.host == socket.gethostname() and not pid_alive(self.pid):
             return f"its process {self.pid} on {self.host} is gone"
         return None
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from mantra import proc
 from mantra.errors import MantraError
+from mantra.hil.lock import pid_alive
 from mantra.hil.errors import BoardGone, ConsoleError, FlashError, PowerError
 from mantra.hil.resources import SerialLike, open_serial_url
 from mantra.runners.console_socket import HOST, free_port, url
@@ -60,19 +61,7 @@ def sparse_copy(source: Path, target: Path) -> int:
 
 
 def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return bool(pid) and pid_alive(pid)  # type: ignore[arg-type]
 
 
 @dataclass

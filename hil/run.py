@@ -8,11 +8,9 @@ off first), and each result keeps the console output of its attempts.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from mantra.hil.bench import Bench
 from mantra.hil.errors import HilError
 from mantra.hil.results import PASSED, Attempt, Result, describe, run_with_retries
 from mantra.hil.scenarios import SCENARIOS
+from mantra.runners.core import signals_end_the_run
 
 
 def open_board(bench: Bench, place: str, *, owner: str | None, wait: float = 0.0, image: Path | None = None,
@@ -111,7 +110,7 @@ def run_places(bench: Bench, places: Sequence[str], options: RunOptions) -> tupl
     for place in places:
         bench.place(place)
     started = time.monotonic()
-    with _interrupts_end_the_run(), ThreadPoolExecutor(max_workers=max(len(places), 1),
+    with signals_end_the_run(), ThreadPoolExecutor(max_workers=max(len(places), 1),
                                                         thread_name_prefix="hil") as pool:
         futures = [pool.submit(run_place, bench, place, options) for place in places]
         try:
@@ -128,24 +127,6 @@ def run_places(bench: Bench, places: Sequence[str], options: RunOptions) -> tupl
                     pass
             raise
     return results, time.monotonic() - started
-
-
-@contextlib.contextmanager
-def _interrupts_end_the_run() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise SystemExit in the main thread, as Ctrl-C raises KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def end(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {number: signal.signal(number, end) for number in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 __all__ = ["RunOptions", "open_board", "run_place", "run_places", "run_pytest_places"]

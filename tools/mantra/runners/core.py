@@ -69,7 +69,7 @@ class BootResult:
 
 
 @contextmanager
-def _signals_end_the_run() -> Iterator[None]:
+def signals_end_the_run() -> Iterator[None]:
     """While a board runs, SIGTERM and SIGHUP raise SystemExit like Ctrl-C
     raises KeyboardInterrupt, so the runner's cleanup (stopping QEMU, then
     swtpm) runs instead of the process vanishing and leaving them behind."""
@@ -112,7 +112,7 @@ class BoardRunner(ABC):
         """Boots with the console on this terminal until the user quits;
         returns the exit status. With `tpm`, the board has a TPM 2.0."""
         self._check_caps(icount, tpm)
-        with _signals_end_the_run():
+        with signals_end_the_run():
             return self.do_run_interactive(icount=icount, tpm=tpm)
 
     def run_headless(self, *, timeout: float | None, icount: bool = False, until: str | None = None,
@@ -123,7 +123,7 @@ class BoardRunner(ABC):
         board has a TPM 2.0."""
         self._check_caps(icount, tpm)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with _signals_end_the_run():
+        with signals_end_the_run():
             return self.do_run_headless(timeout=timeout, icount=icount, until=until, echo=echo, tpm=tpm)
 
     def run_console_port(self, *, port: int, icount: bool = False, tpm: bool = False,
@@ -134,7 +134,7 @@ class BoardRunner(ABC):
         until the board stops, or `timeout` seconds (exit status 124)."""
         self._check_caps(icount, tpm, console_socket=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with _signals_end_the_run():
+        with signals_end_the_run():
             return self.do_run_console_port(port=port, icount=icount, tpm=tpm, timeout=timeout)
 
     @contextmanager
@@ -147,7 +147,7 @@ class BoardRunner(ABC):
         TPM)."""
         self._check_caps(icount, tpm, console_socket=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with _signals_end_the_run(), self.do_console_session(icount=icount, tpm=tpm, port=port,
+        with signals_end_the_run(), self.do_console_session(icount=icount, tpm=tpm, port=port,
                                                              connect_timeout=connect_timeout) as session:
             yield session
 
