@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from key_fixtures import fast_kdf, keyset, other_keyset  # noqa: F401 (fixtures)
 import usb.core
 from dfu_sim import MIB, SimBackend, SimClock, SimDevice
 from mantra.errors import MantraError
@@ -41,23 +42,6 @@ BOARD = "qemu-x86_64"
 PASSPHRASE = "dfu test passphrase"
 SLOT_MIB = 4
 ESP_MIB = 2
-
-
-@pytest.fixture(scope="module")
-def fast_kdf():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(keys, "SCRYPT_LOG2_N", keys.DEV_SCRYPT_LOG2_N)
-        yield
-
-
-@pytest.fixture(scope="module")
-def keyset(fast_kdf, tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    return keys.init_keyset(tmp_path_factory.mktemp("keys") / "product", PASSPHRASE)
-
-
-@pytest.fixture(scope="module")
-def other_keyset(fast_kdf, tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    return keys.init_keyset(tmp_path_factory.mktemp("keys") / "other", PASSPHRASE)
 
 
 def make_image(directory: Path, keyset: KeySet, *, board: str = BOARD, seed: int = 1, kernel_kib: int = 700,

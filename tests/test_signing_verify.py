@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from key_fixtures import fast_kdf, keyset, other_keyset  # noqa: F401 (fixtures)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpt_reader import read_gpt
 from mantra.build import BuildResult
@@ -35,23 +36,6 @@ PASSPHRASE = "tamper corpus passphrase"
 MIB = 1024 * 1024
 ESP_MIB = 34
 COMPONENT_PATHS = ("EFI/BOOT/BOOTX64.EFI", "MANTRA/KERNEL.ELF", "MANTRA/BOOTFS.IMG")
-
-
-@pytest.fixture(scope="module")
-def fast_kdf():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(keys, "SCRYPT_LOG2_N", keys.DEV_SCRYPT_LOG2_N)
-        yield
-
-
-@pytest.fixture(scope="module")
-def keyset(fast_kdf, tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    return keys.init_keyset(tmp_path_factory.mktemp("keys") / "product", PASSPHRASE)
-
-
-@pytest.fixture(scope="module")
-def other_keyset(fast_kdf, tmp_path_factory: pytest.TempPathFactory) -> KeySet:
-    return keys.init_keyset(tmp_path_factory.mktemp("keys") / "other", PASSPHRASE)
 
 
 def copy_image(source: Path, directory: Path) -> Path:
