@@ -18,7 +18,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use mantra_abi::{encode, nr, rights, CallArgs, Error, ReadSizes, SHORT_MESSAGE_BYTES};
 
@@ -26,13 +26,8 @@ use crate::arch::x86_64::{context, TrapFrame};
 use crate::ipc::{Message, ReceiveBuffers, ReceiveWait};
 use crate::object::Object;
 use crate::sched;
-use crate::task::Thread;
+use crate::task::{park, Thread};
 use crate::uaccess::{UserPtr, UserSlice};
-
-/// Register calls the fast path completed (all CPUs), for statistics: each
-/// is a syscall not counted in `syscall::COUNT` and a switch not counted in
-/// `sched::SWITCHES` (one counter instead of two on the fast path).
-pub static EXCHANGES: AtomicU64 = AtomicU64::new(0);
 
 /// Largest message the fast path carries (it is copied through the stack).
 pub const FAST_MESSAGE_BYTES: usize = 64;
@@ -90,6 +85,10 @@ fn general(frame: &mut TrapFrame) {
 /// either way, the peer open and unobserved, its first receiver parked in
 /// a register receive, of a live process, homed on this CPU and not of a
 /// lower class than the caller, with no queued thread outranking it.
+///
+/// The caller's Arc is taken out of the CPU's slot, not cloned: on the fast
+/// path it moves onto the endpoint's receiver list (`sched::hand_off_taken`);
+/// otherwise it goes back before the general path runs.
 #[inline(always)]
 fn try_short(frame: &mut TrapFrame) {
     let len = frame.rsi;
@@ -97,22 +96,35 @@ fn try_short(frame: &mut TrapFrame) {
         return;
     }
     let cpu = sched::this_cpu();
-    let Some(me) = sched::current_on(cpu) else { return };
+    let Some(me) = sched::take_current(cpu) else { return };
+    let me = exchange_short(frame, cpu, len, me);
+    sched::put_back_current(cpu, me);
+}
+
+/// `try_short` once the caller is out of its CPU's slot: switches to the
+/// receiver and never returns, or returns the caller, having changed
+/// nothing else.
+#[inline(always)]
+fn exchange_short(frame: &mut TrapFrame, cpu: usize, len: u64, me: Arc<Thread>) -> Arc<Thread> {
     // The raw lookup: a value above u32 names no handle here, nor in the
     // general path (handle_arg makes it the invalid handle). A busy table
     // (another thread of the process changing it) sends the call down the
     // general path, which waits for it.
     let process: &crate::task::Process = me.process();
-    let Some(handles) = process.handles.try_lock() else { return };
+    let Some(handles) = process.handles.try_lock() else { return me };
     // (Checked under the lock only because the process is at hand there.)
     if process.is_dead() {
-        return;
+        drop(handles);
+        return me;
     }
     let endpoint = handles.find_raw(frame.rdi, rights::READ | rights::WRITE, |object: &Object| match object {
         Object::Channel(endpoint) => Some(endpoint),
         _ => None,
     });
-    let Some(endpoint) = endpoint.cloned() else { return };
+    let Some(endpoint) = endpoint.cloned() else {
+        drop(handles);
+        return me;
+    };
     drop(handles);
     let my_class = me.priority_class();
     let endpoint_ptr = Arc::as_ptr(&endpoint);
@@ -134,24 +146,26 @@ fn try_short(frame: &mut TrapFrame) {
     // caller's stack (its on_cpu flag), after the last use of `endpoint`.
     let endpoint = unsafe { &*endpoint_ptr };
     // The caller's on_cpu flag, dropped once this CPU is off its stack. The
-    // thread stays alive until then: the scheduler keeps the Arc of the
-    // thread a hand-off leaves (`released`) until its next hand-off or idle.
+    // thread stays alive until then, though its Arc goes to the endpoint's
+    // list: its last Arc waits for the flag (`Thread`'s Drop).
     let my_on_cpu: *const AtomicBool = &me.on_cpu;
     let target = match endpoint.exchange_with_peer(me, cpu, my_class) {
         Ok(target) => target,
         Err(me) => {
             // SAFETY: as above: still the running thread, not on any list.
             drop(unsafe { me.wait() }.take());
-            return;
+            return me;
         }
     };
-    // Committed: from here on this CPU runs `target`.
-    // SAFETY: we hold its on_cpu flag and took it off its wait list: only
-    // this CPU touches its wait. Its receive completes here.
-    *unsafe { target.wait() } = None;
+    // Committed: from here on this CPU runs `target`. Its receive completes
+    // here; its wait (an Arc of the endpoint it waited on) is dropped once
+    // this CPU is off the caller's stack (`complete_receive`): were it the
+    // endpoint's last Arc, the drop would close the endpoint, which takes
+    // the caller off its list, and could free the caller, whose Arc this CPU
+    // gave away, while it still runs on the caller's stack.
     let target_frame = target.trap_frame();
-    sched::hand_off(cpu, target);
-    EXCHANGES.fetch_add(1, Ordering::Relaxed);
+    let target_ptr: *const Thread = Arc::as_ptr(&target);
+    sched::hand_off_taken(cpu, target);
     // SAFETY: the TrapFrame at the top of the kernel stack of the thread
     // this CPU now runs (parked: the frame is all its stack holds), which
     // nothing else references while it runs here (`frame`, the caller's,
@@ -167,9 +181,34 @@ fn try_short(frame: &mut TrapFrame) {
     target_regs.rax = len;
     // SAFETY: `target` is this CPU's current thread now, its kernel stack
     // holds only its TrapFrame (it was parked), `my_on_cpu` is the flag of the
-    // thread whose stack this is (kept alive by the scheduler), and
-    // nothing here needs dropping.
-    unsafe { context::enter_frame(target_frame, my_on_cpu) }
+    // thread whose stack this is (kept alive by `Thread`'s Drop, which
+    // waits for the flag), nothing here needs dropping, and
+    // `complete_receive` is sound to call then (see there).
+    unsafe { context::enter_frame_completing(target_ptr, my_on_cpu, target_frame) }
+}
+
+/// Completes the register receive of the thread the fast path switched
+/// to (`thread`): drops its wait. Runs on its kernel stack, off the stack
+/// of the thread left (`context::enter_frame_completing`), where closing
+/// an endpoint is safe.
+pub extern "C" fn complete_receive(thread: &Thread) {
+    // SAFETY: `thread` is this CPU's current thread (exchange_short's
+    // target), kept alive by the CPU's slot; only the CPU running a thread
+    // touches its wait.
+    let wait = unsafe { thread.wait() };
+    debug_assert!(wait.as_ref().is_some_and(|w| w.buffers.is_none()), "not in a register receive");
+    // The endpoint's Arc is the only part of a ReceiveWait with a Drop.
+    const _: () = assert!(!core::mem::needs_drop::<Option<crate::ipc::ReceiveBuffers>>());
+    // SAFETY: it is parked in a register receive (its `park` said so when
+    // exchange_with_peer took it), so its wait is Some: its endpoint Arc is
+    // moved out (no copy of the rest, no test of the variant) and the wait
+    // overwritten with None without dropping it again.
+    let endpoint = unsafe {
+        let endpoint = core::ptr::read(&wait.as_ref().unwrap_unchecked().endpoint);
+        core::ptr::write(wait, None);
+        endpoint
+    };
+    drop(endpoint);
 }
 
 /// `WORD_MASKS[len]`: the bits of the four message words that a message
@@ -236,10 +275,10 @@ pub fn try_ipc(frame: &mut TrapFrame) {
         buffers: Some(ReceiveBuffers::of_call(&args, frame.rdx)),
         deadline: u64::MAX,
     });
-    me.parked.store(true, Ordering::Release);
+    me.park.store(park::BUFFERS, Ordering::Release);
     if !endpoint.park_receiver(&me) {
         // A message for us came in meanwhile: the general path reads it.
-        me.parked.store(false, Ordering::Relaxed);
+        me.park.store(park::NONE, Ordering::Relaxed);
         // SAFETY: as above.
         drop(unsafe { me.wait() }.take());
         peer.return_receiver(target);

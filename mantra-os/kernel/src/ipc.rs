@@ -17,7 +17,7 @@ use mantra_kernel::sync::SpinLock;
 
 use crate::object::{self, next_koid, Object, Sink};
 use crate::sched;
-use crate::task::{Thread, ThreadState};
+use crate::task::{park, Thread, ThreadState};
 
 /// A receive a parked thread waits to complete (`Thread::wait`): the
 /// endpoint and the caller's buffers, as CHANNEL_RECEIVE took them.
@@ -125,8 +125,15 @@ impl Receivers {
         if self.first.is_none() {
             self.first = Some(thread);
         } else {
-            self.rest.push_back(thread);
+            self.push_back_rest(thread);
         }
+    }
+
+    /// `push_back` behind others: out of the fast path's line.
+    #[cold]
+    #[inline(never)]
+    fn push_back_rest(&mut self, thread: Arc<Thread>) {
+        self.rest.push_back(thread);
     }
 
     fn push_front(&mut self, thread: Arc<Thread>) {
@@ -290,7 +297,7 @@ impl Endpoint {
         }
         // SAFETY: we hold its on_cpu flag, and it is Blocked (checked first).
         let fits = receiver.state() == ThreadState::Blocked
-            && receiver.parked.load(Ordering::Acquire)
+            && receiver.park.load(Ordering::Acquire) != park::NONE
             && unsafe { receiver.wait() }.as_ref().is_some_and(|w| w.capacity() >= len)
             && !self.observed.load(Ordering::Acquire);
         if !fits {
@@ -301,8 +308,8 @@ impl Endpoint {
     }
 
     /// The short-message fast path's one step (fastpath.rs): under this
-    /// end's lock, and the peer's (taken only if free: never a wait, so no
-    /// lock order), takes the first receiver parked on the peer and parks
+    /// end's lock and the peer's (each taken only if free: never a wait, so
+    /// no lock order; a busy one sends the call down the general path), takes the first receiver parked on the peer and parks
     /// `me` (the running thread, of class `my_class`, its `wait` already in
     /// place) as a receiver here (on CPU `cpu`, this one). Applies only when nothing is queued
     /// either way, the peer is open and unobserved, and the peer's first
@@ -312,7 +319,7 @@ impl Endpoint {
     /// wake-up; or gives `me` back, having changed nothing.
     #[inline(always)]
     pub fn exchange_with_peer(&self, me: Arc<Thread>, cpu: usize, my_class: u32) -> Result<Arc<Thread>, Arc<Thread>> {
-        let mut mine = self.state.lock();
+        let Some(mut mine) = self.state.try_lock() else { return Err(me) };
         if !mine.queue.is_empty() || mine.peer_closed {
             return Err(me);
         }
@@ -334,8 +341,8 @@ impl Endpoint {
         }
         // Parked in a register receive on this CPU (Blocked, or killed:
         // then its process is dead), which stays so: only the holder of its
-        // on_cpu flag runs it (Thread::register_park).
-        let fits = receiver.register_park.load(Ordering::Acquire) == cpu as u64 + 1
+        // on_cpu flag runs it (Thread::park).
+        let fits = receiver.park.load(Ordering::Acquire) == park::registers_on(cpu)
             && !receiver.process().is_dead()
             && sched::may_take_cpu(cpu, my_class, receiver);
         if !fits {
@@ -344,11 +351,10 @@ impl Endpoint {
         }
         let receiver = theirs.receivers.pop_known_front();
         drop(theirs);
-        me.parked.store(true, Ordering::Release);
         me.set_state(ThreadState::Blocked);
         // Its register receive is in place (the caller's), and it runs on
         // `cpu`; seen by others only once its on_cpu flag drops (Release).
-        me.register_park.store(cpu as u64 + 1, Ordering::Relaxed);
+        me.park.store(park::registers_on(cpu), Ordering::Release);
         mine.receivers.push_back(me);
         Ok(receiver)
     }

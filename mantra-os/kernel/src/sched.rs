@@ -16,7 +16,7 @@ use mantra_kernel::sync::SpinLock;
 
 use crate::arch::x86_64::{context, percpu};
 use crate::arch::{Arch, Machine};
-use crate::task::{Thread, ThreadState};
+use crate::task::{park, Thread, ThreadState};
 
 /// Upper bound on CPUs the scheduler tracks (Kconfig MAX_CPUS is capped here).
 pub const MAX_CPUS: usize = 64;
@@ -189,8 +189,7 @@ const EMPTY_SLOT: CpuSlot = CpuSlot {
 static CPUS: [CpuSlot; MAX_CPUS] = [EMPTY_SLOT; MAX_CPUS];
 
 /// Context switches performed (all CPUs), but those of the register
-/// fast path (`fastpath::EXCHANGES`). `hand_off` leaves the count to its
-/// caller.
+/// fast path (not counted). `hand_off` leaves the count to its caller.
 pub static SWITCHES: AtomicU64 = AtomicU64::new(0);
 
 pub fn init(cpus: usize) {
@@ -210,12 +209,6 @@ fn cpu() -> usize {
 #[inline(always)]
 pub fn this_cpu() -> usize {
     percpu::current_index() & (MAX_CPUS - 1)
-}
-
-/// The thread running on CPU `cpu` (this one: `this_cpu`).
-#[inline(always)]
-pub fn current_on(cpu: usize) -> Option<Arc<Thread>> {
-    CPUS[cpu].current.with(|c| c.clone())
 }
 
 /// The thread running on this CPU (None in the idle loop).
@@ -275,16 +268,16 @@ pub fn idle_loop() -> ! {
 }
 
 /// The next thread to run; threads of killed processes (Dead while queued)
-/// are dropped here.
+/// are dropped here, once the scheduler's lock is released (a thread's
+/// last Arc may wait for a CPU still leaving its stack: `Thread`'s Drop).
 fn pick() -> Option<Arc<Thread>> {
     let cpu = cpu();
-    let mut state = STATE.lock();
-    let policy = state.policy.as_mut()?;
     loop {
-        let thread = policy.pick(cpu)?;
+        let thread = STATE.lock().policy.as_mut()?.pick(cpu)?;
         if thread.state() != ThreadState::Dead {
             return Some(thread);
         }
+        drop(thread);
     }
 }
 
@@ -334,8 +327,7 @@ pub fn park_current() {
         // SAFETY: `current` is the running thread (its own wait).
         let registers = unsafe { current.wait() }.as_ref().is_some_and(|w| w.buffers.is_none());
         // Ordered before the on_cpu flag drops (Release, finish_switch).
-        current.register_park.store(if registers { this_cpu() as u64 + 1 } else { 0 }, Ordering::Relaxed);
-        current.parked.store(true, Ordering::Release);
+        current.park.store(if registers { park::registers_on(this_cpu()) } else { park::BUFFERS }, Ordering::Release);
     }
     reschedule();
 }
@@ -360,7 +352,7 @@ pub fn may_hand_off_class(cpu: usize, current_class: u32, target: &Thread) -> bo
 }
 
 /// `may_hand_off_class` of a target known to have last run on CPU `cpu`
-/// (a register-parked one: `Thread::register_park`): it is pinned there or
+/// (a register-parked one: `Thread::park`): it is pinned there or
 /// not at all, not of a lower class than the current thread's, and no
 /// queued class outranks it.
 #[inline(always)]
@@ -372,7 +364,7 @@ pub fn may_take_cpu(cpu: usize, current_class: u32, target: &Thread) -> bool {
 }
 
 /// IPC fast path: makes `target` (claimed from a wait list, `on_cpu` set,
-/// last run on this CPU: `may_hand_off` or its `register_park` said so, so
+/// last run on this CPU: `may_hand_off` or its `park` said so, so
 /// its `last_cpu` needs no update) the current thread of this CPU (`cpu`,
 /// from `this_cpu`), in place of
 /// the current one, which the caller has parked. The caller drops the
@@ -385,17 +377,7 @@ pub fn may_take_cpu(cpu: usize, current_class: u32, target: &Thread) -> bool {
 #[inline(always)]
 pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     let slot = &CPUS[cpu];
-    // It resumes here, from its TrapFrame: no longer parked.
-    target.parked.store(false, Ordering::Relaxed);
-    target.register_park.store(0, Ordering::Relaxed);
-    target.set_state(ThreadState::Running);
-    debug_assert_eq!(target.last_cpu(), Some(cpu));
-    slot.slice.store(0, Ordering::Relaxed);
-    percpu::current().set_kernel_stack(target.kernel_stack_top());
-    // SAFETY: the root of the target's space, which its process keeps
-    // alive, and the target (this CPU's current thread from here on) keeps
-    // its process.
-    unsafe { crate::space::activate_root(target.space_root()) };
+    let target = install(cpu, target);
     let left = slot.current.with(|c| c.replace(target));
     // Dropping the thread released before is fine: this CPU left its
     // stack then.
@@ -403,6 +385,63 @@ pub fn hand_off(cpu: usize, target: Arc<Thread>) {
     if let Some(thread) = released {
         drop(thread);
     }
+}
+
+/// The register fast path's `hand_off`: the same, for a CPU whose current
+/// thread the caller took out of its slot (`take_current`) and parked,
+/// giving its Arc away (onto a wait list). Nothing is released: the
+/// thread left stays alive until this CPU is off its stack because a
+/// thread's last Arc waits for its `on_cpu` flag to drop (`Thread`'s Drop).
+///
+/// Contract: as `hand_off`; the current slot is empty (`take_current`).
+#[inline(always)]
+pub fn hand_off_taken(cpu: usize, target: Arc<Thread>) {
+    let target = install(cpu, target);
+    CPUS[cpu].current.with(|c| {
+        debug_assert!(c.is_none(), "hand_off_taken with a current thread");
+        // SAFETY: `c` is a valid, exclusive reference, and holds None (the
+        // caller took the thread out): there is nothing to drop.
+        unsafe { core::ptr::write(c, Some(target)) }
+    });
+}
+
+/// Makes `target` ready to run as this CPU's current thread (for the
+/// hand-offs): not parked, Running, its kernel stack and space loaded.
+#[inline(always)]
+fn install(cpu: usize, target: Arc<Thread>) -> Arc<Thread> {
+    // It resumes here, from its TrapFrame: no longer parked.
+    target.park.store(park::NONE, Ordering::Relaxed);
+    target.set_state(ThreadState::Running);
+    debug_assert_eq!(target.last_cpu(), Some(cpu));
+    CPUS[cpu].slice.store(0, Ordering::Relaxed);
+    percpu::current().set_kernel_stack(target.kernel_stack_top());
+    // SAFETY: the root of the target's space, which its process keeps
+    // alive, and the target (this CPU's current thread from here on) keeps
+    // its process.
+    unsafe { crate::space::activate_root(target.space_root()) };
+    target
+}
+
+/// Takes the running thread's Arc out of CPU `cpu`'s slot (this CPU,
+/// `this_cpu`) for the register fast path, which either gives it away
+/// with `hand_off_taken` or puts it back with `put_back_current` before
+/// anything else looks at the slot. None in the idle loop.
+///
+/// Contract: interrupts off; no `current()` until it is given back or
+/// replaced.
+#[inline(always)]
+pub fn take_current(cpu: usize) -> Option<Arc<Thread>> {
+    CPUS[cpu].current.with(Option::take)
+}
+
+/// Gives back the thread `take_current` took (the fast path did not apply).
+#[inline(always)]
+pub fn put_back_current(cpu: usize, thread: Arc<Thread>) {
+    CPUS[cpu].current.with(|c| {
+        debug_assert!(c.is_none(), "put_back_current over a current thread");
+        // SAFETY: as in hand_off_taken: the slot holds None.
+        unsafe { core::ptr::write(c, Some(thread)) }
+    });
 }
 
 /// Ends the current thread: never returns.
@@ -422,8 +461,7 @@ fn reschedule() {
     let prev = slot.current.with(|c| c.clone()).expect("reschedule from a thread");
     match pick() {
         Some(next) if Arc::ptr_eq(&next, &prev) => {
-            next.parked.store(false, Ordering::Relaxed);
-            next.register_park.store(0, Ordering::Relaxed);
+            next.park.store(park::NONE, Ordering::Relaxed);
             next.set_state(ThreadState::Running);
         }
         Some(next) => {
@@ -470,8 +508,7 @@ fn switch_to(next: Arc<Thread>, save: *mut u64, prev: Option<Arc<Thread>>) {
     slot.slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(next.kernel_stack_top());
     next.process().space().activate();
-    next.register_park.store(0, Ordering::Relaxed);
-    let load = if next.parked.swap(false, Ordering::Acquire) {
+    let load = if next.park.swap(park::NONE, Ordering::Acquire) != park::NONE {
         // SAFETY: a parked thread's stack holds only its TrapFrame, and no
         // CPU runs on it (we hold its on_cpu flag).
         unsafe { context::prepare_parked_resume(next.kernel_stack_top()) }

@@ -31,7 +31,7 @@ use crate::task::{Process, Thread};
 use crate::uaccess::{UserPtr, UserSlice};
 
 /// Syscalls handled (all CPUs), for statistics, but the register calls the
-/// fast path completed (`fastpath::EXCHANGES`).
+/// fast path completed (it counts nothing: every instruction there shows).
 pub static COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// The calling thread and its process.

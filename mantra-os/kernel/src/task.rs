@@ -60,21 +60,20 @@ pub struct Thread {
     /// A CPU runs on (or is still leaving) this thread's kernel stack: no
     /// other CPU may switch to it until the flag drops (see sched).
     pub on_cpu: AtomicBool,
-    /// 1 + the CPU on which the thread parked in a register receive
-    /// (CHANNEL_CALL_SHORT, CHANNEL_REPLY_RECEIVE_SHORT), 0 while it is not
-    /// parked in one. Set before its on_cpu flag drops by whoever parks it
-    /// (the fast path's `Endpoint::exchange_with_peer`, `sched::park_current`)
-    /// and cleared whenever it is switched to again (`sched::hand_off`,
-    /// `switch_to`, `reschedule`), so while it reads `c + 1` the thread is
-    /// parked, Blocked (or its process was killed), waits in a register
-    /// receive and last ran on CPU `c`: the fast path's one check of all
-    /// four (made holding its on_cpu flag, whose Acquire orders it).
-    pub register_park: AtomicU64,
-    /// Switched out at the user boundary: its kernel stack holds nothing but
-    /// its TrapFrame, and `wait` says what it waits for. The scheduler
-    /// resumes it through `syscall::resume_parked`; the IPC fast path may
-    /// instead complete its receive and return straight to user mode.
-    pub parked: AtomicBool,
+    /// Whether the thread is parked, and how ([`park`]): switched out at
+    /// the user boundary, its kernel stack holds nothing but its TrapFrame,
+    /// and `wait` says what it waits for. The scheduler resumes it through
+    /// `syscall::resume_parked`; the IPC fast paths may instead complete
+    /// its receive and return straight to user mode. Set (Release) before
+    /// its on_cpu flag drops by whoever parks it (the fast paths,
+    /// `sched::park_current`) and cleared whenever it is switched to again
+    /// (`sched::hand_off`, `switch_to`, `reschedule`), so while it reads
+    /// `park::REGISTERS_ON + c` the thread is parked, Blocked (or its process
+    /// was killed), waits in a register receive and last ran on CPU `c`:
+    /// the register fast path's one check of all four (made holding its
+    /// on_cpu flag, whose Acquire orders it). One word, so parking and
+    /// resuming is one store.
+    pub park: AtomicU64,
     /// The receive a parked thread waits to complete (see `wait`).
     wait: UnsafeCell<Option<crate::ipc::ReceiveWait>>,
 }
@@ -84,6 +83,22 @@ pub struct Thread {
 unsafe impl Sync for Thread {}
 // SAFETY: as above; every other field is atomic or locked.
 unsafe impl Send for Thread {}
+
+/// The values of [`Thread::park`].
+pub mod park {
+    /// Not parked: running, runnable, or switched out inside the kernel.
+    pub const NONE: u64 = 0;
+    /// Parked in a receive into buffers.
+    pub const BUFFERS: u64 = 1;
+    /// `REGISTERS_ON + c`: parked in a register receive, last ran on CPU `c`.
+    pub const REGISTERS_ON: u64 = 2;
+
+    /// The value of a thread parked in a register receive on CPU `cpu`.
+    #[inline(always)]
+    pub const fn registers_on(cpu: usize) -> u64 {
+        REGISTERS_ON + cpu as u64
+    }
+}
 
 /// Kernel stack slots for threads: slot 0 is the boot stack, 1 the ktest
 /// stack, 2..32 the application processors'.
@@ -125,8 +140,7 @@ impl Thread {
             signals: SpinLock::new(SignalState::new(0)),
             started: AtomicBool::new(false),
             on_cpu: AtomicBool::new(false),
-            register_park: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
+            park: AtomicU64::new(park::NONE),
             wait: UnsafeCell::new(None),
         });
         process.threads.lock().push(thread.clone());
@@ -252,7 +266,16 @@ const fn classes_above(class: u32) -> u8 {
 }
 
 impl Drop for Thread {
+    /// Waits until no CPU runs on the thread's kernel stack any more: the
+    /// register fast path gives a thread's Arc away while still on its
+    /// stack (`sched::hand_off_taken`), so its last Arc may go (its process
+    /// killed, the wait list it is on emptied) on another CPU a moment
+    /// before that CPU leaves. No CPU drops a thread whose stack it runs on
+    /// or whose `on_cpu` flag it holds: the flag is always dropped first.
     fn drop(&mut self) {
+        while self.on_cpu.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
         memory::unmap_kernel_stack(self.kstack_slot);
         STACK_SLOTS.lock().push(self.kstack_slot);
     }

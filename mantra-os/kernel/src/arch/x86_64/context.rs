@@ -5,6 +5,7 @@ use core::sync::atomic::AtomicBool;
 
 use super::gdt::{USER_CODE, USER_DATA};
 use super::TrapFrame;
+use crate::task::Thread;
 
 // mantra_switch(save_rsp: *mut u64, load_rsp: u64): saves the callee-saved
 // registers on the current stack, stores RSP, loads the other stack and
@@ -84,22 +85,39 @@ extern "C" fn parked_resume(frame: &mut TrapFrame) {
 // stores have release semantics), and returns to user mode.
 // The frame is a thread's saved user state (a parked thread waits in a
 // syscall): the return is mantra_trap_return's, to user mode.
+// mantra_enter_frame_completing(thread, on_cpu, frame), the register fast
+// path's, also completes the receive of `thread`, the thread entered
+// (fastpath::complete_receive, C ABI), once on its stack with the flag
+// cleared: work that may not run while this CPU is still on the old
+// stack. Every register is reloaded from the frame afterwards.
 global_asm!(
     ".global mantra_enter_frame",
+    ".global mantra_enter_frame_completing",
     "mantra_enter_frame:",
     "mov rsp, rdi",
     "mov byte ptr [rsi], 0",
+    "jmp 2f",
+    "mantra_enter_frame_completing:",
+    "mov rsp, rdx",
+    "mov byte ptr [rsi], 0",
+    // The frame's start is 16-byte aligned (stack tops are, and the frame is
+    // 11 pairs of words), as the call needs; `thread` is its argument.
+    "call {complete}",
+    "2:",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop r11", "pop r10", "pop r9", "pop r8",
     "pop rbp", "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rbx", "pop rax",
     "add rsp, 16",
     "swapgs",
     "iretq",
+    complete = sym crate::fastpath::complete_receive,
 );
 
 extern "C" {
     fn mantra_thread_first_run();
     fn mantra_parked_resume();
     fn mantra_enter_frame(frame: *mut TrapFrame, on_cpu: *const AtomicBool) -> !;
+    // (`thread` is a *const Thread: an opaque pointer for the assembly.)
+    fn mantra_enter_frame_completing(thread: *const (), on_cpu: *const AtomicBool, frame: *mut TrapFrame) -> !;
     fn mantra_copy_user_words_insn();
     fn mantra_switch(save_rsp: *mut u64, load_rsp: u64);
     fn mantra_copy_user(dst: *mut u8, src: *const u8, len: usize) -> u64;
@@ -186,12 +204,27 @@ pub unsafe fn prepare_parked_resume(stack_top: u64) -> u64 {
 /// CPU's (new) current thread, saved on an entry from user mode (it
 /// returns there), and the stack must hold nothing else live; `on_cpu`
 /// must be the flag of the thread whose stack this runs on, kept alive by
-/// the scheduler (its `released` slot); the caller must hold nothing that
+/// the scheduler (its `released` slot) or by `Thread`'s Drop, which waits
+/// for the flag; the caller must hold nothing that
 /// needs dropping (this never returns).
 #[inline(always)]
 pub unsafe fn enter_frame(frame: *mut TrapFrame, on_cpu: *const AtomicBool) -> ! {
     // SAFETY: guaranteed by the caller.
     unsafe { mantra_enter_frame(frame, on_cpu) }
+}
+
+/// `enter_frame` into `thread`, this CPU's new current thread, that
+/// completes its register receive (`fastpath::complete_receive`) once off
+/// the old stack (its `on_cpu` flag cleared), on `thread`'s kernel stack
+/// below its TrapFrame, with interrupts off, before returning to user mode.
+///
+/// # Safety
+/// As `enter_frame`; and `thread` must be the thread whose TrapFrame
+/// `frame` is, parked in a register receive this CPU completes.
+#[inline(always)]
+pub unsafe fn enter_frame_completing(thread: *const Thread, on_cpu: *const AtomicBool, frame: *mut TrapFrame) -> ! {
+    // SAFETY: guaranteed by the caller.
+    unsafe { mantra_enter_frame_completing(thread.cast(), on_cpu, frame) }
 }
 
 /// Copies `len` bytes between user and kernel memory (one side must be a
