@@ -63,7 +63,8 @@ def test_user_mode_kernel_tests_pass(utest_image: BuildResult) -> None:
                  "virtual_interrupt_delivers_one_packet_per_firing", "interrupt_ack_waits_for_room_on_the_port",
                  "physical_interrupts_need_the_irq_resource", "short_messages_in_registers", "bad_receive_buffer_loses_nothing",
                  "console_object_checks",
-                 "firmware_variables_refuse_bad_arguments", "firmware_variable_persists"):
+                 "firmware_variables_refuse_bad_arguments", "firmware_variable_persists",
+                 "kill_during_register_calls"):
         assert f"utest: {name} ... ok" in console, tail(console)
     fuzz = re.search(r"fuzz: (\d+) random syscalls", console)
     assert fuzz and int(fuzz[1]) >= 50_000, tail(console)
@@ -78,5 +79,10 @@ def test_threads_on_four_cpus_exchange_messages(utest_image: BuildResult) -> Non
     assert re.search(r"^smp: 4 of 4 cpus online", console, re.M), tail(console)
     assert re.search(r"utest:   \d+ calls to 4 servers pinned to 4 CPU\(s\)", console), tail(console)
     assert "utest: smp_message_exchange ... ok" in console, tail(console)
+    # Kills from CPU 0 while a client and a server on CPU 1 exchange register
+    # calls through the fast path: only the victim stops, the survivor sees
+    # PEER_CLOSED.
+    assert re.search(r"utest:   24 kills during register calls \(24 rounds on CPU 1\)", console), tail(console)
+    assert "utest: kill_during_register_calls ... ok" in console, tail(console)
     assert re.search(r"utest: \d+ passed, 0 failed", console), tail(console)
     assert "KERNEL FAULT" not in console and "KERNEL PANIC" not in console, tail(console)

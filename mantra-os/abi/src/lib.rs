@@ -14,7 +14,7 @@
 #![no_std]
 
 /// Version of the syscall ABI. Bumped on every incompatible change.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// A capability: an index into the calling process's handle table plus the
 /// slot's generation, so a stale or forged value fails with `BadHandle`.
@@ -408,326 +408,8 @@ pub struct HandleInfo {
 
 /// Syscall numbers.
 pub mod nr {
-    /// Closes a handle; the object dies with its last handle.
-    ///
-    /// Arguments: `handle`.
-    /// Rights: none.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE.
-    pub const HANDLE_CLOSE: u64 = 0;
-
-    /// Creates a new handle to the same object with a subset of the rights.
-    /// The new handle is derived from the old one: revoking the old one kills it.
-    ///
-    /// Arguments: `handle`, `rights` (must be a subset of the handle's).
-    /// Rights: DUPLICATE.
-    /// Returns: the new handle.
-    /// Errors: BAD_HANDLE, ACCESS_DENIED (no DUPLICATE, or rights not a subset), NO_RESOURCES.
-    pub const HANDLE_DUPLICATE: u64 = 1;
-
-    /// Revokes every handle derived from `handle` (by duplication, in any
-    /// process, transitively); `handle` itself stays valid.
-    ///
-    /// Arguments: `handle`.
-    /// Rights: REVOKE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, ACCESS_DENIED.
-    pub const HANDLE_REVOKE: u64 = 2;
-
-    /// Reports a handle's object kind, rights and object id.
-    ///
-    /// Arguments: `handle`, `info` (out: HandleInfo).
-    /// Rights: none.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, BAD_POINTER.
-    pub const HANDLE_INFO: u64 = 3;
-
-    /// Creates an empty process (no threads, no handles) with its address space.
-    ///
-    /// Arguments: `parent` (process), `name`, `name_len` (<= 32), `out` (out: [process, address space]).
-    /// Rights: SPAWN on `parent`.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, BAD_POINTER, NO_MEMORY, NO_RESOURCES.
-    pub const PROCESS_CREATE: u64 = 4;
-
-    /// Ends the calling process with an exit code; raises TERMINATED on it.
-    ///
-    /// Arguments: `code`.
-    /// Rights: none (every process may end itself).
-    /// Returns: does not return.
-    /// Errors: none.
-    pub const PROCESS_EXIT: u64 = 5;
-
-    /// Kills a process: all its threads stop, its handles close.
-    ///
-    /// Arguments: `process`.
-    /// Rights: MANAGE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
-    pub const PROCESS_KILL: u64 = 6;
-
-    /// Reads a terminated process's exit code (or fault description).
-    ///
-    /// Arguments: `process`, `out` (out: i64 exit code; faults are negative vector numbers - 1000).
-    /// Rights: READ.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (still running), BAD_POINTER.
-    pub const PROCESS_EXIT_CODE: u64 = 7;
-
-    /// Moves a handle of the caller into another process's handle table.
-    ///
-    /// Arguments: `process`, `handle` (consumed on success).
-    /// Rights: MANAGE on `process`; TRANSFER on `handle`.
-    /// Returns: the handle's value in the target process.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
-    pub const PROCESS_GIVE_HANDLE: u64 = 8;
-
-    /// Creates a thread in a process (not yet running).
-    ///
-    /// Arguments: `process`.
-    /// Rights: MANAGE on `process`.
-    /// Returns: the thread handle.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_MEMORY, NO_RESOURCES.
-    pub const THREAD_CREATE: u64 = 9;
-
-    /// Starts a created thread at `entry` with stack `stack_top` and two arguments.
-    ///
-    /// Arguments: `thread`, `entry`, `stack_top`, `arg0`, `arg1`.
-    /// Rights: MANAGE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (already started), INVALID_ARGS (kernel or non-canonical address).
-    pub const THREAD_START: u64 = 10;
-
-    /// Ends the calling thread (the process ends with its last thread).
-    ///
-    /// Arguments: none.
-    /// Rights: none.
-    /// Returns: does not return.
-    /// Errors: none.
-    pub const THREAD_EXIT: u64 = 11;
-
-    /// Gives up the CPU to the next runnable thread of the same or higher class.
-    ///
-    /// Arguments: none.
-    /// Rights: none.
-    /// Returns: 0.
-    /// Errors: none.
-    pub const THREAD_YIELD: u64 = 12;
-
-    /// Sets a thread's scheduling class (Priority) and optional CPU affinity.
-    ///
-    /// Arguments: `thread`, `priority`, `cpu` (u64::MAX: any).
-    /// Rights: MANAGE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS.
-    pub const THREAD_SET_PRIORITY: u64 = 13;
-
-    /// Creates a memory object of `size` bytes (rounded up to pages), committed lazily on first touch.
-    ///
-    /// Arguments: `process` (charged), `size`.
-    /// Rights: CREATE on `process`.
-    /// Returns: the memory object handle.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (0 or too large), NO_RESOURCES.
-    pub const VMO_CREATE: u64 = 14;
-
-    /// Copies bytes out of a memory object.
-    ///
-    /// Arguments: `vmo`, `offset`, `buffer`, `len`.
-    /// Rights: READ.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
-    pub const VMO_READ: u64 = 15;
-
-    /// Copies bytes into a memory object.
-    ///
-    /// Arguments: `vmo`, `offset`, `buffer`, `len`.
-    /// Rights: WRITE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
-    pub const VMO_WRITE: u64 = 16;
-
-    /// Maps (part of) a memory object into an address space.
-    ///
-    /// Arguments: `space`, `vmo`, `vmo_offset`, `len`, `flags` (map::*), `addr` (used with map::FIXED).
-    /// Rights: MAP on `space`; MAP plus READ/WRITE/EXECUTE as `flags` ask on `vmo`.
-    /// Returns: the mapped address.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (misaligned, W+X, outside user space, overlap), OUT_OF_RANGE, NO_MEMORY.
-    pub const VMAR_MAP: u64 = 17;
-
-    /// Unmaps whole mappings inside [addr, addr + len).
-    ///
-    /// Arguments: `space`, `addr`, `len`.
-    /// Rights: MAP.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, NOT_SUPPORTED (partial mapping).
-    pub const VMAR_UNMAP: u64 = 18;
-
-    /// Changes the protection of whole mappings inside [addr, addr + len).
-    ///
-    /// Arguments: `space`, `addr`, `len`, `flags` (map::READ/WRITE/EXECUTE).
-    /// Rights: MAP on `space`; the mapping's memory object rights bound the new flags.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS.
-    pub const VMAR_PROTECT: u64 = 19;
-
-    /// Creates a channel: two connected endpoints.
-    ///
-    /// Arguments: `process` (charged), `out` (out: [Handle; 2]).
-    /// Rights: CREATE on `process`.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, NO_RESOURCES.
-    pub const CHANNEL_CREATE: u64 = 20;
-
-    /// Queues a message (bytes, and handles that move with it) on the peer.
-    ///
-    /// Arguments: `channel`, `bytes`, `len` (<= 64 KiB), `handles`, `count` (<= 64).
-    /// Rights: WRITE on `channel`; TRANSFER on every handle sent.
-    /// Returns: 0 (the handles are no longer the caller's).
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (too big, channel sends itself), BAD_POINTER, SHOULD_WAIT (peer queue full), PEER_CLOSED, NO_MEMORY.
-    pub const CHANNEL_WRITE: u64 = 21;
-
-    /// Takes the oldest message.
-    ///
-    /// Arguments: `channel`, `bytes`, `capacity`, `handles`, `handle_capacity`, `sizes` (out: ReadSizes).
-    /// Rights: READ.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, SHOULD_WAIT (empty), PEER_CLOSED (empty and peer closed), BUFFER_TOO_SMALL (message stays queued; sizes written), NO_RESOURCES.
-    pub const CHANNEL_READ: u64 = 22;
-
-    /// Writes a message and blocks for the reply (the next message on this endpoint).
-    /// Switches directly to a receiver blocked on the peer and back (fast path).
-    ///
-    /// Arguments: `channel`, `args` (CallArgs), `sizes` (out: ReadSizes), `deadline` (ns of CLOCK_GET, u64::MAX: none).
-    /// Rights: READ and WRITE.
-    /// Returns: 0.
-    /// Errors: as CHANNEL_WRITE and CHANNEL_READ, plus TIMED_OUT.
-    pub const CHANNEL_CALL: u64 = 23;
-
-    /// Receives one message, blocking until one arrives (server side of CHANNEL_CALL).
-    ///
-    /// Arguments: `channel`, `bytes`, `capacity`, `handles`, `handle_capacity`, `sizes` (out: ReadSizes).
-    /// Rights: READ.
-    /// Returns: 0.
-    /// Errors: as CHANNEL_READ, except SHOULD_WAIT.
-    pub const CHANNEL_RECEIVE: u64 = 24;
-
-    /// Creates a port.
-    ///
-    /// Arguments: `process` (charged).
-    /// Rights: CREATE on `process`.
-    /// Returns: the port handle.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
-    pub const PORT_CREATE: u64 = 25;
-
-    /// Waits until packets are queued on the port or the deadline passes.
-    ///
-    /// Arguments: `port`, `deadline` (ns, u64::MAX: none), `packets` (out: [PortPacket]), `capacity`.
-    /// Rights: READ.
-    /// Returns: the number of packets written.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (capacity 0), TIMED_OUT.
-    pub const PORT_WAIT: u64 = 26;
-
-    /// Asks for one packet on `port` when `object` raises any of `signals`.
-    ///
-    /// Arguments: `object`, `port`, `key`, `signals`.
-    /// Rights: WAIT on `object`; WRITE on `port`.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (no signals).
-    pub const OBJECT_WAIT_ASYNC: u64 = 27;
-
-    /// Creates a timer.
-    ///
-    /// Arguments: `process` (charged).
-    /// Rights: CREATE on `process`.
-    /// Returns: the timer handle.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
-    pub const TIMER_CREATE: u64 = 28;
-
-    /// Arms a timer to raise TIMER_FIRED at `deadline` (0: cancel).
-    ///
-    /// Arguments: `timer`, `deadline` (ns of CLOCK_GET).
-    /// Rights: WRITE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
-    pub const TIMER_SET: u64 = 29;
-
-    /// Acknowledges a fired interrupt so it can fire again: clears INTERRUPT,
-    /// reserves room on the bound port for the next packet and unmasks a
-    /// physical line.
-    ///
-    /// Arguments: `interrupt`.
-    /// Rights: WRITE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (not fired since the last acknowledgement), NO_RESOURCES (the bound port is full: read packets and retry; the interrupt stays pending).
-    pub const INTERRUPT_ACK: u64 = 30;
-
-    /// Appends a record to a log.
-    ///
-    /// Arguments: `log`, `level` (1 error .. 5 trace), `text`, `len` (<= 512).
-    /// Rights: WRITE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, BAD_POINTER.
-    pub const LOG_WRITE: u64 = 31;
-
-    /// Takes the oldest kernel log record not yet read through this log.
-    ///
-    /// Arguments: `log`, `buffer`, `capacity`.
-    /// Rights: READ.
-    /// Returns: the record's length.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, SHOULD_WAIT (none).
-    pub const LOG_READ: u64 = 32;
-
-    /// Reads the monotonic clock in nanoseconds since boot.
-    ///
-    /// Arguments: none.
-    /// Rights: none.
-    /// Returns: nanoseconds.
-    /// Errors: none.
-    pub const CLOCK_GET: u64 = 33;
-
-    /// Sends a reply and receives the next message (server side of CHANNEL_CALL, seL4's ReplyRecv).
-    /// When a caller is blocked on the peer, switches directly to it and back (fast path).
-    /// When the reply cannot be sent, nothing is received.
-    ///
-    /// Arguments: `channel`, `args` (CallArgs: write = the reply, read = the next request), `sizes` (out: ReadSizes).
-    /// Rights: READ and WRITE.
-    /// Returns: 0 (a message was received).
-    /// Errors: as CHANNEL_WRITE and CHANNEL_RECEIVE.
-    pub const CHANNEL_REPLY_RECEIVE: u64 = 34;
-
-    /// Creates an interrupt object. A physical one is the global system
-    /// interrupt `gsi`, routed through the I/O APIC to the boot CPU; its line
-    /// is masked until INTERRUPT_BIND, and again from each firing until
-    /// INTERRUPT_ACK (so a level-triggered line cannot storm). A virtual one
-    /// (`gsi` = interrupt::VIRTUAL) has no hardware: INTERRUPT_TRIGGER fires
-    /// it. A firing raises INTERRUPT and, once bound, queues one packet.
-    ///
-    /// Arguments: `resource_or_process` (the interrupt resource for a physical interrupt; a process, charged, for a virtual one), `gsi` (interrupt::VIRTUAL: virtual), `flags` (physical: interrupt::MODE_*; virtual: 0).
-    /// Rights: CREATE on `resource_or_process`.
-    /// Returns: the interrupt handle.
-    /// Errors: BAD_HANDLE, WRONG_TYPE (not the interrupt resource for a physical interrupt, not a process for a virtual one), ACCESS_DENIED, INVALID_ARGS (unknown flags), OUT_OF_RANGE (no I/O APIC serves `gsi`), BAD_STATE (another interrupt object holds `gsi`), NO_RESOURCES (no free interrupt vector, or the handle table is full).
-    pub const INTERRUPT_CREATE: u64 = 35;
-
-    /// Binds an interrupt to a port: each firing queues one packet `{key,
-    /// INTERRUPT}` there. Room for the packet is reserved in advance, so
-    /// none is lost. A pending interrupt queues its packet at once; a
-    /// physical line is unmasked.
-    ///
-    /// Arguments: `interrupt`, `port`, `key`.
-    /// Rights: READ on `interrupt`; WRITE on `port`.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (already bound), NO_RESOURCES (the port is full).
-    pub const INTERRUPT_BIND: u64 = 36;
-
-    /// Fires a virtual interrupt: raises INTERRUPT and queues the bound
-    /// port's packet. Triggers while it is pending (fired, not acknowledged)
-    /// merge into that firing: no second packet.
-    ///
-    /// Arguments: `interrupt`.
-    /// Rights: WRITE.
-    /// Returns: 0.
-    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NOT_SUPPORTED (a physical interrupt: its device fires it).
-    pub const INTERRUPT_TRIGGER: u64 = 37;
+    // The register calls come first: the SYSCALL entry tells them from the
+    // rest with one compare (arch/x86_64/syscall.rs).
 
     /// CHANNEL_CALL with a short message in registers: writes `len` bytes
     /// (at most SHORT_MESSAGE_BYTES, no handles) taken from the words
@@ -740,7 +422,7 @@ pub mod nr {
     /// Rights: READ and WRITE.
     /// Returns: the reply's length in bytes (its words in RDX, R10, R8, R9).
     /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (`len` too big), SHOULD_WAIT (peer queue full), PEER_CLOSED, NO_MEMORY, BUFFER_TOO_SMALL (the reply is longer than SHORT_MESSAGE_BYTES or carries handles: it stays queued for CHANNEL_READ).
-    pub const CHANNEL_CALL_SHORT: u64 = 38;
+    pub const CHANNEL_CALL_SHORT: u64 = 0;
 
     /// CHANNEL_REPLY_RECEIVE with short messages in registers: sends the
     /// reply of `len` bytes in `w0`..`w3` (`len` = SHORT_NO_REPLY: send
@@ -752,7 +434,328 @@ pub mod nr {
     /// Rights: READ and WRITE.
     /// Returns: the received message's length in bytes (its words in RDX, R10, R8, R9).
     /// Errors: as CHANNEL_CALL_SHORT.
-    pub const CHANNEL_REPLY_RECEIVE_SHORT: u64 = 39;
+    pub const CHANNEL_REPLY_RECEIVE_SHORT: u64 = 1;
+
+    /// Closes a handle; the object dies with its last handle.
+    ///
+    /// Arguments: `handle`.
+    /// Rights: none.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE.
+    pub const HANDLE_CLOSE: u64 = 2;
+
+    /// Creates a new handle to the same object with a subset of the rights.
+    /// The new handle is derived from the old one: revoking the old one kills it.
+    ///
+    /// Arguments: `handle`, `rights` (must be a subset of the handle's).
+    /// Rights: DUPLICATE.
+    /// Returns: the new handle.
+    /// Errors: BAD_HANDLE, ACCESS_DENIED (no DUPLICATE, or rights not a subset), NO_RESOURCES.
+    pub const HANDLE_DUPLICATE: u64 = 3;
+
+    /// Revokes every handle derived from `handle` (by duplication, in any
+    /// process, transitively); `handle` itself stays valid.
+    ///
+    /// Arguments: `handle`.
+    /// Rights: REVOKE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, ACCESS_DENIED.
+    pub const HANDLE_REVOKE: u64 = 4;
+
+    /// Reports a handle's object kind, rights and object id.
+    ///
+    /// Arguments: `handle`, `info` (out: HandleInfo).
+    /// Rights: none.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, BAD_POINTER.
+    pub const HANDLE_INFO: u64 = 5;
+
+    /// Creates an empty process (no threads, no handles) with its address space.
+    ///
+    /// Arguments: `parent` (process), `name`, `name_len` (<= 32), `out` (out: [process, address space]).
+    /// Rights: SPAWN on `parent`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, BAD_POINTER, NO_MEMORY, NO_RESOURCES.
+    pub const PROCESS_CREATE: u64 = 6;
+
+    /// Ends the calling process with an exit code; raises TERMINATED on it.
+    ///
+    /// Arguments: `code`.
+    /// Rights: none (every process may end itself).
+    /// Returns: does not return.
+    /// Errors: none.
+    pub const PROCESS_EXIT: u64 = 7;
+
+    /// Kills a process: all its threads stop, its handles close.
+    ///
+    /// Arguments: `process`.
+    /// Rights: MANAGE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
+    pub const PROCESS_KILL: u64 = 8;
+
+    /// Reads a terminated process's exit code (or fault description).
+    ///
+    /// Arguments: `process`, `out` (out: i64 exit code; faults are negative vector numbers - 1000).
+    /// Rights: READ.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (still running), BAD_POINTER.
+    pub const PROCESS_EXIT_CODE: u64 = 9;
+
+    /// Moves a handle of the caller into another process's handle table.
+    ///
+    /// Arguments: `process`, `handle` (consumed on success).
+    /// Rights: MANAGE on `process`; TRANSFER on `handle`.
+    /// Returns: the handle's value in the target process.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
+    pub const PROCESS_GIVE_HANDLE: u64 = 10;
+
+    /// Creates a thread in a process (not yet running).
+    ///
+    /// Arguments: `process`.
+    /// Rights: MANAGE on `process`.
+    /// Returns: the thread handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_MEMORY, NO_RESOURCES.
+    pub const THREAD_CREATE: u64 = 11;
+
+    /// Starts a created thread at `entry` with stack `stack_top` and two arguments.
+    ///
+    /// Arguments: `thread`, `entry`, `stack_top`, `arg0`, `arg1`.
+    /// Rights: MANAGE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (already started), INVALID_ARGS (kernel or non-canonical address).
+    pub const THREAD_START: u64 = 12;
+
+    /// Ends the calling thread (the process ends with its last thread).
+    ///
+    /// Arguments: none.
+    /// Rights: none.
+    /// Returns: does not return.
+    /// Errors: none.
+    pub const THREAD_EXIT: u64 = 13;
+
+    /// Gives up the CPU to the next runnable thread of the same or higher class.
+    ///
+    /// Arguments: none.
+    /// Rights: none.
+    /// Returns: 0.
+    /// Errors: none.
+    pub const THREAD_YIELD: u64 = 14;
+
+    /// Sets a thread's scheduling class (Priority) and optional CPU affinity.
+    ///
+    /// Arguments: `thread`, `priority`, `cpu` (u64::MAX: any).
+    /// Rights: MANAGE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS.
+    pub const THREAD_SET_PRIORITY: u64 = 15;
+
+    /// Creates a memory object of `size` bytes (rounded up to pages), committed lazily on first touch.
+    ///
+    /// Arguments: `process` (charged), `size`.
+    /// Rights: CREATE on `process`.
+    /// Returns: the memory object handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (0 or too large), NO_RESOURCES.
+    pub const VMO_CREATE: u64 = 16;
+
+    /// Copies bytes out of a memory object.
+    ///
+    /// Arguments: `vmo`, `offset`, `buffer`, `len`.
+    /// Rights: READ.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
+    pub const VMO_READ: u64 = 17;
+
+    /// Copies bytes into a memory object.
+    ///
+    /// Arguments: `vmo`, `offset`, `buffer`, `len`.
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, OUT_OF_RANGE, BAD_POINTER, NO_MEMORY, NOT_SUPPORTED (device memory: map it).
+    pub const VMO_WRITE: u64 = 18;
+
+    /// Maps (part of) a memory object into an address space.
+    ///
+    /// Arguments: `space`, `vmo`, `vmo_offset`, `len`, `flags` (map::*), `addr` (used with map::FIXED).
+    /// Rights: MAP on `space`; MAP plus READ/WRITE/EXECUTE as `flags` ask on `vmo`.
+    /// Returns: the mapped address.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (misaligned, W+X, outside user space, overlap), OUT_OF_RANGE, NO_MEMORY.
+    pub const VMAR_MAP: u64 = 19;
+
+    /// Unmaps whole mappings inside [addr, addr + len).
+    ///
+    /// Arguments: `space`, `addr`, `len`.
+    /// Rights: MAP.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, NOT_SUPPORTED (partial mapping).
+    pub const VMAR_UNMAP: u64 = 20;
+
+    /// Changes the protection of whole mappings inside [addr, addr + len).
+    ///
+    /// Arguments: `space`, `addr`, `len`, `flags` (map::READ/WRITE/EXECUTE).
+    /// Rights: MAP on `space`; the mapping's memory object rights bound the new flags.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS.
+    pub const VMAR_PROTECT: u64 = 21;
+
+    /// Creates a channel: two connected endpoints.
+    ///
+    /// Arguments: `process` (charged), `out` (out: [Handle; 2]).
+    /// Rights: CREATE on `process`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, NO_RESOURCES.
+    pub const CHANNEL_CREATE: u64 = 22;
+
+    /// Queues a message (bytes, and handles that move with it) on the peer.
+    ///
+    /// Arguments: `channel`, `bytes`, `len` (<= 64 KiB), `handles`, `count` (<= 64).
+    /// Rights: WRITE on `channel`; TRANSFER on every handle sent.
+    /// Returns: 0 (the handles are no longer the caller's).
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (too big, channel sends itself), BAD_POINTER, SHOULD_WAIT (peer queue full), PEER_CLOSED, NO_MEMORY.
+    pub const CHANNEL_WRITE: u64 = 23;
+
+    /// Takes the oldest message.
+    ///
+    /// Arguments: `channel`, `bytes`, `capacity`, `handles`, `handle_capacity`, `sizes` (out: ReadSizes).
+    /// Rights: READ.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, SHOULD_WAIT (empty), PEER_CLOSED (empty and peer closed), BUFFER_TOO_SMALL (message stays queued; sizes written), NO_RESOURCES.
+    pub const CHANNEL_READ: u64 = 24;
+
+    /// Writes a message and blocks for the reply (the next message on this endpoint).
+    /// Switches directly to a receiver blocked on the peer and back (fast path).
+    ///
+    /// Arguments: `channel`, `args` (CallArgs), `sizes` (out: ReadSizes), `deadline` (ns of CLOCK_GET, u64::MAX: none).
+    /// Rights: READ and WRITE.
+    /// Returns: 0.
+    /// Errors: as CHANNEL_WRITE and CHANNEL_READ, plus TIMED_OUT.
+    pub const CHANNEL_CALL: u64 = 25;
+
+    /// Receives one message, blocking until one arrives (server side of CHANNEL_CALL).
+    ///
+    /// Arguments: `channel`, `bytes`, `capacity`, `handles`, `handle_capacity`, `sizes` (out: ReadSizes).
+    /// Rights: READ.
+    /// Returns: 0.
+    /// Errors: as CHANNEL_READ, except SHOULD_WAIT.
+    pub const CHANNEL_RECEIVE: u64 = 26;
+
+    /// Creates a port.
+    ///
+    /// Arguments: `process` (charged).
+    /// Rights: CREATE on `process`.
+    /// Returns: the port handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
+    pub const PORT_CREATE: u64 = 27;
+
+    /// Waits until packets are queued on the port or the deadline passes.
+    ///
+    /// Arguments: `port`, `deadline` (ns, u64::MAX: none), `packets` (out: [PortPacket]), `capacity`.
+    /// Rights: READ.
+    /// Returns: the number of packets written.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, INVALID_ARGS (capacity 0), TIMED_OUT.
+    pub const PORT_WAIT: u64 = 28;
+
+    /// Asks for one packet on `port` when `object` raises any of `signals`.
+    ///
+    /// Arguments: `object`, `port`, `key`, `signals`.
+    /// Rights: WAIT on `object`; WRITE on `port`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS (no signals).
+    pub const OBJECT_WAIT_ASYNC: u64 = 29;
+
+    /// Creates a timer.
+    ///
+    /// Arguments: `process` (charged).
+    /// Rights: CREATE on `process`.
+    /// Returns: the timer handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NO_RESOURCES.
+    pub const TIMER_CREATE: u64 = 30;
+
+    /// Arms a timer to raise TIMER_FIRED at `deadline` (0: cancel).
+    ///
+    /// Arguments: `timer`, `deadline` (ns of CLOCK_GET).
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED.
+    pub const TIMER_SET: u64 = 31;
+
+    /// Acknowledges a fired interrupt so it can fire again: clears INTERRUPT,
+    /// reserves room on the bound port for the next packet and unmasks a
+    /// physical line.
+    ///
+    /// Arguments: `interrupt`.
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (not fired since the last acknowledgement), NO_RESOURCES (the bound port is full: read packets and retry; the interrupt stays pending).
+    pub const INTERRUPT_ACK: u64 = 32;
+
+    /// Appends a record to a log.
+    ///
+    /// Arguments: `log`, `level` (1 error .. 5 trace), `text`, `len` (<= 512).
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, INVALID_ARGS, BAD_POINTER.
+    pub const LOG_WRITE: u64 = 33;
+
+    /// Takes the oldest kernel log record not yet read through this log.
+    ///
+    /// Arguments: `log`, `buffer`, `capacity`.
+    /// Rights: READ.
+    /// Returns: the record's length.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_POINTER, SHOULD_WAIT (none).
+    pub const LOG_READ: u64 = 34;
+
+    /// Reads the monotonic clock in nanoseconds since boot.
+    ///
+    /// Arguments: none.
+    /// Rights: none.
+    /// Returns: nanoseconds.
+    /// Errors: none.
+    pub const CLOCK_GET: u64 = 35;
+
+    /// Sends a reply and receives the next message (server side of CHANNEL_CALL, seL4's ReplyRecv).
+    /// When a caller is blocked on the peer, switches directly to it and back (fast path).
+    /// When the reply cannot be sent, nothing is received.
+    ///
+    /// Arguments: `channel`, `args` (CallArgs: write = the reply, read = the next request), `sizes` (out: ReadSizes).
+    /// Rights: READ and WRITE.
+    /// Returns: 0 (a message was received).
+    /// Errors: as CHANNEL_WRITE and CHANNEL_RECEIVE.
+    pub const CHANNEL_REPLY_RECEIVE: u64 = 36;
+
+    /// Creates an interrupt object. A physical one is the global system
+    /// interrupt `gsi`, routed through the I/O APIC to the boot CPU; its line
+    /// is masked until INTERRUPT_BIND, and again from each firing until
+    /// INTERRUPT_ACK (so a level-triggered line cannot storm). A virtual one
+    /// (`gsi` = interrupt::VIRTUAL) has no hardware: INTERRUPT_TRIGGER fires
+    /// it. A firing raises INTERRUPT and, once bound, queues one packet.
+    ///
+    /// Arguments: `resource_or_process` (the interrupt resource for a physical interrupt; a process, charged, for a virtual one), `gsi` (interrupt::VIRTUAL: virtual), `flags` (physical: interrupt::MODE_*; virtual: 0).
+    /// Rights: CREATE on `resource_or_process`.
+    /// Returns: the interrupt handle.
+    /// Errors: BAD_HANDLE, WRONG_TYPE (not the interrupt resource for a physical interrupt, not a process for a virtual one), ACCESS_DENIED, INVALID_ARGS (unknown flags), OUT_OF_RANGE (no I/O APIC serves `gsi`), BAD_STATE (another interrupt object holds `gsi`), NO_RESOURCES (no free interrupt vector, or the handle table is full).
+    pub const INTERRUPT_CREATE: u64 = 37;
+
+    /// Binds an interrupt to a port: each firing queues one packet `{key,
+    /// INTERRUPT}` there. Room for the packet is reserved in advance, so
+    /// none is lost. A pending interrupt queues its packet at once; a
+    /// physical line is unmasked.
+    ///
+    /// Arguments: `interrupt`, `port`, `key`.
+    /// Rights: READ on `interrupt`; WRITE on `port`.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, BAD_STATE (already bound), NO_RESOURCES (the port is full).
+    pub const INTERRUPT_BIND: u64 = 38;
+
+    /// Fires a virtual interrupt: raises INTERRUPT and queues the bound
+    /// port's packet. Triggers while it is pending (fired, not acknowledged)
+    /// merge into that firing: no second packet.
+    ///
+    /// Arguments: `interrupt`.
+    /// Rights: WRITE.
+    /// Returns: 0.
+    /// Errors: BAD_HANDLE, WRONG_TYPE, ACCESS_DENIED, NOT_SUPPORTED (a physical interrupt: its device fires it).
+    pub const INTERRUPT_TRIGGER: u64 = 39;
 
     /// Reads a firmware (UEFI) variable of the MantraOS vendor GUID into
     /// `buffer`. The name is printable ASCII (the kernel converts it to

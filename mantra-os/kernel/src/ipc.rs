@@ -217,19 +217,33 @@ impl Endpoint {
                 return Err((Error::ShouldWait, message));
             }
             state.queue.push_back(message);
-            // Receivers of killed processes never read: skip them.
-            loop {
-                match state.receivers.pop_front() {
-                    Some(t) if t.state() == ThreadState::Dead => continue,
-                    other => break other,
-                }
-            }
+            state.receivers.pop_front()
+        };
+        let receiver = match receiver {
+            Some(thread) if thread.state() == ThreadState::Dead => self.next_live_receiver(thread),
+            other => other,
         };
         object::raise(&self.signals, signals::READABLE);
         if let Some(thread) = receiver {
             sched::wake(&thread, true);
         }
         Ok(())
+    }
+
+    /// Receivers of killed processes never read: drops the receive of
+    /// `dead`, taken off the list (outside the lock: it holds an endpoint),
+    /// and of every other dead one first in line; returns the first live
+    /// receiver, taken off the list too.
+    #[cold]
+    #[inline(never)]
+    fn next_live_receiver(&self, mut dead: Arc<Thread>) -> Option<Arc<Thread>> {
+        loop {
+            dead.abandon_receive();
+            match self.state.lock().receivers.pop_front() {
+                Some(thread) if thread.state() == ThreadState::Dead => dead = thread,
+                other => return other,
+            }
+        }
     }
 
     /// Takes the oldest message if it fits. `Err(BufferTooSmall)` leaves it

@@ -277,6 +277,7 @@ fn pick() -> Option<Arc<Thread>> {
         if thread.state() != ThreadState::Dead {
             return Some(thread);
         }
+        abandon_receive_of(&thread);
         drop(thread);
     }
 }
@@ -407,13 +408,16 @@ pub fn hand_off_taken(cpu: usize, target: Arc<Thread>) {
 
 /// Makes `target` ready to run as this CPU's current thread (for the
 /// hand-offs): not parked, Running, its kernel stack and space loaded.
+/// The time slice goes on: the hand-offs pass the CPU along a call chain,
+/// which the tick preempts as one once it has used the slice (were it
+/// restarted on every hand-off, two threads calling each other would keep
+/// the CPU from every other thread of their class).
 #[inline(always)]
 fn install(cpu: usize, target: Arc<Thread>) -> Arc<Thread> {
     // It resumes here, from its TrapFrame: no longer parked.
     target.park.store(park::NONE, Ordering::Relaxed);
     target.set_state(ThreadState::Running);
     debug_assert_eq!(target.last_cpu(), Some(cpu));
-    CPUS[cpu].slice.store(0, Ordering::Relaxed);
     percpu::current().set_kernel_stack(target.kernel_stack_top());
     // SAFETY: the root of the target's space, which its process keeps
     // alive, and the target (this CPU's current thread from here on) keeps
@@ -532,7 +536,19 @@ pub fn finish_switch() {
     let left = CPUS[cpu()].leaving.with(Option::take);
     if let Some(thread) = left {
         thread.on_cpu.store(false, Ordering::Release);
+        // Killed while it registered a receive (Thread::abandon_receive
+        // could not have it then).
+        if thread.state() == ThreadState::Dead {
+            abandon_receive_of(&thread);
+        }
     }
+}
+
+/// `Thread::abandon_receive`, out of the switch's line.
+#[cold]
+#[inline(never)]
+fn abandon_receive_of(thread: &Arc<Thread>) {
+    thread.abandon_receive();
 }
 
 /// Frees a thread that exited on this CPU, now that we are off its stack.

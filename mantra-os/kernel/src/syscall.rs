@@ -118,7 +118,13 @@ pub fn resume_parked(frame: &mut TrapFrame) {
     let Some(wait) = wait else { return };
     wait.endpoint.remove_receiver(&thread);
     let ctx = Ctx::new(thread);
-    let result = if ctx.process.is_dead() { Err(Error::BadState) } else { receive(&ctx, wait, true) };
+    let result = if ctx.process.is_dead() {
+        // (Dropped here: `finish` does not return for a killed process.)
+        drop(wait);
+        Err(Error::BadState)
+    } else {
+        receive(&ctx, wait, true)
+    };
     frame.rax = encode(result);
     if finish(ctx, frame) {
         park(frame);

@@ -173,6 +173,29 @@ impl Thread {
         unsafe { &mut *self.wait.get() }
     }
 
+    /// Drops the receive a thread of a killed process (Dead) waits to
+    /// complete, and takes it off the endpoint's list: the wait holds the
+    /// endpoint, which must close with its last handle (the peer sees
+    /// PEER_CLOSED) even while something else (a thread handle) keeps the
+    /// dead thread. Does nothing while a CPU runs the thread or is still
+    /// leaving it (its `on_cpu` flag): that CPU's next switch away from a
+    /// Dead thread calls this again (`sched::finish_switch`), and so does a
+    /// writer that finds it on an endpoint's list.
+    ///
+    /// Contract: takes the endpoint's lock; call with no lock held.
+    pub fn abandon_receive(self: &Arc<Self>) {
+        if self.state() != ThreadState::Dead || self.on_cpu.swap(true, Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: we hold its on_cpu flag and it is Dead: never run again,
+        // nobody else touches its wait.
+        let wait = unsafe { self.wait() }.take();
+        self.on_cpu.store(false, Ordering::Release);
+        if let Some(wait) = wait {
+            wait.endpoint.remove_receiver(self);
+        }
+    }
+
     pub fn process(&self) -> &Arc<Process> {
         &self.process
     }
@@ -338,6 +361,7 @@ impl Process {
         for thread in &threads {
             if thread.state() != ThreadState::Running {
                 thread.set_state(ThreadState::Dead);
+                thread.abandon_receive();
             }
         }
         // Drop the capabilities outside the table's lock: closing a channel

@@ -1083,6 +1083,99 @@ fn smp_message_exchange() -> TestResult {
     Ok(())
 }
 
+// A client of the short-message echo server: CHANNEL_CALL_SHORT with an
+// 8-byte message, again and again, until a call fails; exits 0 when that
+// was PEER_CLOSED, 1 on any other error.
+core::arch::global_asm!(
+    ".global utest_short_client_start",
+    ".global utest_short_client_end",
+    "utest_short_client_start:",
+    "mov r12, rdi",
+    "2:",
+    "mov eax, {call_short}",
+    "mov rdi, r12",
+    "mov esi, 8",
+    "mov rdx, r12",
+    "syscall",
+    "test rax, rax",
+    "jns 2b",
+    "xor edi, edi",
+    "cmp rax, -{peer_closed}",
+    "setne dil",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
+    "utest_short_client_end:",
+    call_short = const nr::CHANNEL_CALL_SHORT,
+    exit = const nr::PROCESS_EXIT,
+    peer_closed = const Error::PeerClosed as i64,
+);
+
+extern "C" {
+    static utest_short_client_start: u8;
+    static utest_short_client_end: u8;
+}
+
+/// Processes killed (from this CPU) while they exchange register calls
+/// through the fast path (on CPU 1 when it is online): the kill stops only
+/// its victim, in any state (running, in the fast path, parked as a
+/// receiver), and the survivor sees PEER_CLOSED and ends by itself.
+fn kill_during_register_calls() -> TestResult {
+    use mantra_rt::process::{short_echo_server_code, spawn_raw, RawChild};
+    const ROUNDS: u64 = 24;
+    // SAFETY: both symbols are labels in this program's text.
+    let client_code = unsafe {
+        mantra_rt::process::code_between(
+            core::ptr::addr_of!(utest_short_client_start),
+            core::ptr::addr_of!(utest_short_client_end),
+        )
+    };
+    let port = ok("port", sys::port_create(self_process()))?;
+    let mut on_cpu_1 = 0;
+    for round in 0..ROUNDS {
+        let (client_end, server_end) = ok("channel_create", sys::channel_create(self_process()))?;
+        let server = ok("spawn server", spawn_raw(b"utest-kill-server", short_echo_server_code(), Some(server_end)))?;
+        let client = ok("spawn client", spawn_raw(b"utest-kill-client", client_code, Some(client_end)))?;
+        let pinned = [server.thread, client.thread]
+            .iter()
+            .all(|&t| sys::thread_set_priority(t, mantra_abi::Priority::Normal, Some(1)).is_ok());
+        on_cpu_1 += u64::from(pinned);
+        // Let them exchange a while (a different moment each round), then
+        // kill one of them.
+        let mut none = [PortPacket::default(); 1];
+        let slept = sys::port_wait(port, sys::clock_get() + (round % 8 + 1) * 150_000, &mut none);
+        if slept != Err(Error::TimedOut) {
+            return Err(format!("round {round}: sleeping on an empty port: {slept:?}"));
+        }
+        let (victim, survivor, survivor_name): (&RawChild, &RawChild, &str) =
+            if round % 2 == 0 { (&server, &client, "client") } else { (&client, &server, "server") };
+        ok("kill", sys::process_kill(victim.process))?;
+        for (child, key) in [(victim, 1), (survivor, 2)] {
+            ok("watch", sys::object_wait_async(child.process, port, key, signals::TERMINATED))?;
+        }
+        let mut ended = [PortPacket::default(); 2];
+        let mut got = 0;
+        while got < 2 {
+            let n = sys::port_wait(port, sys::clock_get() + 10_000_000_000, &mut ended[got..])
+                .map_err(|e| format!("round {round}: waiting for both to end: {}", e.name()))?;
+            got += n;
+        }
+        let code = ok("exit code", sys::process_exit_code(survivor.process))?;
+        if code != 0 {
+            return Err(format!("round {round}: the {survivor_name} ended with {} instead of seeing PEER_CLOSED",
+                               mantra_rt::exit::ExitStatus::from_code(code)));
+        }
+        for child in [&server, &client] {
+            for h in [child.process, child.space, child.thread, child.code, child.stack] {
+                ok("close", sys::handle_close(h))?;
+            }
+        }
+    }
+    ok("close", sys::handle_close(port))?;
+    info!("utest:   {ROUNDS} kills during register calls ({on_cpu_1} rounds on CPU 1)");
+    Ok(())
+}
+
 fn main(mut startup: Startup) -> i64 {
     if let Some(resource) = startup.take("irq") {
         IRQ_RESOURCE.store(resource.into_raw().0, Ordering::Relaxed);
@@ -1115,6 +1208,7 @@ fn main(mut startup: Startup) -> i64 {
         ("firmware_variable_persists", firmware_variable_persists),
         ("zero_capability_process", zero_capability_process),
         ("smp_message_exchange", smp_message_exchange),
+        ("kill_during_register_calls", kill_during_register_calls),
     ];
     let mut failed = 0;
     for (name, test) in tests {

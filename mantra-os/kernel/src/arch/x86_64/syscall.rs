@@ -39,12 +39,10 @@ global_asm!(
     "push rcx",
     "push 0",
     "push {marker}",
-    // Numbers below the register calls (38, 39) go straight on; then the
-    // register calls; then the rest of the table; then the refusal.
-    "cmp rax, {call_short}",
-    "jb mantra_trap_save",
-    "cmp rax, {reply_receive_short}",
-    "jbe 3f",
+    // The register calls (0, 1) go to the fast path; the rest of the table
+    // straight on; then the refusal.
+    "cmp rax, {register_calls}",
+    "jb 3f",
     "cmp rax, {count}",
     "jb mantra_trap_save",
     "mov rax, -{bad_syscall}",
@@ -64,8 +62,7 @@ global_asm!(
     "mov r12, rsp",
     "call {short}",
     "jmp mantra_trap_return",
-    call_short = const mantra_abi::nr::CHANNEL_CALL_SHORT,
-    reply_receive_short = const mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT,
+    register_calls = const mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT + 1,
     short = sym crate::fastpath::syscall_short,
     count = const mantra_abi::nr::COUNT,
     bad_syscall = const mantra_abi::Error::BadSyscall as i64,
@@ -76,8 +73,8 @@ global_asm!(
     marker = const SYSCALL_MARKER,
 );
 
-// The entry's range check above takes the register calls as one range.
-const _: () = assert!(mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT == mantra_abi::nr::CHANNEL_CALL_SHORT + 1);
+// The entry's check above takes the register calls as the numbers below 2.
+const _: () = assert!(mantra_abi::nr::CHANNEL_CALL_SHORT == 0 && mantra_abi::nr::CHANNEL_REPLY_RECEIVE_SHORT == 1);
 
 /// Enables SYSCALL on this CPU.
 pub fn init() {
