@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+from mantra import proc
 from mantra.signing import tpm2
 
 
@@ -78,12 +79,7 @@ class SwtpmServer(tpm2.Tpm):
             self._socket.close()
             self._socket = None
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            proc.stop(self.process)
             if self.process.stderr is not None:
                 self.process.stderr.close()
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -124,3 +124,17 @@ def start(
         )
     except (FileNotFoundError, PermissionError) as exc:
         raise MantraError(f"{what}: cannot run {argv[0]}: {exc.strerror}", hint) from None
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Ends a process `start` (or Popen) started: SIGTERM, then SIGKILL if it
+    lingers past `grace` seconds; reaps it. A process that already ended is
+    only reaped."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -295,9 +295,4 @@ class QemuRunner(BoardRunner):
     @staticmethod
     def _stop(process: subprocess.Popen[bytes]) -> None:
         """Ends QEMU: SIGTERM, then SIGKILL if it lingers."""
-        process.terminate()
-        try:
-            process.wait(_TERMINATE_GRACE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        proc.stop(process, _TERMINATE_GRACE)

@@ -122,13 +122,8 @@ class Swtpm:
     def stop(self) -> None:
         """Ends swtpm (SIGTERM, then SIGKILL if it lingers) and removes the
         socket directory; safe to call more than once."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(_TERMINATE_GRACE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            proc.stop(self.process, _TERMINATE_GRACE)
         if self._dir is not None:
             self._last_log = self.log_text()
             shutil.rmtree(self._dir, ignore_errors=True)
